@@ -1,1 +1,39 @@
-pub fn placeholder() {}
+//! fake-google: an in-memory emulator of Google's OAuth 2.0 / OpenID endpoints and the Drive v3
+//! appDataFolder API, for testing and benchmarking code that talks to them without a network.
+//!
+//! Start it with [`FakeGoogle::start`] (127.0.0.1, ephemeral port); point clients at
+//! [`FakeGoogle::base_url`]; drive it with the [`Emulator`] handle or the `/_emulator/` HTTP API.
+//!
+//! Modules, in reading order:
+//! - `server`: [`FakeGoogle`] and [`Options`]: binding, serving, shutdown.
+//! - `emulator`: [`Emulator`], accounts, and the synchronous control API.
+//! - `oauth`: codes, grants, refresh/access tokens, revocation.
+//! - `keys`: RSA keys, JWKS, ID token minting and [`IdTokenAttack`] forgeries.
+//! - `drive`: the per-user appDataFolder store, `q`, `fields`, multipart, error bodies.
+//! - `http`: the router, the front layer (stats, Drive auth, faults) and handlers.
+//! - `faults`, `stats`: [`Faults`] and [`Stats`].
+//! - `sharded`, `ids`: a sharded map; Google-shaped random ids.
+
+mod drive;
+mod emulator;
+mod error;
+mod faults;
+mod http;
+mod ids;
+mod keys;
+mod oauth;
+mod server;
+mod sharded;
+mod stats;
+
+pub use drive::DriveFile;
+pub use emulator::{Clients, Emulator, NewUser, User};
+pub use error::Error;
+pub use faults::{Fault, Faults};
+pub use keys::IdTokenAttack;
+pub use oauth::MintCode;
+pub use server::{FakeGoogle, Options};
+pub use stats::Stats;
+
+/// The scope that grants access to the appDataFolder.
+pub const SCOPE_DRIVE_APPDATA: &str = oauth::DRIVE_APPDATA;

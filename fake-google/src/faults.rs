@@ -1,0 +1,141 @@
+//! Fault injection: latency, error rates, connection resets and quotas, per endpoint family.
+//!
+//! "token" covers /token, /revoke, the JWKS and discovery; "drive" covers /drive and /upload.
+//! The HTTP front layer (`http::front`) consults [`FaultState`] on every request; the settings
+//! themselves are plain data set through `PUT /_emulator/faults` or [`crate::Emulator::set_faults`].
+
+use parking_lot::{Mutex, RwLock};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Which set of faults applies to a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    Token,
+    Drive,
+}
+
+/// Faults for one family. Every field defaults to "no fault".
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fault {
+    /// Added to every response.
+    pub latency_ms: u64,
+    /// Uniformly random extra latency in `0..=jitter_ms`.
+    pub jitter_ms: u64,
+    /// Fraction (0..1) of requests answered with `error_status` instead of being served.
+    pub error_rate: f64,
+    /// 500, 503, 429 or 403 (default 503). Also picks 429 vs 403 for `quota_rps`.
+    pub error_status: Option<u16>,
+    /// Sent as `Retry-After` on injected errors and quota refusals.
+    pub retry_after_s: Option<u64>,
+    /// Fraction (0..1) of requests that are served but whose response is cut short:
+    /// the headers promise more bytes than are sent before the connection is dropped.
+    pub reset_rate: f64,
+    /// Requests per second for the whole family; beyond it, 429 rateLimitExceeded
+    /// (or 403 when `error_status` is 403).
+    pub quota_rps: Option<u64>,
+    /// Requests per second per user (Drive only); beyond it, 403 userRateLimitExceeded.
+    pub user_quota_rps: Option<u64>,
+}
+
+impl Fault {
+    /// Rejects settings Google could not produce.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(s) = self.error_status {
+            if ![500, 503, 429, 403].contains(&s) {
+                return Err(format!(
+                    "error_status must be 500, 503, 429 or 403, not {s}"
+                ));
+            }
+        }
+        for (name, rate) in [
+            ("error_rate", self.error_rate),
+            ("reset_rate", self.reset_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{name} must be within 0..1"));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn status(&self) -> u16 {
+        self.error_status.unwrap_or(503)
+    }
+
+    pub(crate) fn delay(&self) -> Option<Duration> {
+        let jitter = if self.jitter_ms > 0 {
+            rand::thread_rng().gen_range(0..=self.jitter_ms)
+        } else {
+            0
+        };
+        let ms = self.latency_ms + jitter;
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    pub(crate) fn roll_error(&self) -> bool {
+        self.error_rate > 0.0 && rand::thread_rng().gen::<f64>() < self.error_rate
+    }
+
+    pub(crate) fn roll_reset(&self) -> bool {
+        self.reset_rate > 0.0 && rand::thread_rng().gen::<f64>() < self.reset_rate
+    }
+}
+
+/// The faults of both families; `{}` (all `None`) means none.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    pub token: Option<Fault>,
+    pub drive: Option<Fault>,
+}
+
+/// Fixed one-second window counter: cheap, and close enough to Google's per-second quotas.
+#[derive(Default)]
+pub(crate) struct Window(Mutex<(u64, u64)>);
+
+impl Window {
+    /// Counts one request; false when it exceeds `limit` in the current second.
+    pub(crate) fn admit(&self, limit: u64) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut w = self.0.lock();
+        if w.0 != now {
+            *w = (now, 0);
+        }
+        w.1 += 1;
+        w.1 <= limit
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct FaultState {
+    faults: RwLock<Faults>,
+    token_window: Window,
+    drive_window: Window,
+}
+
+impl FaultState {
+    pub(crate) fn set(&self, faults: Faults) {
+        *self.faults.write() = faults;
+    }
+
+    pub(crate) fn get(&self, family: Family) -> Option<Fault> {
+        let f = self.faults.read();
+        match family {
+            Family::Token => f.token.clone(),
+            Family::Drive => f.drive.clone(),
+        }
+    }
+
+    pub(crate) fn window(&self, family: Family) -> &Window {
+        match family {
+            Family::Token => &self.token_window,
+            Family::Drive => &self.drive_window,
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The `/_emulator/` control API: JSON wrappers around the [`Emulator`] methods, so tests in
+//! other languages (or curl) can drive the emulator exactly as Rust tests do.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::time::Duration;
+
+use crate::{Emulator, Error, Faults, MintCode, NewUser};
+
+pub(crate) fn router() -> Router<Emulator> {
+    Router::new()
+        .route("/_emulator/users", post(create_user))
+        .route("/_emulator/users/{sub}", get(get_user))
+        .route("/_emulator/authcodes", post(mint_code))
+        .route("/_emulator/users/{sub}/appdata", get(list_files))
+        .route(
+            "/_emulator/users/{sub}/appdata/{*name}",
+            put(put_file).delete(delete_file),
+        )
+        .route(
+            "/_emulator/users/{sub}/appdata-content/{file_id}",
+            get(file_content),
+        )
+        .route("/_emulator/users/{sub}/revoke", post(revoke_user))
+        .route(
+            "/_emulator/users/{sub}/invalidate-page-tokens",
+            post(invalidate_page_tokens),
+        )
+        .route(
+            "/_emulator/expire-access-tokens",
+            post(expire_access_tokens),
+        )
+        .route("/_emulator/settings", put(settings))
+        .route("/_emulator/rotate-keys", post(rotate_keys))
+        .route("/_emulator/faults", put(set_faults).delete(clear_faults))
+        .route("/_emulator/stats", get(stats).delete(reset_stats))
+        .route("/_emulator/clients", get(clients))
+        .route("/_emulator/client-secret-json", get(client_secret_json))
+        .route("/_emulator/issued-secrets", get(issued_secrets))
+}
+
+type Ctl = Result<Response, Error>;
+
+fn ok() -> Ctl {
+    Ok(Json(serde_json::json!({})).into_response())
+}
+
+/// JSON bodies may be empty (`{}` implied) for calls whose fields are all optional.
+fn json_or_default<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+async fn create_user(State(emu): State<Emulator>, body: Bytes) -> Ctl {
+    let new: NewUser = json_or_default(&body)?;
+    let user = emu.create_user(new)?;
+    Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
+async fn get_user(State(emu): State<Emulator>, Path(sub): Path<String>) -> Ctl {
+    Ok(Json(emu.user(&sub)?).into_response())
+}
+
+async fn mint_code(State(emu): State<Emulator>, body: Bytes) -> Ctl {
+    let req: MintCode = json_or_default(&body)?;
+    let code = emu.mint_auth_code(req)?;
+    Ok(Json(serde_json::json!({ "code": code })).into_response())
+}
+
+async fn list_files(State(emu): State<Emulator>, Path(sub): Path<String>) -> Ctl {
+    let files = emu.list_files(&sub)?;
+    Ok(Json(serde_json::json!({ "files": files })).into_response())
+}
+
+async fn put_file(
+    State(emu): State<Emulator>,
+    Path((sub, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Ctl {
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let file = emu.put_file(&sub, &name, body, mime)?;
+    Ok(Json(file).into_response())
+}
+
+async fn delete_file(
+    State(emu): State<Emulator>,
+    Path((sub, name)): Path<(String, String)>,
+) -> Ctl {
+    emu.delete_file(&sub, &name)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn file_content(
+    State(emu): State<Emulator>,
+    Path((sub, file_id)): Path<(String, String)>,
+) -> Ctl {
+    Ok(emu.file_content(&sub, &file_id)?.into_response())
+}
+
+async fn revoke_user(State(emu): State<Emulator>, Path(sub): Path<String>) -> Ctl {
+    emu.user(&sub)?;
+    emu.revoke_user(&sub);
+    ok()
+}
+
+async fn invalidate_page_tokens(State(emu): State<Emulator>, Path(sub): Path<String>) -> Ctl {
+    emu.user(&sub)?;
+    emu.invalidate_page_tokens(&sub);
+    ok()
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ExpireReq {
+    sub: Option<String>,
+}
+
+async fn expire_access_tokens(State(emu): State<Emulator>, body: Bytes) -> Ctl {
+    let req: ExpireReq = json_or_default(&body)?;
+    if let Some(sub) = &req.sub {
+        emu.user(sub)?;
+    }
+    emu.expire_access_tokens(req.sub.as_deref());
+    ok()
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    access_token_lifetime_s: Option<u64>,
+    jwks_max_age_s: Option<u64>,
+}
+
+async fn settings(State(emu): State<Emulator>, body: Bytes) -> Ctl {
+    let s: Settings = json_or_default(&body)?;
+    if let Some(v) = s.access_token_lifetime_s {
+        emu.set_access_token_lifetime(v);
+    }
+    if let Some(v) = s.jwks_max_age_s {
+        emu.set_jwks_max_age(v);
+    }
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RotateReq {
+    grace_s: u64,
+}
+
+impl Default for RotateReq {
+    fn default() -> Self {
+        Self { grace_s: 3600 }
+    }
+}
+
+async fn rotate_keys(State(emu): State<Emulator>, body: Bytes) -> Ctl {
+    let req: RotateReq = json_or_default(&body)?;
+    // RSA key generation is CPU-heavy; keep it off the async workers.
+    let emu2 = emu.clone();
+    tokio::task::spawn_blocking(move || emu2.rotate_keys(Duration::from_secs(req.grace_s)))
+        .await
+        .map_err(|e| Error::Invalid(format!("key rotation failed: {e}")))?;
+    Ok(Json(emu.jwks()).into_response())
+}
+
+async fn set_faults(State(emu): State<Emulator>, body: Bytes) -> Ctl {
+    let faults: Faults = json_or_default(&body)?;
+    for f in [&faults.token, &faults.drive].into_iter().flatten() {
+        f.validate().map_err(Error::Invalid)?;
+    }
+    emu.set_faults(faults);
+    ok()
+}
+
+async fn clear_faults(State(emu): State<Emulator>) -> Ctl {
+    emu.clear_faults();
+    ok()
+}
+
+async fn stats(State(emu): State<Emulator>) -> Ctl {
+    Ok(Json(emu.stats()).into_response())
+}
+
+async fn reset_stats(State(emu): State<Emulator>) -> Ctl {
+    emu.reset_stats();
+    ok()
+}
+
+async fn clients(State(emu): State<Emulator>) -> Ctl {
+    let c = emu.clients();
+    Ok(Json(serde_json::json!({
+        "web": { "client_id": c.web_client_id, "client_secret": c.web_client_secret },
+        "android_client_id": c.android_client_id,
+    }))
+    .into_response())
+}
+
+async fn client_secret_json(State(emu): State<Emulator>) -> Ctl {
+    Ok(Json(emu.client_secret_json()).into_response())
+}
+
+async fn issued_secrets(State(emu): State<Emulator>) -> Ctl {
+    Ok(Json(emu.issued_secrets()).into_response())
+}
