@@ -1,0 +1,156 @@
+//! The `appdata-syncd` command line. `main.rs` only parses and calls [`run`].
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::crypto::Purpose;
+use crate::lifecycle::{spawn_signal_listener, App};
+use crate::store::{credentials, Store};
+use crate::telemetry;
+
+const DEFAULT_CONFIG: &str = "/etc/appdata-syncd/config.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "appdata-syncd",
+    version,
+    about = "Mirror your users' Google Drive appDataFolder, offline, server-side"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: intake, scheduler and admin socket.
+    Serve(ConfigArg),
+    /// Apply database migrations and exit.
+    Migrate(ConfigArg),
+    /// Validate the configuration and print what would be used (secrets redacted).
+    CheckConfig(ConfigArg),
+    /// Re-encrypt every stored token under the current key ([store] encryption_key_file).
+    /// Put the old key in [store] previous_key_files first.
+    RotateKey(ConfigArg),
+    /// Run everything locally against an in-process fake-google, with demo users.
+    Dev(DevArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Path of config.toml.
+    #[arg(long, short, default_value = DEFAULT_CONFIG, env = "APPDATA_SYNCD_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Folder for the database, mirror and keys (default: a temporary folder, removed at exit).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// How many demo users to sign in.
+    #[arg(long, default_value_t = 3)]
+    pub users: usize,
+    /// Where the intake listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Where fake-google listens.
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    pub google_listen: std::net::SocketAddr,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::CheckConfig(a) => check_config(&a.config),
+        Command::Migrate(a) => runtime()?.block_on(async {
+            let config = Config::load(Some(&a.config))?.resolve()?;
+            let store = Store::connect(&config.store_url, 1).await?;
+            store.migrate().await?;
+            println!(
+                "database {} is up to date",
+                crate::store::redact_url(&config.store_url)
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::RotateKey(a) => runtime()?.block_on(rotate_key(&a.config)),
+        Command::Serve(a) => {
+            let config = Config::load(Some(&a.config))?.resolve()?;
+            let log = telemetry::init(&config.raw.log)?;
+            runtime()?.block_on(async {
+                let shutdown = CancellationToken::new();
+                spawn_signal_listener(shutdown.clone())?;
+                let app = App::build(config, Some(log)).await?;
+                app.run_until_stopped(shutdown).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Dev(args) => runtime()?.block_on(crate::cli::dev::run(args)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(Some(path))?.resolve()?;
+    println!("{}: OK", path.display());
+    for (key, value) in config.redacted_summary() {
+        println!("  {key:<32} {value}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate_key(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(Some(path))?.resolve()?;
+    let store = Store::connect(&config.store_url, 1).await?;
+    store.migrate().await?;
+    let ring = &config.keyring;
+    let mut tx = store.begin_write().await?;
+    let all = credentials::all_sealed(tx.conn()).await?;
+    let mut resealed = 0;
+    for (sub, cred) in &all {
+        if cred.refresh_token.key_id == ring.current_id()
+            && cred
+                .access_token
+                .as_ref()
+                .is_none_or(|(a, _)| a.key_id == ring.current_id())
+        {
+            continue;
+        }
+        let refresh = ring
+            .open(
+                sub,
+                Purpose::RefreshToken,
+                &cred.refresh_token.key_id,
+                &cred.refresh_token.bytes,
+            )
+            .with_context(|| format!("user {sub}: cannot decrypt the refresh token"))?;
+        // A cached access token that no longer opens is simply dropped: it can be refreshed.
+        let access = cred.access_token.as_ref().and_then(|(a, _)| {
+            ring.open(sub, Purpose::AccessToken, &a.key_id, &a.bytes)
+                .ok()
+                .map(|t| ring.seal(sub, Purpose::AccessToken, &t))
+        });
+        let refresh = ring.seal(sub, Purpose::RefreshToken, &refresh);
+        credentials::reseal(tx.conn(), sub, &refresh, access.as_ref()).await?;
+        resealed += 1;
+    }
+    tx.commit().await?;
+    println!(
+        "re-encrypted {resealed} of {} credentials under key {}",
+        all.len(),
+        ring.current_id()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub mod dev;

@@ -1,0 +1,159 @@
+//! `appdata-syncd dev`: the whole daemon on one machine with nothing installed. Starts
+//! fake-google in-process, writes a config into a scratch folder (throw-away key included),
+//! starts the daemon, and signs demo users in through the real intake exactly as the Android
+//! app would (form-encoded `authCode`).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use fake_google::{FakeGoogle, MintCode, NewUser};
+use rand::RngCore;
+use tokio_util::sync::CancellationToken;
+
+use super::DevArgs;
+use crate::config::{Config, LogFormat};
+use crate::lifecycle::{spawn_signal_listener, App};
+use crate::telemetry;
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let scratch;
+    let dir = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir.clone()
+        }
+        None => {
+            scratch = tempfile::Builder::new()
+                .prefix("appdata-syncd-dev-")
+                .tempdir()
+                .context("cannot create a temporary folder")?;
+            scratch.path().to_path_buf()
+        }
+    };
+
+    // Prefer the documented port so the README's curl lines work; fall back to any free one.
+    let google = match FakeGoogle::start_with(fake_google::Options {
+        listen: args.google_listen,
+        ..Default::default()
+    })
+    .await
+    {
+        Ok(g) => g,
+        Err(_) => FakeGoogle::start().await?,
+    };
+    let base = google.base_url();
+    let clients = google.clients();
+
+    let secret_path = dir.join("client_secret.json");
+    std::fs::write(
+        &secret_path,
+        serde_json::to_vec_pretty(&google.client_secret_json())?,
+    )?;
+    let key_path = dir.join("encryption.key");
+    if !key_path.exists() {
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        write_private(&key_path, &key)?;
+    }
+
+    let mut config = Config::default();
+    config.google.client_secret_file = Some(secret_path);
+    config.google.jwks_uri = format!("{base}/oauth2/v3/certs");
+    config.google.revoke_uri = format!("{base}/revoke");
+    config.google.drive_api_base = base.clone();
+    config.google.android_client_ids = vec![clients.android_client_id.clone()];
+    config.intake.listen = args.listen;
+    config.store.state_dir = Some(dir.clone());
+    config.store.encryption_key_file = Some(key_path);
+    config.admin.socket = dir.join("admin.sock");
+    config.log.format = LogFormat::Human;
+    config.log.level = "info,appdata_syncd=info".into();
+    let config = config.resolve()?;
+    let log = telemetry::init(&config.raw.log)?;
+
+    let shutdown = CancellationToken::new();
+    spawn_signal_listener(shutdown.clone())?;
+    let app = match App::build(config.clone(), Some(log.clone())).await {
+        Ok(app) => app,
+        Err(e) if args.listen.port() != 0 => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot use {}; picking a free port", args.listen);
+            let mut config = config;
+            config.raw.intake.listen.set_port(0);
+            App::build(config, Some(log)).await?
+        }
+        Err(e) => return Err(e),
+    };
+    let intake = format!("http://{}", app.intake_addr());
+    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+    let http = reqwest::Client::new();
+    let emulator = google.emulator();
+    for i in 1..=args.users {
+        let sub = format!("1000000000000000000{i:02}");
+        emulator
+            .create_user(NewUser {
+                sub: sub.clone(),
+                email: Some(format!("demo{i}@example.com")),
+                name: Some(format!("Demo User {i}")),
+                ..Default::default()
+            })
+            .map_err(|e| anyhow::anyhow!("creating demo user: {e}"))?;
+        emulator
+            .put_file(
+                &sub,
+                "settings.json",
+                format!("{{\"theme\": \"dark\", \"n\": {i}}}"),
+                Some("application/json"),
+            )
+            .map_err(|e| anyhow::anyhow!("creating a demo file: {e}"))?;
+        let code = emulator
+            .mint_auth_code(MintCode {
+                sub: sub.clone(),
+                ..Default::default()
+            })
+            .map_err(|e| anyhow::anyhow!("minting an auth code: {e}"))?;
+        // Exactly what the Android sample does: HttpPost + UrlEncodedFormEntity.
+        let resp = http
+            .post(format!("{intake}/authcode"))
+            .form(&[("authCode", code)])
+            .send()
+            .await?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        println!("POST {intake}/authcode for demo user {i}: {status} {body}");
+    }
+
+    println!(
+        "\nappdata-syncd dev is running.\n\
+         \n  folder       {dir}\
+         \n  intake       {intake}/authcode\
+         \n  fake-google  {base}  (web client {web}, android client {android})\
+         \n\nTry:\
+         \n  curl -s {intake}/readyz\
+         \n  curl -s -X PUT --data-binary '{{\"theme\": \"light\"}}' {base}/_emulator/users/100000000000000000001/appdata/settings.json\
+         \n  curl -s {base}/_emulator/stats\
+         \n  sqlite3 {dir}/appdata-syncd.db 'select sub, email, state from users'\
+         \n\nCtrl-C stops.",
+        dir = dir.display(),
+        web = clients.web_client_id,
+        android = clients.android_client_id,
+    );
+
+    running.await.context("the daemon task panicked")??;
+    google.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}

@@ -1,0 +1,568 @@
+//! Configuration: one serde tree, layered as defaults < config.toml < `APPDATA_SYNCD_SECTION__KEY`
+//! environment variables (so systemd's `Environment=` wins over the file).
+//!
+//! [`Config::load`] only parses; [`Config::resolve`] turns paths and files into a
+//! [`ResolvedConfig`] (client secret read, key loaded, defaults derived from the state directory).
+//! `check-config` prints the resolved form with every secret redacted.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::crypto::Keyring;
+
+/// Prefix of the environment variables that override config.toml keys.
+pub const ENV_PREFIX: &str = "APPDATA_SYNCD_";
+
+/// The drive.appdata scope: the only one sync needs.
+pub const DRIVE_APPDATA_SCOPE: &str = "https://www.googleapis.com/auth/drive.appdata";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub google: GoogleConfig,
+    pub intake: IntakeConfig,
+    pub store: StoreConfig,
+    pub sync: SyncConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GoogleConfig {
+    /// Google's client_secret.json for the web (server) client. Default:
+    /// `$CREDENTIALS_DIRECTORY/client_secret.json` when run under systemd with LoadCredential.
+    pub client_secret_file: Option<PathBuf>,
+    /// Overrides the token_uri of client_secret.json.
+    pub token_uri: Option<String>,
+    /// Overrides the auth_uri of client_secret.json (informational: the app does the consent).
+    pub auth_uri: Option<String>,
+    pub jwks_uri: String,
+    pub revoke_uri: String,
+    /// Base of the Drive API: `{base}/drive/v3/...` and `{base}/upload/drive/v3/...`.
+    pub drive_api_base: String,
+    /// Allowed `azp` claims (the Android app's client ids). Empty: any.
+    #[serde(deserialize_with = "string_or_list")]
+    pub android_client_ids: Vec<String>,
+    /// The redirect_uri used in the code exchange: "" for Android apps.
+    pub redirect_uri: String,
+    #[serde(deserialize_with = "string_or_list")]
+    pub required_scopes: Vec<String>,
+    /// Timeout of one call to Google.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for GoogleConfig {
+    fn default() -> Self {
+        Self {
+            client_secret_file: None,
+            token_uri: None,
+            auth_uri: None,
+            jwks_uri: "https://www.googleapis.com/oauth2/v3/certs".into(),
+            revoke_uri: "https://oauth2.googleapis.com/revoke".into(),
+            drive_api_base: "https://www.googleapis.com".into(),
+            android_client_ids: Vec::new(),
+            redirect_uri: String::new(),
+            required_scopes: vec![DRIVE_APPDATA_SCOPE.into()],
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with tls_key, the intake serves HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Where state lives. Default: `$STATE_DIRECTORY` (systemd's StateDirectory), else
+    /// /var/lib/appdata-syncd.
+    pub state_dir: Option<PathBuf>,
+    /// `sqlite://PATH` or `postgres://...`. Default: `sqlite://STATE_DIR/appdata-syncd.db`.
+    pub url: Option<String>,
+    /// 32-byte key that encrypts tokens at rest. Default: `$CREDENTIALS_DIRECTORY/encryption.key`.
+    pub encryption_key_file: Option<PathBuf>,
+    /// Keys that were current before a rotation: still decrypt, never encrypt.
+    pub previous_key_files: Vec<PathBuf>,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Where mirrors are written: `DATA_DIR/SUB/FILE_ID`. Default: `STATE_DIR/mirror`.
+    pub data_dir: Option<PathBuf>,
+    /// Cron expression (with seconds) of the sync cycle.
+    pub schedule: String,
+    /// Users synced at once.
+    pub concurrency: usize,
+    /// All Google calls together stay under this.
+    pub max_requests_per_second: u32,
+    /// How long running syncs get to finish on SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            schedule: "0 */15 * * * *".into(),
+            concurrency: 32,
+            max_requests_per_second: 100,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub socket: PathBuf,
+    /// Group that owns the socket (mode 0660).
+    pub group: Option<String>,
+    /// Extra uids (numbers) or group names allowed on the socket, beside root and our own uid.
+    #[serde(deserialize_with = "string_or_list")]
+    pub allow: Vec<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/appdata-syncd/admin.sock"),
+            group: None,
+            allow: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. "info" or "appdata_syncd=debug,info". RUST_LOG wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON lines otherwise.
+    #[default]
+    Auto,
+    Human,
+    Json,
+}
+
+/// Accepts `["a", "b"]` or `"a,b"` (the latter is what an environment variable naturally holds).
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
+impl Config {
+    /// Reads `path` (when given) and applies environment overrides from the process environment.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut root = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("{} is not valid TOML", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env_overrides(&mut root, env)?;
+        let config: Config = toml::Value::Table(root).try_into().map_err(|e| {
+            anyhow::anyhow!(
+                "invalid configuration{}: {e}",
+                path.map(|p| format!(" in {}", p.display()))
+                    .unwrap_or_default()
+            )
+        })?;
+        Ok(config)
+    }
+}
+
+/// `APPDATA_SYNCD_GOOGLE__JWKS_URI=...` sets `[google] jwks_uri`. Values are read as TOML
+/// literals when they parse as one (numbers, booleans, arrays), else as plain strings.
+fn apply_env_overrides(
+    root: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let Some((section, key)) = rest.split_once("__") else {
+            bail!("environment variable {name}: expected {ENV_PREFIX}<SECTION>__<KEY>");
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let table = root
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(table) = table.as_table_mut() else {
+            bail!("environment variable {name}: [{section}] is not a table");
+        };
+        table.insert(key, value);
+    }
+    Ok(())
+}
+
+/// The web client from Google's client_secret.json ("web" or "installed").
+#[derive(Clone)]
+pub struct ClientSecret {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub token_uri: String,
+    pub auth_uri: String,
+}
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSecret")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("token_uri", &self.token_uri)
+            .finish()
+    }
+}
+
+impl ClientSecret {
+    pub fn parse(text: &str) -> anyhow::Result<ClientSecret> {
+        #[derive(Deserialize)]
+        struct File {
+            web: Option<Details>,
+            installed: Option<Details>,
+        }
+        #[derive(Deserialize)]
+        struct Details {
+            client_id: String,
+            client_secret: String,
+            #[serde(default = "default_token_uri")]
+            token_uri: String,
+            #[serde(default = "default_auth_uri")]
+            auth_uri: String,
+        }
+        fn default_token_uri() -> String {
+            "https://oauth2.googleapis.com/token".into()
+        }
+        fn default_auth_uri() -> String {
+            "https://accounts.google.com/o/oauth2/auth".into()
+        }
+        let file: File = serde_json::from_str(text).context(
+            "not a Google client_secret.json (expected {\"web\": {...}} or {\"installed\": {...}})",
+        )?;
+        let Some(d) = file.web.or(file.installed) else {
+            bail!("client_secret.json has neither a \"web\" nor an \"installed\" client");
+        };
+        if d.client_id.trim().is_empty() || d.client_secret.trim().is_empty() {
+            bail!("client_secret.json: client_id and client_secret must not be empty");
+        }
+        Ok(ClientSecret {
+            client_id: d.client_id,
+            client_secret: SecretString::from(d.client_secret),
+            token_uri: d.token_uri,
+            auth_uri: d.auth_uri,
+        })
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<ClientSecret> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read client secret file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+}
+
+/// Everything the daemon runs with, files read and defaults derived.
+#[derive(Debug, Clone)]
+pub struct ResolvedConfig {
+    pub raw: Config,
+    pub client: ClientSecret,
+    pub token_uri: String,
+    pub store_url: String,
+    pub state_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub keyring: Keyring,
+}
+
+impl Config {
+    /// Reads every file the configuration names and checks every value, so that a bad config
+    /// fails at start-up (and in `check-config`) rather than at the first sign-in.
+    pub fn resolve(self) -> anyhow::Result<ResolvedConfig> {
+        let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let state_dir = self
+            .store
+            .state_dir
+            .clone()
+            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/appdata-syncd"));
+
+        let secret_path = self
+            .google
+            .client_secret_file
+            .clone()
+            .or_else(|| {
+                credentials_dir
+                    .as_ref()
+                    .map(|d| d.join("client_secret.json"))
+            })
+            .context("[google] client_secret_file is not set (and no $CREDENTIALS_DIRECTORY)")?;
+        let client = ClientSecret::read(&secret_path)?;
+        let token_uri = self
+            .google
+            .token_uri
+            .clone()
+            .unwrap_or_else(|| client.token_uri.clone());
+        for (key, value) in [
+            ("token_uri", token_uri.as_str()),
+            ("jwks_uri", &self.google.jwks_uri),
+            ("revoke_uri", &self.google.revoke_uri),
+            ("drive_api_base", &self.google.drive_api_base),
+        ] {
+            let url = url::Url::parse(value)
+                .with_context(|| format!("[google] {key} = {value:?} is not a URL"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                bail!("[google] {key} = {value:?} must be an http(s) URL");
+            }
+        }
+        if self.google.required_scopes.is_empty() {
+            bail!("[google] required_scopes must not be empty");
+        }
+
+        let key_path = self
+            .store
+            .encryption_key_file
+            .clone()
+            .or_else(|| credentials_dir.as_ref().map(|d| d.join("encryption.key")))
+            .context("[store] encryption_key_file is not set (and no $CREDENTIALS_DIRECTORY)")?;
+        let keyring = Keyring::from_files(&key_path, &self.store.previous_key_files)?;
+
+        let store_url = self.store.url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", state_dir.join("appdata-syncd.db").display())
+        });
+        if !(store_url.starts_with("sqlite:") || store_url.starts_with("postgres")) {
+            bail!("[store] url must start with sqlite:// or postgres://, got {store_url:?}");
+        }
+
+        match (&self.intake.tls_cert, &self.intake.tls_key) {
+            (Some(cert), Some(key)) => {
+                for p in [cert, key] {
+                    std::fs::metadata(p)
+                        .with_context(|| format!("[intake] cannot read {}", p.display()))?;
+                }
+            }
+            (None, None) => {}
+            _ => bail!("[intake] tls_cert and tls_key must be set together"),
+        }
+
+        if self.sync.concurrency == 0 {
+            bail!("[sync] concurrency must be at least 1");
+        }
+        if self.sync.max_requests_per_second == 0 {
+            bail!("[sync] max_requests_per_second must be at least 1");
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .with_context(|| format!("[log] level = {:?} is not a valid filter", self.log.level))?;
+
+        let data_dir = self
+            .sync
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("mirror"));
+        Ok(ResolvedConfig {
+            raw: self,
+            client,
+            token_uri,
+            store_url,
+            state_dir,
+            data_dir,
+            keyring,
+        })
+    }
+}
+
+impl ResolvedConfig {
+    /// What `check-config` prints: every effective value, secrets replaced by `[redacted]`.
+    pub fn redacted_summary(&self) -> BTreeMap<&'static str, String> {
+        let g = &self.raw.google;
+        let mut m = BTreeMap::new();
+        m.insert("google.client_id", self.client.client_id.clone());
+        m.insert(
+            "google.client_secret",
+            redact(self.client.client_secret.expose_secret()),
+        );
+        m.insert("google.token_uri", self.token_uri.clone());
+        m.insert(
+            "google.auth_uri",
+            g.auth_uri
+                .clone()
+                .unwrap_or_else(|| self.client.auth_uri.clone()),
+        );
+        m.insert("google.jwks_uri", g.jwks_uri.clone());
+        m.insert("google.revoke_uri", g.revoke_uri.clone());
+        m.insert("google.drive_api_base", g.drive_api_base.clone());
+        m.insert(
+            "google.android_client_ids",
+            format!("{:?}", g.android_client_ids),
+        );
+        m.insert("google.redirect_uri", format!("{:?}", g.redirect_uri));
+        m.insert("google.required_scopes", format!("{:?}", g.required_scopes));
+        m.insert(
+            "google.request_timeout",
+            humantime::format_duration(g.request_timeout).to_string(),
+        );
+        m.insert("intake.listen", self.raw.intake.listen.to_string());
+        m.insert(
+            "intake.tls",
+            match &self.raw.intake.tls_cert {
+                Some(c) => format!("on ({})", c.display()),
+                None => "off (plain HTTP: put a TLS-terminating proxy in front)".into(),
+            },
+        );
+        m.insert("store.url", crate::store::redact_url(&self.store_url));
+        m.insert("store.state_dir", self.state_dir.display().to_string());
+        m.insert(
+            "store.encryption_key",
+            format!(
+                "[redacted] (key id {}, {} previous)",
+                self.keyring.current_id(),
+                self.keyring.len() - 1
+            ),
+        );
+        m.insert("sync.data_dir", self.data_dir.display().to_string());
+        m.insert("sync.schedule", self.raw.sync.schedule.clone());
+        m.insert("sync.concurrency", self.raw.sync.concurrency.to_string());
+        m.insert(
+            "sync.max_requests_per_second",
+            self.raw.sync.max_requests_per_second.to_string(),
+        );
+        m.insert(
+            "sync.shutdown_grace",
+            humantime::format_duration(self.raw.sync.shutdown_grace).to_string(),
+        );
+        m.insert("admin.socket", self.raw.admin.socket.display().to_string());
+        m.insert("log.level", self.raw.log.level.clone());
+        m.insert(
+            "log.format",
+            format!("{:?}", self.raw.log.format).to_lowercase(),
+        );
+        m
+    }
+}
+
+fn redact(secret: &str) -> String {
+    if secret.is_empty() {
+        "(empty)".into()
+    } else {
+        "[redacted]".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn env_overrides_file_and_parses_lists() {
+        let config = Config::load_with_env(
+            None,
+            env(&[
+                ("APPDATA_SYNCD_GOOGLE__ANDROID_CLIENT_IDS", "a.apps, b.apps"),
+                ("APPDATA_SYNCD_SYNC__CONCURRENCY", "7"),
+                ("APPDATA_SYNCD_INTAKE__LISTEN", "127.0.0.1:9999"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.google.android_client_ids, vec!["a.apps", "b.apps"]);
+        assert_eq!(config.sync.concurrency, 7);
+        assert_eq!(config.intake.listen.port(), 9999);
+    }
+
+    #[test]
+    fn unknown_env_key_is_an_error() {
+        let err = Config::load_with_env(None, env(&[("APPDATA_SYNCD_SYNC__CONCURENCY", "7")]))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("concurency"), "{err:#}");
+    }
+
+    #[test]
+    fn client_secret_accepts_web_and_installed() {
+        let web = r#"{"web":{"client_id":"1.apps","client_secret":"s","token_uri":"http://t"}}"#;
+        let c = ClientSecret::parse(web).unwrap();
+        assert_eq!(c.token_uri, "http://t");
+        let installed = r#"{"installed":{"client_id":"1.apps","client_secret":"s"}}"#;
+        assert_eq!(
+            ClientSecret::parse(installed).unwrap().token_uri,
+            "https://oauth2.googleapis.com/token"
+        );
+        assert!(ClientSecret::parse(r#"{"other":{}}"#).is_err());
+        assert!(format!("{:?}", c).contains("[redacted]"));
+    }
+}

@@ -1,0 +1,245 @@
+//! Encryption of tokens at rest: AES-256-GCM, a random 96-bit nonce per value, and the owner's
+//! `sub` plus the value's purpose as associated data, so a ciphertext copied to another user's
+//! row (or from the refresh to the access column) fails to decrypt.
+//!
+//! A [`Keyring`] holds the current key (which encrypts) and previous keys (which only decrypt);
+//! each stored value carries the id of the key that sealed it, so `rotate-key` can find and
+//! re-seal what is not under the current key.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use anyhow::{bail, Context};
+use base64::Engine;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+const NONCE_LEN: usize = 12;
+
+/// What a sealed value is for; part of the associated data.
+#[derive(Debug, Clone, Copy)]
+pub enum Purpose {
+    RefreshToken,
+    AccessToken,
+}
+
+impl Purpose {
+    fn label(self) -> &'static str {
+        match self {
+            Purpose::RefreshToken => "refresh_token",
+            Purpose::AccessToken => "access_token",
+        }
+    }
+}
+
+/// A sealed value as stored: `nonce || ciphertext+tag`, and the id of the key that sealed it.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub key_id: String,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("value was sealed with key {0}, which is not configured")]
+    UnknownKey(String),
+    #[error("value does not decrypt: wrong key, wrong user, or tampered")]
+    Corrupt,
+}
+
+#[derive(Clone)]
+pub struct Keyring {
+    current: String,
+    keys: Arc<HashMap<String, Aes256Gcm>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("current", &self.current)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl Keyring {
+    /// Loads the current key and any previous ones. A key file holds exactly 32 bytes: raw,
+    /// or as 64 hex characters, or as base64 (a trailing newline is fine).
+    pub fn from_files(current: &Path, previous: &[impl AsRef<Path>]) -> anyhow::Result<Keyring> {
+        let mut ring = Keyring::from_key(read_key_file(current)?);
+        for p in previous {
+            let key = read_key_file(p.as_ref())?;
+            let id = key_id(&key);
+            Arc::make_mut(&mut ring.keys)
+                .entry(id)
+                .or_insert_with(|| Aes256Gcm::new(&key.into()));
+        }
+        Ok(ring)
+    }
+
+    pub fn from_key(key: [u8; 32]) -> Keyring {
+        let id = key_id(&key);
+        let mut keys = HashMap::new();
+        keys.insert(id.clone(), Aes256Gcm::new(&key.into()));
+        Keyring {
+            current: id,
+            keys: Arc::new(keys),
+        }
+    }
+
+    /// A throw-away key, for dev mode and tests.
+    pub fn random() -> Keyring {
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        Keyring::from_key(key)
+    }
+
+    pub fn current_id(&self) -> &str {
+        &self.current
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn seal(&self, sub: &str, purpose: Purpose, secret: &SecretString) -> Sealed {
+        let cipher = &self.keys[&self.current];
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let aad = associated_data(sub, purpose);
+        let ciphertext = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: secret.expose_secret().as_bytes(),
+                    aad: &aad,
+                },
+            )
+            // AES-GCM encryption fails only for plaintexts over 64 GiB.
+            .expect("AES-GCM encryption of a token cannot fail");
+        let mut bytes = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+        bytes.extend_from_slice(&nonce);
+        bytes.extend_from_slice(&ciphertext);
+        Sealed {
+            key_id: self.current.clone(),
+            bytes,
+        }
+    }
+
+    pub fn open(
+        &self,
+        sub: &str,
+        purpose: Purpose,
+        key_id: &str,
+        bytes: &[u8],
+    ) -> Result<SecretString, CryptoError> {
+        let cipher = self
+            .keys
+            .get(key_id)
+            .ok_or_else(|| CryptoError::UnknownKey(key_id.to_string()))?;
+        if bytes.len() < NONCE_LEN {
+            return Err(CryptoError::Corrupt);
+        }
+        let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
+        let aad = associated_data(sub, purpose);
+        let plain = cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| CryptoError::Corrupt)?;
+        String::from_utf8(plain)
+            .map(SecretString::from)
+            .map_err(|_| CryptoError::Corrupt)
+    }
+}
+
+fn associated_data(sub: &str, purpose: Purpose) -> Vec<u8> {
+    format!("appdata-syncd/v1/{}/{}", purpose.label(), sub).into_bytes()
+}
+
+/// A short, stable, non-secret name for a key: the first 8 bytes of SHA-256 over a label and it.
+fn key_id(key: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"appdata-syncd key id\0");
+    h.update(key);
+    hex::encode(&h.finalize()[..8])
+}
+
+pub fn read_key_file(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let raw = std::fs::read(path)
+        .with_context(|| format!("cannot read encryption key file {}", path.display()))?;
+    parse_key(&raw).with_context(|| format!("in encryption key file {}", path.display()))
+}
+
+fn parse_key(raw: &[u8]) -> anyhow::Result<[u8; 32]> {
+    if let Ok(key) = <[u8; 32]>::try_from(raw) {
+        return Ok(key);
+    }
+    let text = std::str::from_utf8(raw).map(str::trim).unwrap_or("");
+    let decoded = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(text).ok()
+    } else {
+        base64::engine::general_purpose::STANDARD.decode(text).ok()
+    };
+    match decoded.map(<[u8; 32]>::try_from) {
+        Some(Ok(key)) => Ok(key),
+        _ => bail!(
+            "the key must be exactly 32 bytes (raw, 64 hex characters or base64); found {} bytes. \
+             Create one with: head -c 32 /dev/urandom > encryption.key",
+            raw.len()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_value_opens_only_for_its_user_and_purpose() {
+        let ring = Keyring::random();
+        let secret = SecretString::from("1//refresh-value");
+        let sealed = ring.seal("alice", Purpose::RefreshToken, &secret);
+        let opened = ring
+            .open(
+                "alice",
+                Purpose::RefreshToken,
+                &sealed.key_id,
+                &sealed.bytes,
+            )
+            .unwrap();
+        assert_eq!(opened.expose_secret(), "1//refresh-value");
+        assert!(ring
+            .open("bob", Purpose::RefreshToken, &sealed.key_id, &sealed.bytes)
+            .is_err());
+        assert!(ring
+            .open("alice", Purpose::AccessToken, &sealed.key_id, &sealed.bytes)
+            .is_err());
+        assert!(!sealed.bytes.windows(8).any(|w| w == &b"1//refre"[..]));
+    }
+
+    #[test]
+    fn key_parsing_accepts_raw_hex_base64_and_rejects_short() {
+        let key = [7u8; 32];
+        assert_eq!(parse_key(&key).unwrap(), key);
+        assert_eq!(
+            parse_key(format!("{}\n", hex::encode(key)).as_bytes()).unwrap(),
+            key
+        );
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+        assert_eq!(parse_key(b64.as_bytes()).unwrap(), key);
+        assert!(parse_key(&[1u8; 16]).is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! Google's HTTP APIs, as the daemon uses them: OAuth 2.0 ([`oauth`]: code exchange, refresh,
+//! revoke) and OpenID Connect ID tokens ([`id_token`]: JWKS-verified). Knows nothing of the
+//! database. Every URL comes from configuration, so tests point them at fake-google.
+//!
+//! Errors are classified once, here ([`GoogleError`]), into what callers act on: retry later,
+//! the grant is gone, our configuration is wrong, or the answer is unusable.
+
+pub mod id_token;
+pub mod oauth;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GoogleError {
+    #[error("Google {endpoint} did not answer in time")]
+    Timeout { endpoint: &'static str },
+    #[error("cannot reach Google {endpoint}: {reason}")]
+    Network {
+        endpoint: &'static str,
+        reason: String,
+    },
+    /// 5xx, 429, or a 403 rate limit: worth retrying, after `retry_after` when Google says so.
+    #[error("Google {endpoint} is unavailable or rate limiting (HTTP {status})")]
+    Unavailable {
+        endpoint: &'static str,
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// The refresh token or auth code is no good: revoked, expired, used, or for another client.
+    #[error("Google rejected the grant: {description}")]
+    InvalidGrant { description: String },
+    /// Our own client id or secret is wrong: an operator must fix client_secret.json.
+    #[error("Google rejected this server's OAuth client ({error}: {description}); check client_secret.json")]
+    InvalidClient { error: String, description: String },
+    /// The access token was not accepted (401 from an API).
+    #[error("Google {endpoint} did not accept the access token")]
+    Unauthorized { endpoint: &'static str },
+    /// Any other refusal; retrying will not help.
+    #[error("Google {endpoint} refused the request (HTTP {status}, {error}): {description}")]
+    Rejected {
+        endpoint: &'static str,
+        status: u16,
+        error: String,
+        description: String,
+    },
+    #[error("Google {endpoint} sent a response that cannot be read: {reason}")]
+    Malformed {
+        endpoint: &'static str,
+        reason: String,
+    },
+}
+
+impl GoogleError {
+    /// Transient: the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            GoogleError::Timeout { .. }
+                | GoogleError::Network { .. }
+                | GoogleError::Unavailable { .. }
+                | GoogleError::Malformed { .. }
+        )
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GoogleError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_reqwest(endpoint: &'static str, e: reqwest::Error) -> GoogleError {
+        if e.is_timeout() {
+            GoogleError::Timeout { endpoint }
+        } else if e.is_decode() || e.is_body() {
+            GoogleError::Malformed {
+                endpoint,
+                reason: e.without_url().to_string(),
+            }
+        } else {
+            GoogleError::Network {
+                endpoint,
+                reason: error_chain(&e.without_url()),
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// The HTTP client every Google call goes through: rustls, pooled keep-alive connections,
+/// and a per-request timeout so a hung Google never hangs us.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .user_agent(concat!("appdata-syncd/", env!("CARGO_PKG_VERSION")))
+        .build()
+        // Fails only if the TLS backend cannot initialise, which is a broken build.
+        .expect("building the HTTP client")
+}
+
+/// Google's OAuth error body: `{"error": "...", "error_description": "..."}`.
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct OAuthErrorBody {
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub error_description: String,
+}
+
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// Classifies a non-success answer of the OAuth endpoints (token, revoke).
+pub(crate) fn oauth_error(
+    endpoint: &'static str,
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+) -> GoogleError {
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return GoogleError::Unavailable {
+            endpoint,
+            status: status.as_u16(),
+            retry_after: retry_after(headers),
+        };
+    }
+    let parsed: OAuthErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    match parsed.error.as_str() {
+        "invalid_grant" => GoogleError::InvalidGrant {
+            description: parsed.error_description,
+        },
+        "invalid_client" | "unauthorized_client" => GoogleError::InvalidClient {
+            error: parsed.error,
+            description: parsed.error_description,
+        },
+        _ => GoogleError::Rejected {
+            endpoint,
+            status: status.as_u16(),
+            error: if parsed.error.is_empty() {
+                "unknown".into()
+            } else {
+                parsed.error
+            },
+            description: parsed.error_description,
+        },
+    }
+}

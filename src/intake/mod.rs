@@ -1,0 +1,279 @@
+//! The intake: `POST /authcode` receives the server auth code an app got from Google Sign-In and
+//! turns it into a verified, stored user ([`signin`]). Also `GET /healthz` and `GET /readyz`.
+//!
+//! Every error is JSON `{"error": code, "message": text}`; messages never contain a token, a
+//! code, or anything internal (those go to the log, without secrets).
+
+pub mod signin;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::google::GoogleError;
+use crate::store::Store;
+use signin::{SignIn, SignInError};
+
+/// Bodies larger than this are refused with 413: an auth code is a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Longest auth code we accept; Google's are far shorter.
+const MAX_CODE_LEN: usize = 2048;
+
+#[derive(Clone)]
+pub struct IntakeState {
+    pub signin: Arc<SignIn>,
+    pub store: Store,
+}
+
+pub fn router(state: IntakeState) -> Router {
+    Router::new()
+        .route("/authcode", post(post_authcode))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// An error answer: HTTP status, a stable machine-readable code and a human message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let (Some(extra), Some(obj)) = (self.extra, body.as_object_mut()) {
+            if let Some(extra) = extra.as_object() {
+                obj.extend(extra.clone());
+            }
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<SignInError> for ApiError {
+    fn from(e: SignInError) -> Self {
+        use GoogleError as G;
+        match e {
+            SignInError::Google(G::InvalidGrant { .. }) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "Google rejected the auth code: it is used, expired, or was issued for another client",
+            ),
+            SignInError::Google(G::Timeout { .. }) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "Google did not answer in time; try again",
+            ),
+            SignInError::Google(ref g @ G::InvalidClient { .. }) => {
+                tracing::error!(error = %g, "sign-in failed: this server's OAuth client is misconfigured");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "the server could not complete the sign-in with Google",
+                )
+            }
+            SignInError::Google(ref g) => {
+                tracing::warn!(error = %g, "sign-in failed at Google's token endpoint");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "Google is unavailable; try again",
+                )
+            }
+            SignInError::IdToken(ref t) if t.is_upstream() => {
+                tracing::warn!(error = %t, "sign-in failed: cannot fetch Google's signing keys");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "Google is unavailable; try again",
+                )
+            }
+            SignInError::IdToken(t) => {
+                tracing::warn!(error = %t, "sign-in refused: the ID token from Google did not verify");
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_id_token",
+                    format!("the ID token did not verify: {t}"),
+                )
+            }
+            SignInError::NoIdToken => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "no_id_token",
+                "Google returned no ID token: request the openid and email scopes in the app",
+            ),
+            SignInError::MissingScopes(missing) => {
+                let mut e = ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    format!(
+                        "the user did not grant every required scope; missing: {}",
+                        missing.join(" ")
+                    ),
+                );
+                e.extra = Some(json!({ "missing_scopes": missing }));
+                e
+            }
+            SignInError::NoRefreshToken => ApiError::new(
+                StatusCode::CONFLICT,
+                "no_refresh_token",
+                "no refresh token is stored for this user: sign in again requesting offline access \
+                 with forced consent (requestServerAuthCode(serverClientId, true))",
+            ),
+            SignInError::Database(e) => {
+                tracing::error!(error = %e, "sign-in failed: database error");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the server cannot store the sign-in right now; try again",
+                )
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct AuthCodeBody {
+    #[serde(rename = "authCode")]
+    auth_code: String,
+}
+
+/// Reads `authCode` from a form (as the Android sample's UrlEncodedFormEntity sends it) or JSON.
+fn parse_auth_code(headers: &HeaderMap, body: &[u8]) -> Result<SecretString, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let bad = |what: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("expected a field authCode with the server auth code: {what}"),
+        )
+    };
+    let parsed: AuthCodeBody = match mime.as_str() {
+        "application/x-www-form-urlencoded" => {
+            let fields: Vec<(String, String)> =
+                serde_urlencoded::from_bytes(body).map_err(|_| bad("the form does not parse"))?;
+            let mut codes = fields.into_iter().filter(|(k, _)| k == "authCode");
+            match (codes.next(), codes.next()) {
+                (Some((_, code)), None) => AuthCodeBody { auth_code: code },
+                (None, _) => return Err(bad("the field is missing")),
+                (Some(_), Some(_)) => return Err(bad("the field appears more than once")),
+            }
+        }
+        "application/json" => serde_json::from_slice(body)
+            .map_err(|_| bad("the body is not a JSON object with a string authCode"))?,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send application/x-www-form-urlencoded or application/json",
+            ))
+        }
+    };
+    let code = parsed.auth_code;
+    if code.is_empty() {
+        return Err(bad("the field is empty"));
+    }
+    // Google's codes are URL-safe ASCII ("4/0Ab..."); anything else is not worth a round trip.
+    let code_char = |b: u8| b.is_ascii_alphanumeric() || b"-_/.~+=".contains(&b);
+    if code.len() > MAX_CODE_LEN || !code.bytes().all(code_char) {
+        return Err(bad("the value is not an auth code"));
+    }
+    Ok(SecretString::from(code))
+}
+
+async fn post_authcode(
+    State(state): State<IntakeState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the request body could not be read",
+            )
+        }
+    })?;
+    let code = parse_auth_code(&headers, &body)?;
+    let started = std::time::Instant::now();
+    match state.signin.sign_in(&code).await {
+        Ok(done) => {
+            tracing::info!(
+                user = %done.sub,
+                new_refresh_token = done.new_refresh_token,
+                state = done.state.as_str(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "sign-in stored"
+            );
+            Ok(Json(json!({
+                "user": done.sub,
+                "email": done.email,
+                "status": done.state.as_str(),
+            }))
+            .into_response())
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "sign-in refused");
+            Err(e.into())
+        }
+    }
+}
+
+async fn readyz(State(state): State<IntakeState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: database unreachable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the database is unreachable",
+            )
+            .into_response()
+        }
+    }
+}

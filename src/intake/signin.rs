@@ -1,0 +1,131 @@
+//! One sign-in, from auth code to stored user: exchange the code at Google's token endpoint,
+//! verify the ID token, check the granted scopes, then store profile and sealed tokens in one
+//! transaction. Nothing is written unless every check passed.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+
+use crate::crypto::{Keyring, Purpose};
+use crate::google::id_token::{IdClaims, IdTokenError, IdTokenVerifier};
+use crate::google::oauth::OAuthClient;
+use crate::google::GoogleError;
+use crate::store::users::{Profile, UserState};
+use crate::store::{self, credentials, users, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    #[error(transparent)]
+    Google(#[from] GoogleError),
+    #[error("Google returned no ID token: the app must request the openid/email scopes")]
+    NoIdToken,
+    #[error(transparent)]
+    IdToken(#[from] IdTokenError),
+    #[error("missing scopes: {}", .0.join(" "))]
+    MissingScopes(Vec<String>),
+    #[error("no refresh token for this user")]
+    NoRefreshToken,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub sub: String,
+    pub email: Option<String>,
+    pub state: UserState,
+    pub new_refresh_token: bool,
+}
+
+pub struct SignIn {
+    pub oauth: OAuthClient,
+    pub verifier: Arc<IdTokenVerifier>,
+    pub store: Store,
+    pub keyring: Keyring,
+    pub required_scopes: Vec<String>,
+}
+
+impl SignIn {
+    pub async fn sign_in(&self, code: &SecretString) -> Result<SignedIn, SignInError> {
+        let tokens = self.oauth.exchange_code(code).await?;
+        let id_token = tokens.id_token.as_deref().ok_or(SignInError::NoIdToken)?;
+        let claims = self.verifier.verify(id_token).await?;
+
+        let granted = tokens.scopes();
+        let missing: Vec<String> = self
+            .required_scopes
+            .iter()
+            .filter(|s| !granted.contains(&s.as_str()))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(SignInError::MissingScopes(missing));
+        }
+
+        let sub = claims.sub.clone();
+        let obtained_at = store::now_ms();
+        let access_expires_at = obtained_at + tokens.expires_in.max(0) * 1000;
+        let access = self
+            .keyring
+            .seal(&sub, Purpose::AccessToken, &tokens.access_token);
+
+        let mut tx = self.store.begin_write().await?;
+        let existing = users::get(tx.conn(), &sub).await?;
+        let has_credential = credentials::exists(tx.conn(), &sub).await?;
+        let mut state = existing.as_ref().map_or(UserState::Active, |u| u.state);
+        match &tokens.refresh_token {
+            Some(refresh) => {
+                users::upsert_profile(tx.conn(), &profile(&claims), obtained_at).await?;
+                let sealed = self.keyring.seal(&sub, Purpose::RefreshToken, refresh);
+                credentials::put_refresh_token(
+                    tx.conn(),
+                    &sub,
+                    &sealed,
+                    &granted.join(" "),
+                    obtained_at,
+                    Some((&access, access_expires_at)),
+                )
+                .await?;
+                // A fresh grant heals a revoked one; an admin's pause stays.
+                if matches!(state, UserState::ReauthRequired | UserState::Forgotten) {
+                    users::set_state(tx.conn(), &sub, UserState::Active, None, obtained_at).await?;
+                    state = UserState::Active;
+                }
+            }
+            // Google sends a refresh token only on first consent: keep the one we have. A user
+            // whose stored token was refused needs a new one, so that is the same as none.
+            None if has_credential && state != UserState::ReauthRequired => {
+                users::upsert_profile(tx.conn(), &profile(&claims), obtained_at).await?;
+                credentials::put_access_token(
+                    tx.conn(),
+                    &sub,
+                    &access,
+                    access_expires_at,
+                    Some(&granted.join(" ")),
+                )
+                .await?;
+            }
+            None => return Err(SignInError::NoRefreshToken),
+        }
+        tx.commit().await?;
+        Ok(SignedIn {
+            sub,
+            email: claims.email,
+            state,
+            new_refresh_token: tokens.refresh_token.is_some(),
+        })
+    }
+}
+
+fn profile(c: &IdClaims) -> Profile {
+    Profile {
+        sub: c.sub.clone(),
+        email: c.email.clone(),
+        email_verified: c.email_verified,
+        name: c.name.clone(),
+        given_name: c.given_name.clone(),
+        family_name: c.family_name.clone(),
+        picture: c.picture.clone(),
+        locale: c.locale.clone(),
+    }
+}

@@ -1,0 +1,199 @@
+//! Build, then run. [`App::build`] opens and migrates the database, wires the services and binds
+//! every listener (so tests pass port 0 and read the real address back);
+//! [`App::run_until_stopped`] serves until the cancellation token fires, then drains.
+//!
+//! Signals arrive through signal-hook on a dedicated thread ([`spawn_signal_listener`]) and are
+//! turned into cancellation of the root token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ResolvedConfig;
+use crate::google::http_client;
+use crate::google::id_token::IdTokenVerifier;
+use crate::google::oauth::OAuthClient;
+use crate::intake::signin::SignIn;
+use crate::intake::{self, IntakeState};
+use crate::store::Store;
+use crate::telemetry::LogHandle;
+
+/// How long in-flight intake requests get to finish once shutdown starts.
+const INTAKE_DRAIN: Duration = Duration::from_secs(10);
+
+pub struct App {
+    config: ResolvedConfig,
+    store: Store,
+    intake_listener: std::net::TcpListener,
+    intake_addr: SocketAddr,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    signin: Arc<SignIn>,
+    #[allow(dead_code)] // used by the admin socket's log-level command
+    log: Option<LogHandle>,
+}
+
+impl App {
+    pub async fn build(config: ResolvedConfig, log: Option<LogHandle>) -> anyhow::Result<App> {
+        let store = Store::connect(&config.store_url, config.raw.store.max_connections).await?;
+        store.migrate().await?;
+
+        let g = &config.raw.google;
+        let http = http_client(g.request_timeout);
+        let oauth = OAuthClient::new(
+            http.clone(),
+            config.token_uri.clone(),
+            g.revoke_uri.clone(),
+            config.client.client_id.clone(),
+            config.client.client_secret.clone(),
+            g.redirect_uri.clone(),
+        );
+        let verifier = Arc::new(IdTokenVerifier::new(
+            http,
+            g.jwks_uri.clone(),
+            config.client.client_id.clone(),
+            g.android_client_ids.clone(),
+        ));
+        let signin = Arc::new(SignIn {
+            oauth,
+            verifier,
+            store: store.clone(),
+            keyring: config.keyring.clone(),
+            required_scopes: g.required_scopes.clone(),
+        });
+
+        let intake_listener =
+            std::net::TcpListener::bind(config.raw.intake.listen).with_context(|| {
+                format!(
+                    "cannot listen on [intake] listen = {}",
+                    config.raw.intake.listen
+                )
+            })?;
+        intake_listener.set_nonblocking(true)?;
+        let intake_addr = intake_listener.local_addr()?;
+        let tls = match (&config.raw.intake.tls_cert, &config.raw.intake.tls_key) {
+            (Some(cert), Some(key)) => {
+                install_crypto_provider();
+                Some(
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "cannot load the TLS certificate {} and key {}",
+                                cert.display(),
+                                key.display()
+                            )
+                        })?,
+                )
+            }
+            _ => None,
+        };
+        Ok(App {
+            config,
+            store,
+            intake_listener,
+            intake_addr,
+            tls,
+            signin,
+            log,
+        })
+    }
+
+    pub fn intake_addr(&self) -> SocketAddr {
+        self.intake_addr
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting and drains.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let router = intake::router(IntakeState {
+            signin: self.signin.clone(),
+            store: self.store.clone(),
+        });
+        let handle = axum_server::Handle::new();
+        let make_service = router.into_make_service();
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        tracing::info!(
+            intake = %format!("{scheme}://{}", self.intake_addr),
+            database = %crate::store::redact_url(&self.config.store_url),
+            "appdata-syncd is serving"
+        );
+        let server = {
+            let handle = handle.clone();
+            let listener = self.intake_listener;
+            let tls = self.tls;
+            async move {
+                match tls {
+                    Some(tls) => {
+                        let mut server = axum_server::from_tcp_rustls(listener, tls);
+                        configure_http(server.http_builder());
+                        server.handle(handle).serve(make_service).await
+                    }
+                    None => {
+                        let mut server = axum_server::from_tcp(listener);
+                        configure_http(server.http_builder());
+                        server.handle(handle).serve(make_service).await
+                    }
+                }
+            }
+        };
+        let drain = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                tracing::info!("shutting down: no new sign-ins");
+                handle.graceful_shutdown(Some(INTAKE_DRAIN));
+            }
+        };
+        let (served, ()) = tokio::join!(server, drain);
+        served.context("intake server failed")?;
+        self.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Slow clients must not hold connections open forever.
+fn configure_http(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+}
+
+fn install_crypto_provider() {
+    // Fails only if a provider is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once. Committed data is safe
+/// either way: every acknowledged write is durable before we answer.
+pub fn spawn_signal_listener(token: CancellationToken) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("cannot install signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    tracing::info!(signal, "stop requested; finishing in-flight work");
+                    token.cancel();
+                } else {
+                    tracing::warn!(signal, "second stop signal: exiting now");
+                    std::process::exit(1);
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}

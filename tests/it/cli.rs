@@ -1,0 +1,203 @@
+//! The real `appdata-syncd` binary: check-config, and logs that never carry a secret.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fake_google::FakeGoogle;
+
+use crate::helpers::{binary, test_config};
+
+/// Writes a config.toml for `google` into `dir`, with the given extra lines per section.
+fn write_config(
+    dir: &std::path::Path,
+    google: &FakeGoogle,
+    listen: &str,
+    extra_google: &str,
+) -> std::path::PathBuf {
+    let c = test_config(dir, google);
+    let text = format!(
+        "[google]\nclient_secret_file = {secret:?}\njwks_uri = {jwks:?}\nrevoke_uri = {revoke:?}\n\
+         drive_api_base = {drive:?}\nandroid_client_ids = [{android:?}]\n{extra_google}\n\
+         [intake]\nlisten = {listen:?}\n\
+         [store]\nstate_dir = {state:?}\nencryption_key_file = {key:?}\n\
+         [admin]\nsocket = {sock:?}\n",
+        secret = c.google.client_secret_file.unwrap(),
+        jwks = c.google.jwks_uri,
+        revoke = c.google.revoke_uri,
+        drive = c.google.drive_api_base,
+        android = c.google.android_client_ids[0],
+        state = dir,
+        key = c.store.encryption_key_file.unwrap(),
+        sock = c.admin.socket,
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn check_config(path: &std::path::Path) -> (bool, String) {
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(path)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn check_config_accepts_a_good_config_and_redacts_secrets() {
+    let google = FakeGoogle::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &google, "127.0.0.1:0", "");
+    let (ok, text) = check_config(&path);
+    assert!(ok, "{text}");
+    assert!(text.contains("[redacted]"), "{text}");
+    assert!(text.contains(&google.clients().web_client_id), "{text}");
+    assert!(
+        !text.contains(&google.clients().web_client_secret),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn check_config_fails_clearly_on_each_problem() {
+    let google = FakeGoogle::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &google, "127.0.0.1:0", "");
+    let secret = dir.path().join("client_secret.json");
+    let key = dir.path().join("encryption.key");
+    let good_secret = std::fs::read(&secret).unwrap();
+
+    std::fs::remove_file(&secret).unwrap();
+    let (ok, text) = check_config(&path);
+    assert!(!ok);
+    assert!(text.contains("cannot read client secret file"), "{text}");
+
+    std::fs::write(&secret, b"{\"web\": {\"client_id\": ").unwrap();
+    let (ok, text) = check_config(&path);
+    assert!(!ok);
+    assert!(text.contains("not a Google client_secret.json"), "{text}");
+    std::fs::write(&secret, &good_secret).unwrap();
+
+    std::fs::remove_file(&key).unwrap();
+    let (ok, text) = check_config(&path);
+    assert!(!ok);
+    assert!(text.contains("cannot read encryption key file"), "{text}");
+
+    std::fs::write(&key, [1u8; 16]).unwrap();
+    let (ok, text) = check_config(&path);
+    assert!(!ok);
+    assert!(text.contains("exactly 32 bytes"), "{text}");
+    std::fs::write(&key, [1u8; 32]).unwrap();
+
+    let path = write_config(dir.path(), &google, "127.0.0.1:0", "jwks_url = \"typo\"");
+    let (ok, text) = check_config(&path);
+    assert!(!ok);
+    assert!(
+        text.contains("unknown field") && text.contains("jwks_url"),
+        "{text}"
+    );
+
+    let path = write_config(dir.path(), &google, "127.0.0.1:0", "");
+    assert!(check_config(&path).0, "back to a good config");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_ready(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(url).await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never became ready");
+}
+
+#[tokio::test]
+async fn trace_logs_of_sign_ins_contain_no_token_code_or_client_secret() {
+    let google = FakeGoogle::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = write_config(dir.path(), &google, &format!("127.0.0.1:{port}"), "");
+    let log_path = dir.path().join("stderr.log");
+    let mut child = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let intake = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{intake}/readyz")).await;
+
+    let http = reqwest::Client::new();
+    let emulator = google.emulator();
+    for i in 0..3 {
+        let sub = format!("traced{i}");
+        emulator
+            .create_user(fake_google::NewUser {
+                sub: sub.clone(),
+                ..Default::default()
+            })
+            .unwrap();
+        let code = emulator
+            .mint_auth_code(fake_google::MintCode {
+                sub,
+                ..Default::default()
+            })
+            .unwrap();
+        for _ in 0..2 {
+            // The second post replays the code: the failure path must not log it either.
+            http.post(format!("{intake}/authcode"))
+                .form(&[("authCode", code.as_str())])
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "daemon exited with {status}");
+
+    let mut logs = String::new();
+    std::fs::File::open(&log_path)
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(logs.contains("sign-in stored"), "trace logs were captured");
+    assert!(logs.lines().count() > 50, "trace level is on");
+    let mut secrets = emulator.issued_secrets();
+    secrets.push(google.clients().web_client_secret);
+    assert!(secrets.iter().any(|s| s.starts_with("4/")));
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret leaked into the logs: {}...",
+            &secret[..6]
+        );
+        // Form-encoding turns '/' into %2F: look for that spelling too.
+        let encoded = secret.replace('/', "%2F");
+        assert!(
+            !logs.contains(encoded.as_str()),
+            "an encoded secret leaked into the logs"
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! `spawn_app()` and friends: a running daemon, its fake-google, and typed helpers.
+
+use std::path::{Path, PathBuf};
+
+use appdata_syncd::config::Config;
+use appdata_syncd::lifecycle::App;
+use appdata_syncd::store::Store;
+use fake_google::{FakeGoogle, MintCode, NewUser};
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub dir: tempfile::TempDir,
+    pub google: FakeGoogle,
+    /// `http://127.0.0.1:PORT` of the intake.
+    pub intake: String,
+    pub store: Store,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Writes client_secret.json and a key into `dir` and returns a config pointing at `google`.
+pub fn test_config(dir: &Path, google: &FakeGoogle) -> Config {
+    let secret = dir.join("client_secret.json");
+    std::fs::write(&secret, google.client_secret_json().to_string()).unwrap();
+    let key = dir.join("encryption.key");
+    if !key.exists() {
+        std::fs::write(&key, [42u8; 32]).unwrap();
+    }
+    let base = google.base_url();
+    let mut config = Config::default();
+    config.google.client_secret_file = Some(secret);
+    config.google.jwks_uri = format!("{base}/oauth2/v3/certs");
+    config.google.revoke_uri = format!("{base}/revoke");
+    config.google.drive_api_base = base.clone();
+    config.google.android_client_ids = vec![google.clients().android_client_id];
+    config.google.request_timeout = std::time::Duration::from_secs(2);
+    config.intake.listen = "127.0.0.1:0".parse().unwrap();
+    config.store.state_dir = Some(dir.to_path_buf());
+    config.store.encryption_key_file = Some(key);
+    config.admin.socket = dir.join("admin.sock");
+    config
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    init_test_log();
+    let dir = tempfile::tempdir().unwrap();
+    let google = FakeGoogle::start().await.unwrap();
+    let mut config = test_config(dir.path(), &google);
+    tweak(&mut config);
+    let app = App::build(config.resolve().unwrap(), None).await.unwrap();
+    let intake = format!("http://{}", app.intake_addr());
+    let store = app.store().clone();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        dir,
+        google,
+        intake,
+        store,
+        http: reqwest::Client::new(),
+        shutdown,
+        running: Some(running),
+    }
+}
+
+/// `TEST_LOG=1` shows the daemon's logs.
+fn init_test_log() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+impl TestApp {
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("appdata-syncd.db")
+    }
+
+    /// Creates a Google account on the emulator (idempotent per sub).
+    pub fn google_user(&self, sub: &str) {
+        let _ = self.google.emulator().create_user(NewUser {
+            sub: sub.to_string(),
+            email: Some(format!("{sub}@example.com")),
+            name: Some(format!("User {sub}")),
+            ..Default::default()
+        });
+    }
+
+    /// What the Android app gets from getServerAuthCode().
+    pub fn auth_code(&self, sub: &str) -> String {
+        self.mint(MintCode {
+            sub: sub.to_string(),
+            ..Default::default()
+        })
+    }
+
+    pub fn mint(&self, mint: MintCode) -> String {
+        self.google_user(&mint.sub);
+        self.google.emulator().mint_auth_code(mint).unwrap()
+    }
+
+    /// POSTs the code exactly as the Android sample does (form-encoded `authCode`).
+    pub async fn post_code(&self, code: &str) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}/authcode", self.intake))
+            .form(&[("authCode", code)])
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    pub async fn post_raw(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}/authcode", self.intake))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    /// Signs a user in and asserts it worked.
+    pub async fn sign_in(&self, sub: &str) {
+        let code = self.auth_code(sub);
+        let (status, body) = self.post_code(&code).await;
+        assert_eq!(status, 200, "sign-in of {sub} failed: {body}");
+    }
+
+    /// Every row of users and credentials, rendered: equal snapshots mean nothing changed.
+    pub async fn db_snapshot(&self) -> String {
+        let mut out = String::new();
+        let users = sqlx::query("SELECT sub, state, email, updated_at FROM users ORDER BY sub")
+            .fetch_all(self.store.pool())
+            .await
+            .unwrap();
+        for r in users {
+            let sub: String = r.get("sub");
+            let state: String = r.get("state");
+            let updated: i64 = r.get("updated_at");
+            out.push_str(&format!("user {sub} {state} {updated}\n"));
+        }
+        let creds = sqlx::query(
+            "SELECT sub, refresh_token, access_token, obtained_at FROM credentials ORDER BY sub",
+        )
+        .fetch_all(self.store.pool())
+        .await
+        .unwrap();
+        for r in creds {
+            let sub: String = r.get("sub");
+            let refresh: Vec<u8> = r.get("refresh_token");
+            let access: Option<Vec<u8>> = r.get("access_token");
+            let at: i64 = r.get("obtained_at");
+            out.push_str(&format!(
+                "cred {sub} {} {} {at}\n",
+                hex(&refresh),
+                access.as_deref().map(hex).unwrap_or_default()
+            ));
+        }
+        out
+    }
+
+    pub async fn user_state(&self, sub: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT state FROM users WHERE sub = $1")
+            .bind(sub)
+            .fetch_optional(self.store.pool())
+            .await
+            .unwrap()
+    }
+
+    pub async fn sealed_refresh_token(&self, sub: &str) -> Option<Vec<u8>> {
+        sqlx::query_scalar("SELECT refresh_token FROM credentials WHERE sub = $1")
+            .bind(sub)
+            .fetch_optional(self.store.pool())
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            r.await.unwrap().unwrap();
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `appdata-syncd` binary built for these tests.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_appdata-syncd")
+}

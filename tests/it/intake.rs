@@ -1,0 +1,369 @@
+//! POST /authcode: every way a sign-in can succeed or fail, and what is stored.
+
+use fake_google::{Fault, Faults, IdTokenAttack, MintCode};
+
+use crate::helpers::{spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn first_sign_in_by_form_stores_the_user_and_a_sealed_refresh_token() {
+    let app = spawn_app().await;
+    let code = app.auth_code("alice");
+    let (status, body) = app.post_code(&code).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user"], "alice");
+    assert_eq!(body["email"], "alice@example.com");
+    assert_eq!(body["status"], "active");
+    assert_eq!(app.user_state("alice").await.as_deref(), Some("active"));
+    assert!(app.sealed_refresh_token("alice").await.is_some());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn first_sign_in_by_json_works_too() {
+    let app = spawn_app().await;
+    let code = app.auth_code("bob");
+    let (status, body) = app
+        .post_raw(
+            "application/json",
+            serde_json::json!({ "authCode": code }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user"], "bob");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeat_sign_in_without_refresh_token_keeps_the_stored_one() {
+    let app = spawn_app().await;
+    app.sign_in("carol").await;
+    let first = app.sealed_refresh_token("carol").await.unwrap();
+    // Google sends no refresh token on a second consent to the same client.
+    let code = app.auth_code("carol");
+    let (status, body) = app.post_code(&code).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "active");
+    assert_eq!(app.sealed_refresh_token("carol").await.unwrap(), first);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_refresh_token_replaces_the_old_one_and_reactivates_the_user() {
+    let app = spawn_app().await;
+    app.sign_in("dave").await;
+    let first = app.sealed_refresh_token("dave").await.unwrap();
+    sqlx::query(
+        "UPDATE users SET state = 'reauth_required', last_error = 'revoked' WHERE sub = 'dave'",
+    )
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+    let code = app.mint(MintCode {
+        sub: "dave".into(),
+        prompt_consent: true,
+        ..Default::default()
+    });
+    let (status, body) = app.post_code(&code).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "active");
+    assert_ne!(app.sealed_refresh_token("dave").await.unwrap(), first);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_reauth_required_user_signing_in_without_refresh_token_gets_409() {
+    let app = spawn_app().await;
+    app.sign_in("erin").await;
+    sqlx::query("UPDATE users SET state = 'reauth_required' WHERE sub = 'erin'")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let before = app.db_snapshot().await;
+    let (status, body) = app.post_code(&app.auth_code("erin")).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "no_refresh_token");
+    assert_eq!(app.db_snapshot().await, before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_with_no_refresh_token_at_all_gets_409_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    // The user consented before (elsewhere), so Google sends no refresh token to us now.
+    let earlier = app.auth_code("frank");
+    let clients = app.google.clients();
+    let resp = app
+        .http
+        .post(format!("{}/token", app.google.base_url()))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", earlier.as_str()),
+            ("client_id", clients.web_client_id.as_str()),
+            ("client_secret", clients.web_client_secret.as_str()),
+            ("redirect_uri", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let before = app.db_snapshot().await;
+    let (status, body) = app.post_code(&app.auth_code("frank")).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "no_refresh_token");
+    assert!(body["message"].as_str().unwrap().contains("consent"));
+    assert_eq!(app.db_snapshot().await, before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_replayed_code_is_invalid_grant_and_changes_nothing() {
+    let app = spawn_app().await;
+    let code = app.auth_code("gina");
+    assert_eq!(app.post_code(&code).await.0, 200);
+    let before = app.db_snapshot().await;
+    let (status, body) = app.post_code(&code).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(app.db_snapshot().await, before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_forged_id_token_is_refused_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    app.sign_in("existing").await;
+    for attack in [
+        IdTokenAttack::BadSignature,
+        IdTokenAttack::WrongAud,
+        IdTokenAttack::WrongIss,
+        IdTokenAttack::WrongAzp,
+        IdTokenAttack::Expired,
+        IdTokenAttack::FutureIat,
+        IdTokenAttack::AlgNone,
+        IdTokenAttack::Hs256PublicKey,
+        IdTokenAttack::UnknownKid,
+        IdTokenAttack::KidPath,
+        IdTokenAttack::TamperedPayload,
+        IdTokenAttack::RotatedOutKey,
+    ] {
+        let before = app.db_snapshot().await;
+        let code = app.mint(MintCode {
+            sub: "mallory".into(),
+            id_token_attack: Some(attack),
+            ..Default::default()
+        });
+        let (status, body) = app.post_code(&code).await;
+        assert_eq!(status, 401, "{attack:?}: {body}");
+        assert_eq!(body["error"], "invalid_id_token", "{attack:?}");
+        assert_eq!(
+            app.db_snapshot().await,
+            before,
+            "{attack:?} changed the database"
+        );
+    }
+    assert_eq!(app.user_state("mallory").await, None);
+    // The daemon still serves honest users.
+    app.sign_in("after-attacks").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn missing_scopes_are_refused_with_the_list() {
+    let app = spawn_app().await;
+    let before = app.db_snapshot().await;
+    let code = app.mint(MintCode {
+        sub: "hank".into(),
+        scopes: Some(vec!["openid".into(), "email".into(), "profile".into()]),
+        ..Default::default()
+    });
+    let (status, body) = app.post_code(&code).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "insufficient_scope");
+    assert_eq!(
+        body["missing_scopes"],
+        serde_json::json!(["https://www.googleapis.com/auth/drive.appdata"])
+    );
+    assert_eq!(app.db_snapshot().await, before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_bodies_get_clear_errors_and_change_nothing() {
+    let app = spawn_app().await;
+    let before = app.db_snapshot().await;
+    let form = "application/x-www-form-urlencoded";
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (form, b"".to_vec(), 400, "invalid_request"),
+        (form, b"authcode=lowercase".to_vec(), 400, "invalid_request"),
+        (form, b"authCode=".to_vec(), 400, "invalid_request"),
+        (
+            form,
+            b"authCode=a&authCode=b".to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (form, b"authCode=%ZZ%".to_vec(), 400, "invalid_request"),
+        (
+            form,
+            b"authCode=has%20space".to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            b"{\"authCode\": 42}".to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            b"{\"authCode\": \"4/x\"".to_vec(),
+            400,
+            "invalid_request",
+        ),
+        ("application/json", b"[]".to_vec(), 400, "invalid_request"),
+        (
+            "application/json",
+            vec![0xff, 0xfe, 0x00],
+            400,
+            "invalid_request",
+        ),
+        (
+            "text/plain",
+            b"authCode=4/abc".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            form,
+            format!("authCode={}", "a".repeat(17 * 1024)).into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            form,
+            format!("authCode={}", "a".repeat(4000)).into_bytes(),
+            400,
+            "invalid_request",
+        ),
+        (
+            form,
+            b"authCode=4/not-a-real-code".to_vec(),
+            400,
+            "invalid_grant",
+        ),
+    ];
+    for (ct, body, want_status, want_code) in cases {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(40)]).to_string();
+        let (status, resp) = app.post_raw(ct, body).await;
+        assert_eq!(status, want_status, "{ct} {shown}: {resp}");
+        assert_eq!(resp["error"], want_code, "{ct} {shown}");
+        assert!(resp["message"].is_string(), "{resp}");
+    }
+    assert_eq!(app.db_snapshot().await, before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn google_failing_gives_502_and_stores_nothing() {
+    let app = spawn_app().await;
+    let before = app.db_snapshot().await;
+    app.google.emulator().set_faults(Faults {
+        token: Some(Fault {
+            error_rate: 1.0,
+            error_status: Some(500),
+            ..Default::default()
+        }),
+        drive: None,
+    });
+    let (status, body) = app.post_code(&app.auth_code("ivan")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "upstream_error");
+    assert_eq!(app.db_snapshot().await, before);
+    app.google.emulator().clear_faults();
+    app.sign_in("ivan").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn google_timing_out_gives_504_and_stores_nothing() {
+    let app =
+        spawn_app_with(|c| c.google.request_timeout = std::time::Duration::from_millis(500)).await;
+    let before = app.db_snapshot().await;
+    app.google.emulator().set_faults(Faults {
+        token: Some(Fault {
+            latency_ms: 3000,
+            ..Default::default()
+        }),
+        drive: None,
+    });
+    let (status, body) = app.post_code(&app.auth_code("judy")).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"], "upstream_timeout");
+    assert_eq!(app.db_snapshot().await, before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn no_refresh_token_is_stored_in_plaintext() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        app.sign_in(&format!("plain{i}")).await;
+    }
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{}{suffix}", app.db_path().display());
+        if let Ok(b) = std::fs::read(&path) {
+            bytes.extend(b);
+        }
+    }
+    assert!(bytes.len() > 4096, "the database file should exist");
+    let secrets = app.google.emulator().issued_secrets();
+    assert!(secrets.iter().any(|s| s.starts_with("1//")));
+    for secret in secrets {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a secret issued by Google is in the database file in plaintext"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_sign_ins_of_one_user_leave_one_credential() {
+    let app = spawn_app().await;
+    let codes: Vec<String> = (0..20)
+        .map(|_| {
+            app.mint(MintCode {
+                sub: "racer".into(),
+                prompt_consent: true,
+                ..Default::default()
+            })
+        })
+        .collect();
+    let results = futures::future::join_all(codes.iter().map(|c| app.post_code(c))).await;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+    }
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credentials WHERE sub = 'racer'")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let app = spawn_app().await;
+    for path in ["healthz", "readyz"] {
+        let resp = app
+            .http
+            .get(format!("{}/{path}", app.intake))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    app.stop().await;
+}

@@ -1,0 +1,6 @@
+//! Integration tests: the real daemon (in-process, or the real binary where it matters) against
+//! fake-google on a loopback port and a real SQLite file in a temporary folder.
+
+mod cli;
+mod helpers;
+mod intake;
