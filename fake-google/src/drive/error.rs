@@ -15,6 +15,8 @@ pub(crate) struct DriveError(Box<Detail>);
 pub(crate) struct Detail {
     status: StatusCode,
     message: String,
+    /// `errors[0].message` when it differs from the top-level one (auth errors).
+    item_message: Option<&'static str>,
     reason: &'static str,
     domain: &'static str,
     /// (location, locationType)
@@ -43,6 +45,7 @@ impl DriveError {
         Self(Box::new(Detail {
             status,
             message: message.into(),
+            item_message: None,
             reason,
             domain: "global",
             location: None,
@@ -67,6 +70,7 @@ impl DriveError {
         )
         .at("Authorization", "header");
         e.grpc_status = Some("UNAUTHENTICATED");
+        e.item_message = Some("Invalid Credentials");
         e.www_authenticate = true;
         e
     }
@@ -78,6 +82,7 @@ impl DriveError {
             "Request had insufficient authentication scopes.",
         );
         e.grpc_status = Some("PERMISSION_DENIED");
+        e.item_message = Some("Insufficient Permission");
         e
     }
 
@@ -175,7 +180,7 @@ impl IntoResponse for DriveError {
     fn into_response(self) -> Response {
         let this = *self.0;
         let mut item = serde_json::json!({
-            "message": this.message,
+            "message": this.item_message.unwrap_or(&this.message),
             "domain": this.domain,
             "reason": this.reason,
         });
