@@ -18,5 +18,8 @@ pub mod crypto;
 pub mod google;
 pub mod intake;
 pub mod lifecycle;
+pub mod scheduler;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
+pub mod tokens;

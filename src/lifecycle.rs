@@ -13,13 +13,19 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ResolvedConfig;
+use crate::google::drive::DriveClient;
 use crate::google::http_client;
 use crate::google::id_token::IdTokenVerifier;
 use crate::google::oauth::OAuthClient;
+use crate::google::RateLimit;
 use crate::intake::signin::SignIn;
 use crate::intake::{self, IntakeState};
+use crate::scheduler::Scheduler;
 use crate::store::Store;
+use crate::sync::mirror::Mirror;
+use crate::sync::SyncEngine;
 use crate::telemetry::LogHandle;
+use crate::tokens::Tokens;
 
 /// How long in-flight intake requests get to finish once shutdown starts.
 const INTAKE_DRAIN: Duration = Duration::from_secs(10);
@@ -31,6 +37,7 @@ pub struct App {
     intake_addr: SocketAddr,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     signin: Arc<SignIn>,
+    scheduler: Arc<Scheduler>,
     #[allow(dead_code)] // used by the admin socket's log-level command
     log: Option<LogHandle>,
 }
@@ -56,6 +63,26 @@ impl App {
             config.client.client_id.clone(),
             g.android_client_ids.clone(),
         ));
+        let limit = Arc::new(RateLimit::new(config.raw.sync.max_requests_per_second));
+        let mirror = Mirror::open(&config.data_dir).with_context(|| {
+            format!(
+                "cannot open the mirror directory {}",
+                config.data_dir.display()
+            )
+        })?;
+        let tokens = Arc::new(Tokens::new(
+            oauth.clone(),
+            store.clone(),
+            config.keyring.clone(),
+        ));
+        let engine = Arc::new(SyncEngine {
+            drive: DriveClient::new(http_client(g.request_timeout), &g.drive_api_base),
+            tokens,
+            store: store.clone(),
+            mirror,
+            limit,
+        });
+        let scheduler = Scheduler::new(engine, store.clone(), config.raw.sync.concurrency);
         let signin = Arc::new(SignIn {
             oauth,
             verifier,
@@ -97,8 +124,13 @@ impl App {
             intake_addr,
             tls,
             signin,
+            scheduler,
             log,
         })
+    }
+
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
     }
 
     pub fn intake_addr(&self) -> SocketAddr {
@@ -142,20 +174,88 @@ impl App {
                 }
             }
         };
+        // `shutdown` stops new work; `abort` (after the grace period) stops running syncs at
+        // their next checkpoint.
+        let abort = CancellationToken::new();
+        let cron = start_cron(
+            &self.config.raw.sync.schedule,
+            &self.scheduler,
+            &shutdown,
+            &abort,
+        )
+        .await?;
+        let resyncs = tokio::spawn(
+            self.scheduler
+                .clone()
+                .resync_loop(shutdown.clone(), abort.clone()),
+        );
+        let grace = self.config.raw.sync.shutdown_grace;
         let drain = {
             let shutdown = shutdown.clone();
+            let scheduler = self.scheduler.clone();
+            let abort = abort.clone();
             async move {
                 shutdown.cancelled().await;
-                tracing::info!("shutting down: no new sign-ins");
+                tracing::info!(
+                    running_syncs = scheduler.running(),
+                    grace_s = grace.as_secs(),
+                    "shutting down: no new sign-ins or syncs; letting running syncs finish"
+                );
                 handle.graceful_shutdown(Some(INTAKE_DRAIN));
+                let deadline = tokio::time::Instant::now() + grace;
+                while scheduler.running() > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if scheduler.running() > 0 {
+                    tracing::warn!(
+                        running_syncs = scheduler.running(),
+                        "grace period over: stopping running syncs at their next checkpoint"
+                    );
+                }
+                abort.cancel();
             }
         };
         let (served, ()) = tokio::join!(server, drain);
         served.context("intake server failed")?;
+        let mut cron = cron;
+        let _ = cron.shutdown().await;
+        let _ = resyncs.await;
+        while self.scheduler.running() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.store.close().await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Runs a sync cycle on every tick of `schedule` (a cycle still running makes a tick a no-op).
+async fn start_cron(
+    schedule: &str,
+    scheduler: &Arc<Scheduler>,
+    stop: &CancellationToken,
+    abort: &CancellationToken,
+) -> anyhow::Result<tokio_cron_scheduler::JobScheduler> {
+    let cron = tokio_cron_scheduler::JobScheduler::new()
+        .await
+        .context("cannot start the cron scheduler")?;
+    let (scheduler, stop, abort) = (scheduler.clone(), stop.clone(), abort.clone());
+    let job = tokio_cron_scheduler::Job::new_async(schedule, move |_id, _lock| {
+        let (scheduler, stop, abort) = (scheduler.clone(), stop.clone(), abort.clone());
+        Box::pin(async move {
+            if !stop.is_cancelled() {
+                scheduler.run_once(&stop, &abort).await;
+            }
+        })
+    })
+    .with_context(|| format!("[sync] schedule = {schedule:?} is not a valid cron expression"))?;
+    cron.add(job)
+        .await
+        .context("cannot schedule the sync cycle")?;
+    cron.start()
+        .await
+        .context("cannot start the cron scheduler")?;
+    Ok(cron)
 }
 
 /// Slow clients must not hold connections open forever.

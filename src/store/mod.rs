@@ -8,6 +8,10 @@
 //! failing half-way, and our own writers queue in memory rather than spinning on the file lock.
 
 pub mod credentials;
+pub mod files;
+pub mod pushes;
+pub mod schedule;
+pub mod syncs;
 pub mod users;
 
 use std::sync::Arc;

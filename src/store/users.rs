@@ -143,3 +143,16 @@ pub async fn count(conn: &mut Conn) -> Result<i64, sqlx::Error> {
         .fetch_one(conn)
         .await
 }
+
+pub async fn set_last_error(
+    conn: &mut Conn,
+    sub: &str,
+    last_error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET last_error = $2 WHERE sub = $1")
+        .bind(sub)
+        .bind(last_error)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use appdata_syncd::config::Config;
+use std::sync::Arc;
+
 use appdata_syncd::lifecycle::App;
+use appdata_syncd::scheduler::{CycleOutcome, Scheduler};
 use appdata_syncd::store::Store;
 use fake_google::{FakeGoogle, MintCode, NewUser};
 use sqlx::Row;
@@ -15,6 +18,7 @@ pub struct TestApp {
     /// `http://127.0.0.1:PORT` of the intake.
     pub intake: String,
     pub store: Store,
+    pub scheduler: Arc<Scheduler>,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -40,6 +44,9 @@ pub fn test_config(dir: &Path, google: &FakeGoogle) -> Config {
     config.store.state_dir = Some(dir.to_path_buf());
     config.store.encryption_key_file = Some(key);
     config.admin.socket = dir.join("admin.sock");
+    // Tests step cycles themselves (`TestApp::cycle`); the cron tick is far away.
+    config.sync.schedule = "0 0 0 1 1 *".into();
+    config.sync.max_requests_per_second = 10_000;
     config
 }
 
@@ -56,6 +63,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let app = App::build(config.resolve().unwrap(), None).await.unwrap();
     let intake = format!("http://{}", app.intake_addr());
     let store = app.store().clone();
+    let scheduler = app.scheduler().clone();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
@@ -63,6 +71,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         google,
         intake,
         store,
+        scheduler,
         http: reqwest::Client::new(),
         shutdown,
         running: Some(running),
@@ -193,6 +202,53 @@ impl TestApp {
             .fetch_optional(self.store.pool())
             .await
             .unwrap()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("mirror")
+    }
+
+    /// Runs one sync cycle to the end.
+    pub async fn cycle(&self) -> CycleOutcome {
+        let never = CancellationToken::new();
+        self.scheduler.run_once(&never, &never).await
+    }
+
+    /// Asserts the mirror of `sub` equals the emulator's appDataFolder: same file ids, names,
+    /// md5s in the database, and the same bytes on disk; nothing else in the user's folder.
+    pub async fn assert_mirror_matches(&self, sub: &str) {
+        let remote = self.google.emulator().list_files(sub).unwrap();
+        let mut conn = self.store.pool().acquire().await.unwrap();
+        let local = appdata_syncd::store::files::list(&mut conn, sub)
+            .await
+            .unwrap();
+        let mut remote_ids: Vec<_> = remote.iter().map(|f| f.id.clone()).collect();
+        let mut local_ids: Vec<_> = local.iter().map(|f| f.file_id.clone()).collect();
+        remote_ids.sort();
+        local_ids.sort();
+        assert_eq!(local_ids, remote_ids, "file ids of {sub}");
+        for f in &remote {
+            let row = local.iter().find(|l| l.file_id == f.id).unwrap();
+            assert_eq!(row.name, f.name, "name of {}", f.id);
+            assert_eq!(
+                row.md5.as_deref(),
+                Some(f.md5_checksum.as_str()),
+                "md5 of {}",
+                f.id
+            );
+            let bytes = std::fs::read(self.data_dir().join(&row.local_path)).unwrap();
+            let want = self.google.emulator().file_content(sub, &f.id).unwrap();
+            assert_eq!(bytes, want.as_ref(), "content of {} ({})", f.id, f.name);
+        }
+        let on_disk = match std::fs::read_dir(self.data_dir().join(sub)) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut on_disk: Vec<String> = on_disk;
+        on_disk.sort();
+        assert_eq!(on_disk, remote_ids, "files on disk for {sub}");
     }
 
     pub async fn stop(mut self) {

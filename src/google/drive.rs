@@ -1,0 +1,406 @@
+//! Drive API v3, restricted to the appDataFolder space.
+//! <https://developers.google.com/workspace/drive/api/guides/appdata>
+//!
+//! Each method is one HTTP call and classifies failures into [`GoogleError`]; retries, rate
+//! limiting and token refresh are the caller's (sync's) business. Requests ask only for the
+//! fields sync uses, so responses stay small.
+
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::{retry_after, GoogleError};
+
+/// The fields of a file that the mirror keeps.
+const FILE_FIELDS: &str = "id,name,mimeType,size,md5Checksum,version,modifiedTime,trashed";
+
+#[derive(Clone)]
+pub struct DriveClient {
+    http: reqwest::Client,
+    /// e.g. `https://www.googleapis.com`
+    base: String,
+}
+
+/// A Drive file's metadata. Drive v3 sends int64 values (size, version) as JSON strings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriveFile {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub mime_type: Option<String>,
+    #[serde(default, deserialize_with = "int64_string")]
+    pub size: Option<i64>,
+    #[serde(default)]
+    pub md5_checksum: Option<String>,
+    #[serde(default, deserialize_with = "int64_string")]
+    pub version: Option<i64>,
+    #[serde(default)]
+    pub modified_time: Option<String>,
+    #[serde(default)]
+    pub trashed: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileList {
+    #[serde(default)]
+    pub files: Vec<DriveFile>,
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    pub file_id: String,
+    #[serde(default)]
+    pub removed: bool,
+    pub file: Option<DriveFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeList {
+    #[serde(default)]
+    pub changes: Vec<Change>,
+    pub next_page_token: Option<String>,
+    pub new_start_page_token: Option<String>,
+}
+
+fn int64_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        S(String),
+        I(i64),
+    }
+    match Option::<N>::deserialize(d)? {
+        None => Ok(None),
+        Some(N::I(i)) => Ok(Some(i)),
+        Some(N::S(s)) => s.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Drive's error body: `{"error": {"code": N, "message": ..., "errors": [{"reason", "location"}]}}`.
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    error: ErrorDetail,
+}
+#[derive(Deserialize, Default)]
+struct ErrorDetail {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    errors: Vec<ErrorItem>,
+}
+#[derive(Deserialize, Default)]
+struct ErrorItem {
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    location: String,
+}
+
+impl DriveClient {
+    pub fn new(http: reqwest::Client, base: &str) -> Self {
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// <https://developers.google.com/workspace/drive/api/reference/rest/v3/changes/getStartPageToken>
+    pub async fn start_page_token(&self, token: &SecretString) -> Result<String, GoogleError> {
+        const E: &str = "changes.startPageToken";
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Start {
+            start_page_token: String,
+        }
+        let resp = self
+            .get(E, token, "/drive/v3/changes/startPageToken", &[])
+            .await?;
+        Ok(json::<Start>(E, resp).await?.start_page_token)
+    }
+
+    /// One page of the appDataFolder listing.
+    /// <https://developers.google.com/workspace/drive/api/reference/rest/v3/files/list>
+    pub async fn list_files(
+        &self,
+        token: &SecretString,
+        page_token: Option<&str>,
+    ) -> Result<FileList, GoogleError> {
+        const E: &str = "files.list";
+        let fields = format!("nextPageToken,files({FILE_FIELDS})");
+        let mut query = vec![
+            ("spaces", "appDataFolder"),
+            ("pageSize", "1000"),
+            ("fields", fields.as_str()),
+            ("q", "trashed = false"),
+        ];
+        if let Some(p) = page_token {
+            query.push(("pageToken", p));
+        }
+        let resp = self.get(E, token, "/drive/v3/files", &query).await?;
+        json(E, resp).await
+    }
+
+    /// One page of changes since `page_token`.
+    /// <https://developers.google.com/workspace/drive/api/reference/rest/v3/changes/list>
+    pub async fn list_changes(
+        &self,
+        token: &SecretString,
+        page_token: &str,
+    ) -> Result<ChangeList, GoogleError> {
+        const E: &str = "changes.list";
+        let fields =
+            format!("nextPageToken,newStartPageToken,changes(fileId,removed,file({FILE_FIELDS}))");
+        let query = [
+            ("pageToken", page_token),
+            ("spaces", "appDataFolder"),
+            ("includeRemoved", "true"),
+            ("pageSize", "1000"),
+            ("fields", fields.as_str()),
+        ];
+        let resp = self.get(E, token, "/drive/v3/changes", &query).await?;
+        json(E, resp).await
+    }
+
+    /// Starts a content download (`alt=media`); the caller streams the body.
+    pub async fn download(
+        &self,
+        token: &SecretString,
+        file_id: &str,
+    ) -> Result<reqwest::Response, GoogleError> {
+        const E: &str = "files.download";
+        let path = format!("/drive/v3/files/{}", urlencode(file_id));
+        self.get(E, token, &path, &[("alt", "media")]).await
+    }
+
+    /// Creates a file in appDataFolder (multipart upload: metadata + content).
+    /// <https://developers.google.com/workspace/drive/api/guides/manage-uploads#multipart>
+    pub async fn create_file(
+        &self,
+        token: &SecretString,
+        name: &str,
+        mime_type: &str,
+        content: Vec<u8>,
+    ) -> Result<DriveFile, GoogleError> {
+        const E: &str = "files.create";
+        let metadata = serde_json::json!({
+            "name": name,
+            "mimeType": mime_type,
+            "parents": ["appDataFolder"],
+        });
+        let url = format!(
+            "{}/upload/drive/v3/files?uploadType=multipart&fields={FILE_FIELDS}",
+            self.base
+        );
+        let (content_type, body) = multipart_related(&metadata, mime_type, content);
+        let req = self
+            .http
+            .post(url)
+            .bearer_auth(token.expose_secret())
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        let resp = send(E, req).await?;
+        json(E, resp).await
+    }
+
+    /// Replaces a file's content (media upload).
+    pub async fn update_content(
+        &self,
+        token: &SecretString,
+        file_id: &str,
+        mime_type: &str,
+        content: Vec<u8>,
+    ) -> Result<DriveFile, GoogleError> {
+        const E: &str = "files.update";
+        let url = format!(
+            "{}/upload/drive/v3/files/{}?uploadType=media&fields={FILE_FIELDS}",
+            self.base,
+            urlencode(file_id)
+        );
+        let req = self
+            .http
+            .patch(url)
+            .bearer_auth(token.expose_secret())
+            .header(reqwest::header::CONTENT_TYPE, mime_type)
+            .body(content);
+        let resp = send(E, req).await?;
+        json(E, resp).await
+    }
+
+    async fn get(
+        &self,
+        endpoint: &'static str,
+        token: &SecretString,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<reqwest::Response, GoogleError> {
+        let req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token.expose_secret())
+            .query(query);
+        send(endpoint, req).await
+    }
+}
+
+async fn send(
+    endpoint: &'static str,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, GoogleError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| GoogleError::from_reqwest(endpoint, e))?;
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.unwrap_or_default();
+    Err(drive_error(endpoint, status, &headers, &body))
+}
+
+async fn json<T: serde::de::DeserializeOwned>(
+    endpoint: &'static str,
+    resp: reqwest::Response,
+) -> Result<T, GoogleError> {
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| GoogleError::from_reqwest(endpoint, e))?;
+    serde_json::from_slice(&body).map_err(|e| GoogleError::Malformed {
+        endpoint,
+        reason: e.to_string(),
+    })
+}
+
+/// Classifies a Drive error response.
+/// <https://developers.google.com/workspace/drive/api/guides/handle-errors>
+fn drive_error(
+    endpoint: &'static str,
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+) -> GoogleError {
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let reason = parsed
+        .error
+        .errors
+        .first()
+        .map(|e| e.reason.as_str())
+        .unwrap_or("");
+    let location = parsed
+        .error
+        .errors
+        .first()
+        .map(|e| e.location.as_str())
+        .unwrap_or("");
+    let rate_limited = matches!(
+        reason,
+        "rateLimitExceeded" | "userRateLimitExceeded" | "sharingRateLimitExceeded"
+    );
+    match status.as_u16() {
+        401 => GoogleError::Unauthorized { endpoint },
+        404 => GoogleError::NotFound { endpoint },
+        400 if location == "pageToken" => GoogleError::InvalidPageToken { endpoint },
+        // Drive reports an expired changes token as 410 Gone on some paths.
+        410 => GoogleError::InvalidPageToken { endpoint },
+        429 | 500..=599 => GoogleError::Unavailable {
+            endpoint,
+            status: status.as_u16(),
+            retry_after: retry_after(headers),
+        },
+        403 if rate_limited => GoogleError::Unavailable {
+            endpoint,
+            status: 403,
+            retry_after: retry_after(headers),
+        },
+        code => GoogleError::Rejected {
+            endpoint,
+            status: code,
+            error: if reason.is_empty() {
+                "unknown".into()
+            } else {
+                reason.to_string()
+            },
+            description: parsed.error.message,
+        },
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Builds a `multipart/related` body: the JSON metadata part, then the media part.
+fn multipart_related(
+    metadata: &serde_json::Value,
+    mime_type: &str,
+    content: Vec<u8>,
+) -> (String, Vec<u8>) {
+    let boundary = format!("appdata-syncd-{:016x}", rand::random::<u64>());
+    let mut body = Vec::with_capacity(content.len() + 512);
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{metadata}\r\n\
+             --{boundary}\r\nContent-Type: {mime_type}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(&content);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/related; boundary={boundary}"), body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drive_errors_are_classified_like_googles_guide_says() {
+        let h = reqwest::header::HeaderMap::new();
+        let body = |reason: &str, location: &str| {
+            serde_json::json!({"error": {"code": 0, "message": "m",
+                "errors": [{"domain": "usageLimits", "reason": reason, "message": "m", "location": location}]}})
+            .to_string()
+        };
+        let e = drive_error(
+            "x",
+            StatusCode::FORBIDDEN,
+            &h,
+            body("userRateLimitExceeded", "").as_bytes(),
+        );
+        assert!(e.is_transient());
+        let e = drive_error(
+            "x",
+            StatusCode::FORBIDDEN,
+            &h,
+            body("insufficientPermissions", "").as_bytes(),
+        );
+        assert!(!e.is_transient());
+        let e = drive_error(
+            "x",
+            StatusCode::BAD_REQUEST,
+            &h,
+            body("invalid", "pageToken").as_bytes(),
+        );
+        assert!(matches!(e, GoogleError::InvalidPageToken { .. }));
+        let e = drive_error("x", StatusCode::UNAUTHORIZED, &h, b"");
+        assert!(matches!(e, GoogleError::Unauthorized { .. }));
+    }
+
+    #[test]
+    fn int64_fields_arrive_as_strings() {
+        let f: DriveFile = serde_json::from_str(
+            r#"{"id": "a", "name": "n", "size": "12", "version": "3", "md5Checksum": "x"}"#,
+        )
+        .unwrap();
+        assert_eq!((f.size, f.version), (Some(12), Some(3)));
+    }
+}

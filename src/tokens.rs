@@ -1,0 +1,202 @@
+//! Access tokens for sync: taken from the database cache while valid, refreshed only when
+//! missing or within [`REFRESH_MARGIN`] of expiry, single-flight per user, and sealed back into
+//! the database so a restart does not force a refresh.
+//!
+//! `invalid_grant` on refresh means the grant is gone (revoked, expired, password change, too
+//! many tokens): the user moves to `reauth_required`, once, and nothing calls Google for them
+//! until a new sign-in. Transient failures are the caller's to retry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::crypto::{CryptoError, Keyring, Purpose, Sealed};
+use crate::google::oauth::OAuthClient;
+use crate::google::GoogleError;
+use crate::store::users::UserState;
+use crate::store::{self, credentials, users, Store};
+
+/// Refresh this long before Google's expiry, so a token never expires mid-sync.
+pub const REFRESH_MARGIN_MS: i64 = 5 * 60 * 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the user's grant was revoked or expired ({0}); waiting for a new sign-in")]
+    Revoked(String),
+    #[error("the stored credentials cannot be decrypted: {0}")]
+    Broken(#[from] CryptoError),
+    #[error("the user has no stored credentials")]
+    Missing,
+    #[error(transparent)]
+    Google(#[from] GoogleError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A usable access token and when it expires (unix ms).
+#[derive(Clone)]
+pub struct AccessToken {
+    pub token: SecretString,
+    pub expires_at: i64,
+}
+
+pub struct Tokens {
+    oauth: OAuthClient,
+    store: Store,
+    keyring: Keyring,
+    /// One lock per user with a refresh in flight: concurrent needs wait on it and then find
+    /// the fresh token in the database. Entries live only while someone holds them.
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Tokens {
+    pub fn new(oauth: OAuthClient, store: Store, keyring: Keyring) -> Self {
+        Self {
+            oauth,
+            store,
+            keyring,
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn oauth(&self) -> &OAuthClient {
+        &self.oauth
+    }
+
+    /// Opens a cached, sealed access token if it is still good for at least the margin.
+    pub fn usable_cached(
+        &self,
+        sub: &str,
+        cached: Option<&(Sealed, i64)>,
+        now: i64,
+    ) -> Option<AccessToken> {
+        let (sealed, expires_at) = cached?;
+        if *expires_at - REFRESH_MARGIN_MS <= now {
+            return None;
+        }
+        let token = self
+            .keyring
+            .open(sub, Purpose::AccessToken, &sealed.key_id, &sealed.bytes)
+            .ok()?;
+        Some(AccessToken {
+            token,
+            expires_at: *expires_at,
+        })
+    }
+
+    /// Returns a valid access token, refreshing when needed. `rejected` is a token Drive just
+    /// answered 401 to: it is not reused even if its expiry says it is fine.
+    pub async fn fresh(
+        &self,
+        sub: &str,
+        rejected: Option<&AccessToken>,
+    ) -> Result<(AccessToken, bool), TokenError> {
+        let lock = self
+            .inflight
+            .lock()
+            .entry(sub.to_string())
+            .or_default()
+            .clone();
+        let result = {
+            let _guard = lock.lock().await;
+            self.fresh_locked(sub, rejected).await
+        };
+        // Drop the map entry when no one else is waiting on it.
+        let mut map = self.inflight.lock();
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(sub);
+        }
+        result
+    }
+
+    async fn fresh_locked(
+        &self,
+        sub: &str,
+        rejected: Option<&AccessToken>,
+    ) -> Result<(AccessToken, bool), TokenError> {
+        let mut conn = self.store.pool().acquire().await?;
+        let cred = credentials::get(&mut conn, sub)
+            .await?
+            .ok_or(TokenError::Missing)?;
+        drop(conn);
+        let now = store::now_ms();
+        if let Some(t) = self.usable_cached(sub, cred.access_token.as_ref(), now) {
+            let same_as_rejected =
+                rejected.is_some_and(|r| r.token.expose_secret() == t.token.expose_secret());
+            if !same_as_rejected {
+                // Someone refreshed while we waited.
+                return Ok((t, false));
+            }
+        }
+        let refresh = self.keyring.open(
+            sub,
+            Purpose::RefreshToken,
+            &cred.refresh_token.key_id,
+            &cred.refresh_token.bytes,
+        )?;
+        let resp = match self.oauth.refresh(&refresh).await {
+            Ok(r) => r,
+            Err(GoogleError::InvalidGrant { description }) => {
+                self.park(sub, &description).await?;
+                return Err(TokenError::Revoked(description));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let obtained = store::now_ms();
+        let expires_at = obtained + resp.expires_in.max(0) * 1000;
+        let access = self
+            .keyring
+            .seal(sub, Purpose::AccessToken, &resp.access_token);
+        let mut tx = self.store.begin_write().await?;
+        credentials::put_access_token(tx.conn(), sub, &access, expires_at, resp.scope.as_deref())
+            .await?;
+        // Google may rotate the refresh token: the new one replaces the old in the same commit.
+        if let Some(new_refresh) = &resp.refresh_token {
+            let sealed = self.keyring.seal(sub, Purpose::RefreshToken, new_refresh);
+            credentials::put_refresh_token(
+                tx.conn(),
+                sub,
+                &sealed,
+                resp.scope.as_deref().unwrap_or(&cred.scopes),
+                obtained,
+                Some((&access, expires_at)),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((
+            AccessToken {
+                token: resp.access_token,
+                expires_at,
+            },
+            true,
+        ))
+    }
+
+    /// The grant is gone: mark the user, say so once, and stop calling Google for them.
+    async fn park(&self, sub: &str, why: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.store.begin_write().await?;
+        let was = users::get(tx.conn(), sub).await?.map(|u| u.state);
+        let reason = format!("Google refused the refresh token: {why}");
+        users::set_state(
+            tx.conn(),
+            sub,
+            UserState::ReauthRequired,
+            Some(&reason),
+            store::now_ms(),
+        )
+        .await?;
+        tx.commit().await?;
+        if was != Some(UserState::ReauthRequired) {
+            tracing::warn!(
+                user = %sub,
+                reason = %why,
+                "user's Google grant is revoked or expired; syncing stops until the user signs in \
+                 again in the app (nothing to do on the server)"
+            );
+        }
+        Ok(())
+    }
+}
