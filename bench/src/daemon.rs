@@ -1,0 +1,125 @@
+//! The daemon under test: configured through [`Config`] the way tests/it/helpers.rs does,
+//! built with [`App::build`] and served with [`App::run_until_stopped`] in this process. Cycles
+//! are stepped with `Scheduler::run_once`; the cron tick is set far in the future.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use appdata_syncd::config::Config;
+use appdata_syncd::lifecycle::App;
+use appdata_syncd::scheduler::{CycleOutcome, Scheduler};
+use appdata_syncd::store::Store;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::google::FakeGoogle;
+
+/// The two [sync] settings that bound cycle throughput.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Tuning {
+    pub profile: &'static str,
+    pub concurrency: usize,
+    pub max_requests_per_second: u32,
+}
+
+impl Tuning {
+    /// The daemon's own config defaults.
+    pub fn defaults() -> Tuning {
+        let sync = Config::default().sync;
+        Tuning {
+            profile: "defaults",
+            concurrency: sync.concurrency,
+            max_requests_per_second: sync.max_requests_per_second,
+        }
+    }
+
+    /// Limiter effectively off and many users in flight: what the machine can do.
+    pub fn raised() -> Tuning {
+        Tuning {
+            profile: "raised",
+            concurrency: 256,
+            max_requests_per_second: 1_000_000,
+        }
+    }
+}
+
+pub struct Daemon {
+    /// `http://127.0.0.1:PORT` of the intake.
+    pub intake: String,
+    pub store: Store,
+    pub scheduler: Arc<Scheduler>,
+    /// Cancelled by [`Daemon::stop`]; `run_until_stopped` then drains and returns.
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    pub async fn start(dir: &Path, google: &FakeGoogle, tuning: Tuning) -> anyhow::Result<Daemon> {
+        let key = dir.join("encryption.key");
+        std::fs::write(&key, [42u8; 32])?;
+        let base = &google.base;
+        let mut config = Config::default();
+        config.google.client_secret_file = Some(google.client_secret_file.clone());
+        config.google.jwks_uri = format!("{base}/oauth2/v3/certs");
+        config.google.revoke_uri = format!("{base}/revoke");
+        config.google.drive_api_base = base.clone();
+        config.google.android_client_ids = vec![google.android_client_id.clone()];
+        config.intake.listen = "127.0.0.1:0".parse()?;
+        config.store.state_dir = Some(dir.to_path_buf());
+        config.store.encryption_key_file = Some(key);
+        config.admin.socket = dir.join("admin.sock");
+        // The benchmark steps cycles itself; the cron tick is far away.
+        config.sync.schedule = "0 0 0 1 1 *".into();
+        config.sync.concurrency = tuning.concurrency;
+        config.sync.max_requests_per_second = tuning.max_requests_per_second;
+        let app = App::build(config.resolve()?, None)
+            .await
+            .context("building the daemon")?;
+        let intake = format!("http://{}", app.intake_addr());
+        let store = app.store().clone();
+        let scheduler = app.scheduler().clone();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        Ok(Daemon {
+            intake,
+            store,
+            scheduler,
+            shutdown,
+            running,
+        })
+    }
+
+    /// Changes concurrency and the rate limit the way a config reload does.
+    pub async fn tune(&self, t: Tuning) {
+        self.scheduler.set_concurrency(t.concurrency);
+        self.scheduler
+            .engine()
+            .limit
+            .set_rate(t.max_requests_per_second);
+        // Lowering concurrency retires permits from a spawned task; let it run.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// One full cycle over every due user.
+    pub async fn cycle(&self) -> CycleOutcome {
+        let never = CancellationToken::new();
+        self.scheduler.run_once(&never, &never).await
+    }
+
+    /// Per-user sync durations (ms, from the `syncs` table) of syncs started at or after `since`.
+    pub async fn sync_times_ms(&self, since: i64) -> anyhow::Result<Vec<f64>> {
+        let rows: Vec<i64> =
+            sqlx::query_scalar("SELECT finished_at - started_at FROM syncs WHERE started_at >= $1")
+                .bind(since)
+                .fetch_all(self.store.pool())
+                .await?;
+        Ok(rows.into_iter().map(|ms| ms as f64).collect())
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.running.await?
+    }
+}

@@ -1,0 +1,251 @@
+//! appdata-syncd-bench: runs the real daemon code (in this process, with a real SQLite file)
+//! against fake-google (in a child process: this same binary, hidden `fake-google`
+//! subcommand) on loopback, and reports one table, or with `--json` one JSON line, per scenario.
+//!
+//! Reading order:
+//! - [`measure`]: CPU time, peak RSS, load average, percentiles.
+//! - [`google`]: the fake-google child process and its `/_emulator/` control API.
+//! - [`daemon`]: the daemon built from a `Config` exactly as `appdata-syncd` builds it.
+//! - [`scenarios`]: intake, first-sync, idle-cycle, churn, quota, all.
+//! - [`report`]: one [`report::Report`] per scenario, printed as a table or a JSON line.
+//!
+//! Peak RSS is this process's `VmHWM` (reset per scenario through `/proc/self/clear_refs`):
+//! the daemon plus the benchmark's own bookkeeping and, in `intake`, its HTTP load client;
+//! the emulator's memory and CPU are reported separately. The exit status is 1 when any
+//! scenario had errors (failed sign-ins or syncs), so CI can run `all --quick` as a smoke test.
+
+mod daemon;
+mod google;
+mod measure;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "appdata-syncd-bench",
+    about = "Benchmarks appdata-syncd against fake-google on loopback, with a real SQLite file"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// Print one JSON object per scenario, each on its own line, instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Parent directory for each scenario's state (SQLite file, mirror); default: the system
+    /// temp directory. Keep it on a real disk: SQLite's fsyncs are part of what is measured.
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+    /// Keep each scenario's state directory instead of deleting it.
+    #[arg(long, global = true)]
+    keep: bool,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Sign-ins per second through POST /authcode, and p50/p99 latency, per client concurrency.
+    Intake {
+        /// New users signed in at each concurrency.
+        #[arg(long, default_value_t = 2000)]
+        users: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+    },
+    /// The first sync of users who each have F files of BYTES: users/s, MB/s, calls per user.
+    FirstSync {
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        users: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        files: usize,
+        #[arg(long, default_value_t = 16384)]
+        size: usize,
+        #[command(flatten)]
+        tuning: TuningArgs,
+    },
+    /// One full cycle over N already-synced users with no changes.
+    IdleCycle {
+        /// Several sizes (comma-separated) show whether time per user stays flat.
+        #[arg(long, value_delimiter = ',', default_value = "10000")]
+        users: Vec<usize>,
+        /// Latency fake-google adds to every Drive call during the measured cycle.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        #[command(flatten)]
+        tuning: TuningArgs,
+    },
+    /// A cycle in which a fraction R of the (already-synced) users changed one file.
+    Churn {
+        #[arg(long, value_delimiter = ',', default_value = "10000")]
+        users: Vec<usize>,
+        #[arg(long, default_value_t = 0.1)]
+        change_rate: f64,
+        #[command(flatten)]
+        tuning: TuningArgs,
+    },
+    /// fake-google enforces Q Drive requests/s (429 rateLimitExceeded beyond it); the daemon's
+    /// limiter is set to Q unless --max-rps says otherwise.
+    Quota {
+        #[arg(long, default_value_t = 3000)]
+        users: usize,
+        #[arg(long, default_value_t = 200)]
+        quota_rps: u64,
+        /// [sync] max_requests_per_second for the measured cycle (default: Q).
+        #[arg(long)]
+        max_rps: Option<u32>,
+        /// [sync] concurrency for the measured cycle (default: the daemon's default).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Every scenario at small sizes.
+    All {
+        /// Smallest sizes: finishes in well under two minutes on a 2-core machine.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Internal: serve fake-google for the parent benchmark process.
+    #[command(hide = true)]
+    FakeGoogle {
+        #[arg(long)]
+        write_client_secret: PathBuf,
+    },
+}
+
+/// Which daemon settings the measured cycle runs with.
+#[derive(Args, Clone, Debug)]
+pub struct TuningArgs {
+    /// `defaults` (the daemon's config defaults), `raised` (limiter off, concurrency 256) or
+    /// `both` (the same seeded users measured once with each).
+    /// Default: `both` for idle-cycle, `raised` for first-sync and churn.
+    #[arg(long, value_enum)]
+    pub settings: Option<Profiles>,
+    /// Overrides [sync] concurrency of the `raised` profile.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Overrides [sync] max_requests_per_second of the `raised` profile.
+    #[arg(long)]
+    pub max_rps: Option<u32>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profiles {
+    Defaults,
+    Raised,
+    Both,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("appdata-syncd-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.scenario {
+            Scenario::FakeGoogle {
+                write_client_secret,
+            } => google::serve_child(&write_client_secret)
+                .await
+                .map(|()| true),
+            scenario => {
+                let out = report::Output { json: cli.json };
+                let env = scenarios::Env {
+                    parent_dir: cli.dir,
+                    keep: cli.keep,
+                };
+                run(scenario, &env, &out).await
+            }
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("appdata-syncd-bench: at least one scenario had errors (see \"errors\")");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("appdata-syncd-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `scenario`, printing each report as it is ready; true when none had errors.
+async fn run(
+    scenario: Scenario,
+    env: &scenarios::Env,
+    out: &report::Output,
+) -> anyhow::Result<bool> {
+    use scenarios as s;
+    let mut clean = true;
+    let mut emit = |r: report::Report| {
+        clean &= r.errors() == 0;
+        out.print(&r);
+    };
+    match scenario {
+        Scenario::Intake { users, concurrency } => {
+            for r in s::intake(env, users, &concurrency).await? {
+                emit(r);
+            }
+        }
+        Scenario::FirstSync {
+            users,
+            files,
+            size,
+            tuning,
+        } => {
+            for n in users {
+                for r in s::first_sync(env, n, files, size, &tuning).await? {
+                    emit(r);
+                }
+            }
+        }
+        Scenario::IdleCycle {
+            users,
+            latency_ms,
+            tuning,
+        } => {
+            for n in users {
+                for r in s::idle_cycle(env, n, latency_ms, &tuning).await? {
+                    emit(r);
+                }
+            }
+        }
+        Scenario::Churn {
+            users,
+            change_rate,
+            tuning,
+        } => {
+            for n in users {
+                for r in s::churn(env, n, change_rate, &tuning).await? {
+                    emit(r);
+                }
+            }
+        }
+        Scenario::Quota {
+            users,
+            quota_rps,
+            max_rps,
+            concurrency,
+        } => {
+            emit(s::quota(env, users, quota_rps, max_rps, concurrency).await?);
+        }
+        Scenario::All { quick } => {
+            let started = std::time::Instant::now();
+            s::all(env, quick, &mut emit).await?;
+            eprintln!(
+                "all{}: {:.1} s in total",
+                if quick { " --quick" } else { "" },
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Scenario::FakeGoogle { .. } => unreachable!("handled in main"),
+    }
+    Ok(clean)
+}

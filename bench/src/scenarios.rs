@@ -1,0 +1,578 @@
+//! The scenarios. Each starts a fresh [`World`] (temp dir, fake-google child, daemon), seeds
+//! users through the real intake, then measures one phase between [`Window::open`] and
+//! [`Window::close`]: wall time, CPU of this process and of the emulator, and peak RSS.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use appdata_syncd::scheduler::CycleOutcome;
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::daemon::{Daemon, Tuning};
+use crate::google::{FakeGoogle, Stats};
+use crate::measure;
+use crate::report::Report;
+use crate::{Profiles, TuningArgs};
+
+/// Client concurrency used to seed users through the intake.
+const SEED_CONCURRENCY: usize = 64;
+
+pub struct Env {
+    pub parent_dir: Option<PathBuf>,
+    pub keep: bool,
+}
+
+/// One scenario's daemon, emulator and state directory.
+struct World {
+    dir: tempfile::TempDir,
+    google: FakeGoogle,
+    daemon: Daemon,
+    /// The "Android app" posting auth codes to the intake.
+    http: reqwest::Client,
+}
+
+struct Seeded {
+    subs: Vec<String>,
+    secs: f64,
+    errors: u64,
+}
+
+impl World {
+    async fn start(env: &Env, tuning: Tuning) -> anyhow::Result<World> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("appdata-syncd-bench-");
+        let dir = match &env.parent_dir {
+            Some(p) => {
+                std::fs::create_dir_all(p)?;
+                builder.tempdir_in(p)?
+            }
+            None => builder.tempdir()?,
+        };
+        let google = FakeGoogle::spawn(dir.path()).await?;
+        let daemon = Daemon::start(dir.path(), &google, tuning).await?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?;
+        Ok(World {
+            dir,
+            google,
+            daemon,
+            http,
+        })
+    }
+
+    async fn stop(self, env: &Env) -> anyhow::Result<()> {
+        self.daemon.stop().await?;
+        self.google.stop().await;
+        if env.keep {
+            eprintln!("kept {}", self.dir.keep().display());
+        }
+        Ok(())
+    }
+
+    /// Creates the Google accounts and mints one auth code each (not timed).
+    async fn mint_codes(&self, subs: &[String]) -> anyhow::Result<Vec<String>> {
+        let results: Vec<anyhow::Result<String>> = futures::stream::iter(subs)
+            .map(|sub| async move {
+                self.google.create_user(sub).await?;
+                self.google.mint_code(sub).await
+            })
+            .buffered(SEED_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// POSTs each code to /authcode as the Android sample does, `concurrency` at a time.
+    /// Returns every request's latency (ms) and how many did not answer 200.
+    async fn sign_in_all(&self, codes: Vec<String>, concurrency: usize) -> (Vec<f64>, u64) {
+        let url = format!("{}/authcode", self.daemon.intake);
+        let results: Vec<(f64, bool)> = futures::stream::iter(codes)
+            .map(|code| {
+                let req = self.http.post(&url).form(&[("authCode", code)]);
+                async move {
+                    let t = Instant::now();
+                    let ok = match req.send().await {
+                        Ok(resp) => {
+                            let ok = resp.status() == reqwest::StatusCode::OK;
+                            let _ = resp.bytes().await;
+                            ok
+                        }
+                        Err(_) => false,
+                    };
+                    (t.elapsed().as_secs_f64() * 1000.0, ok)
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        let errors = results.iter().filter(|(_, ok)| !ok).count() as u64;
+        (results.into_iter().map(|(ms, _)| ms).collect(), errors)
+    }
+
+    /// Signs `n` new users in through the intake.
+    async fn seed(&self, prefix: &str, n: usize) -> anyhow::Result<Seeded> {
+        let subs: Vec<String> = (0..n).map(|i| format!("{prefix}{i:07}")).collect();
+        let t = Instant::now();
+        let codes = self.mint_codes(&subs).await?;
+        let (_, errors) = self.sign_in_all(codes, SEED_CONCURRENCY).await;
+        Ok(Seeded {
+            subs,
+            secs: t.elapsed().as_secs_f64(),
+            errors,
+        })
+    }
+
+    /// Puts `content(i)` as file `name` in the appDataFolder of every user in `subs`.
+    async fn put_files(
+        &self,
+        subs: &[&String],
+        name: &str,
+        content: impl Fn(usize) -> Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let content = &content;
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(subs.iter().enumerate())
+            .map(|(i, sub)| async move { self.google.put_file(sub, name, content(i)).await })
+            .buffer_unordered(SEED_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+}
+
+/// What one measured phase cost.
+struct Window {
+    wall: Instant,
+    cpu: Duration,
+    emulator_cpu: Duration,
+    rss_reset: bool,
+}
+
+struct Measured {
+    secs: f64,
+    cpu_s: f64,
+    emulator_cpu_s: f64,
+    peak_rss_mib: f64,
+    rss_window: &'static str,
+}
+
+impl Window {
+    fn open(google: &FakeGoogle) -> Window {
+        let rss_reset = measure::reset_peak_rss();
+        Window {
+            wall: Instant::now(),
+            cpu: measure::cpu_self(),
+            emulator_cpu: google.cpu(),
+            rss_reset,
+        }
+    }
+
+    fn close(self, google: &FakeGoogle) -> Measured {
+        Measured {
+            secs: self.wall.elapsed().as_secs_f64(),
+            cpu_s: (measure::cpu_self() - self.cpu).as_secs_f64(),
+            emulator_cpu_s: google.cpu().saturating_sub(self.emulator_cpu).as_secs_f64(),
+            peak_rss_mib: measure::peak_rss_mib(None).unwrap_or(0.0),
+            rss_window: if self.rss_reset {
+                "measured phase"
+            } else {
+                "whole run (clear_refs unavailable)"
+            },
+        }
+    }
+}
+
+/// Fields every report ends with.
+fn finish(r: &mut Report, m: &Measured, google: &FakeGoogle, stats: &Stats, users: f64) {
+    r.set("cpu_s", m.cpu_s)
+        .set("cpu_s_per_1000", m.cpu_s / users.max(1.0) * 1000.0)
+        .set("emulator_cpu_s", m.emulator_cpu_s)
+        .set("peak_rss_mib", m.peak_rss_mib)
+        .set("peak_rss_window", m.rss_window)
+        .set("emulator_peak_rss_mib", google.peak_rss_mib())
+        .set("calls_by_endpoint", &stats.requests)
+        .set("responses_by_status", &stats.by_status)
+        .set("machine", machine())
+        .set("load_avg_1m", measure::load_avg());
+}
+
+fn machine() -> String {
+    format!(
+        "{} cores; fake-google runs on the same cores (child process); \
+         peak_rss_mib is this process: the daemon plus the benchmark's bookkeeping",
+        measure::cores()
+    )
+}
+
+fn settings(t: &Tuning) -> serde_json::Value {
+    json!({
+        "profile": t.profile,
+        "sync.concurrency": t.concurrency,
+        "sync.max_requests_per_second": t.max_requests_per_second,
+    })
+}
+
+fn profiles(args: &TuningArgs, default: Profiles) -> Vec<Tuning> {
+    let mut raised = Tuning::raised();
+    if let Some(c) = args.concurrency {
+        raised.concurrency = c;
+    }
+    if let Some(r) = args.max_rps {
+        raised.max_requests_per_second = r;
+    }
+    match args.settings.unwrap_or(default) {
+        Profiles::Defaults => vec![Tuning::defaults()],
+        Profiles::Raised => vec![raised],
+        Profiles::Both => vec![Tuning::defaults(), raised],
+    }
+}
+
+/// Users that did not end "ok", and users the cycle did not reach.
+fn cycle_errors(o: &CycleOutcome, expected_users: usize) -> u64 {
+    o.failed
+        + o.reauth_required
+        + o.cancelled
+        + o.skipped_running
+        + o.users.abs_diff(expected_users as u64)
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("[bench] {}", msg.as_ref());
+}
+
+/// First cycle after seeding (not measured): every user's first sync.
+async fn first_cycle(w: &World, n: usize) -> anyhow::Result<(f64, u64)> {
+    let t = Instant::now();
+    let o = w.daemon.cycle().await;
+    let secs = t.elapsed().as_secs_f64();
+    log(format!(
+        "first sync of {n} users: {secs:.1} s ({:.0} users/s)",
+        n as f64 / secs
+    ));
+    Ok((secs, cycle_errors(&o, n)))
+}
+
+pub async fn intake(
+    env: &Env,
+    users: usize,
+    concurrencies: &[usize],
+) -> anyhow::Result<Vec<Report>> {
+    let w = World::start(env, Tuning::defaults()).await?;
+    let mut reports = Vec::new();
+    for &c in concurrencies {
+        let subs: Vec<String> = (0..users).map(|i| format!("c{c}-{i:07}")).collect();
+        let codes = w.mint_codes(&subs).await?;
+        w.google.reset_stats().await?;
+        let window = Window::open(&w.google);
+        let (mut latencies, errors) = w.sign_in_all(codes, c).await;
+        let m = window.close(&w.google);
+        let stats = w.google.stats().await?;
+        let (p50, p99) = measure::p50_p99(&mut latencies);
+        let mut r = Report::new("intake");
+        r.set("users", users)
+            .set("client_concurrency", c)
+            .set("elapsed_s", m.secs)
+            .set("sign_ins_per_s", users as f64 / m.secs)
+            .set("p50_ms", p50)
+            .set("p99_ms", p99)
+            .set("errors", errors)
+            .set(
+                "note",
+                "CPU and RSS include the benchmark's HTTP client, which posts the codes",
+            );
+        finish(&mut r, &m, &w.google, &stats, users as f64);
+        reports.push(r);
+    }
+    w.stop(env).await?;
+    Ok(reports)
+}
+
+pub async fn first_sync(
+    env: &Env,
+    n: usize,
+    files: usize,
+    size: usize,
+    tuning: &TuningArgs,
+) -> anyhow::Result<Vec<Report>> {
+    let mut reports = Vec::new();
+    for t in profiles(tuning, Profiles::Raised) {
+        let w = World::start(env, t).await?;
+        let seeded = w.seed("f", n).await?;
+        let subs: Vec<&String> = seeded.subs.iter().collect();
+        for f in 0..files {
+            w.put_files(&subs, &format!("file-{f}.bin"), |i| payload(size, i + f))
+                .await?;
+        }
+        w.google.reset_stats().await?;
+        let window = Window::open(&w.google);
+        let o = w.daemon.cycle().await;
+        let m = window.close(&w.google);
+        let stats = w.google.stats().await?;
+        let mut times = w.daemon.sync_times_ms(o.started_at).await?;
+        let (p50, p99) = measure::p50_p99(&mut times);
+        let missing = ((n * files) as u64).abs_diff(o.files_changed);
+        let mut r = Report::new("first-sync");
+        r.set("users", n)
+            .set("files_per_user", files)
+            .set("file_bytes", size)
+            .set("settings", settings(&t))
+            .set("elapsed_s", m.secs)
+            .set("users_per_s", n as f64 / m.secs)
+            .set("mb_per_s", o.bytes_down as f64 / 1e6 / m.secs)
+            .set("api_calls_per_user", stats.drive_calls() as f64 / n as f64)
+            .set("token_calls", stats.count("token"))
+            .set("p50_ms", p50)
+            .set("p99_ms", p99)
+            .set("files_mirrored", o.files_changed)
+            .set(
+                "errors",
+                cycle_errors(&o, n)
+                    + seeded.errors
+                    + missing
+                    + (o.bytes_down).abs_diff((n * files * size) as u64).min(1),
+            )
+            .set("seed_s", seeded.secs);
+        finish(&mut r, &m, &w.google, &stats, n as f64);
+        reports.push(r);
+        w.stop(env).await?;
+    }
+    Ok(reports)
+}
+
+/// `size` bytes that differ per `seed`, so every file has its own md5.
+fn payload(size: usize, seed: usize) -> Vec<u8> {
+    let mut x = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub async fn idle_cycle(
+    env: &Env,
+    n: usize,
+    latency_ms: u64,
+    tuning: &TuningArgs,
+) -> anyhow::Result<Vec<Report>> {
+    let w = World::start(env, Tuning::raised()).await?;
+    let seeded = w.seed("i", n).await?;
+    log(format!(
+        "seeded {n} users through the intake in {:.1} s ({:.0}/s)",
+        seeded.secs,
+        n as f64 / seeded.secs
+    ));
+    let (first_s, first_errors) = first_cycle(&w, n).await?;
+    if latency_ms > 0 {
+        w.google
+            .set_faults(json!({ "drive": { "latency_ms": latency_ms } }))
+            .await?;
+    }
+    let mut reports = Vec::new();
+    for t in profiles(tuning, Profiles::Both) {
+        w.daemon.tune(t).await;
+        w.google.reset_stats().await?;
+        let window = Window::open(&w.google);
+        let o = w.daemon.cycle().await;
+        let m = window.close(&w.google);
+        let stats = w.google.stats().await?;
+        let mut times = w.daemon.sync_times_ms(o.started_at).await?;
+        let (p50, p99) = measure::p50_p99(&mut times);
+        let mut r = Report::new("idle-cycle");
+        r.set("users", n)
+            .set("latency_ms", latency_ms)
+            .set("settings", settings(&t))
+            .set("elapsed_s", m.secs)
+            .set("users_per_s", n as f64 / m.secs)
+            .set("us_per_user", m.secs * 1e6 / n as f64)
+            .set(
+                "drive_calls_per_user",
+                stats.drive_calls() as f64 / n as f64,
+            )
+            .set("token_refreshes", stats.count("token"))
+            .set("daemon_token_refreshes", o.token_refreshes)
+            .set("p50_ms", p50)
+            .set("p99_ms", p99)
+            .set("sync_time_resolution_ms", 1)
+            .set("errors", cycle_errors(&o, n) + seeded.errors + first_errors)
+            .set("seed_s", seeded.secs)
+            .set("seed_sign_ins_per_s", n as f64 / seeded.secs)
+            .set("first_sync_s", first_s);
+        finish(&mut r, &m, &w.google, &stats, n as f64);
+        reports.push(r);
+    }
+    w.stop(env).await?;
+    Ok(reports)
+}
+
+pub async fn churn(
+    env: &Env,
+    n: usize,
+    change_rate: f64,
+    tuning: &TuningArgs,
+) -> anyhow::Result<Vec<Report>> {
+    let w = World::start(env, Tuning::raised()).await?;
+    let seeded = w.seed("ch", n).await?;
+    let all: Vec<&String> = seeded.subs.iter().collect();
+    w.put_files(&all, "state.json", |i| payload(1024, i))
+        .await?;
+    let (_, first_errors) = first_cycle(&w, n).await?;
+    let changed = ((n as f64 * change_rate.clamp(0.0, 1.0)).round() as usize).min(n);
+    let mut reports = Vec::new();
+    for (round, t) in profiles(tuning, Profiles::Raised).into_iter().enumerate() {
+        // Spread the changed users evenly, a different set each round.
+        let subs: Vec<&String> = (0..changed)
+            .map(|j| &seeded.subs[(j * n / changed.max(1) + round) % n])
+            .collect();
+        w.put_files(&subs, "state.json", |i| payload(1024, n * (round + 1) + i))
+            .await?;
+        w.daemon.tune(t).await;
+        w.google.reset_stats().await?;
+        let window = Window::open(&w.google);
+        let o = w.daemon.cycle().await;
+        let m = window.close(&w.google);
+        let stats = w.google.stats().await?;
+        let mut times = w.daemon.sync_times_ms(o.started_at).await?;
+        let (p50, p99) = measure::p50_p99(&mut times);
+        let mut r = Report::new("churn");
+        r.set("users", n)
+            .set("change_rate", change_rate)
+            .set("changed_users", changed)
+            .set("settings", settings(&t))
+            .set("elapsed_s", m.secs)
+            .set("users_per_s", n as f64 / m.secs)
+            .set(
+                "drive_calls_per_user",
+                stats.drive_calls() as f64 / n as f64,
+            )
+            .set("token_refreshes", stats.count("token"))
+            .set("files_updated", o.files_changed)
+            .set("p50_ms", p50)
+            .set("p99_ms", p99)
+            .set(
+                "errors",
+                cycle_errors(&o, n)
+                    + seeded.errors
+                    + first_errors
+                    + o.files_changed.abs_diff(changed as u64),
+            );
+        finish(&mut r, &m, &w.google, &stats, n as f64);
+        reports.push(r);
+    }
+    w.stop(env).await?;
+    Ok(reports)
+}
+
+pub async fn quota(
+    env: &Env,
+    n: usize,
+    quota_rps: u64,
+    max_rps: Option<u32>,
+    concurrency: Option<usize>,
+) -> anyhow::Result<Report> {
+    let w = World::start(env, Tuning::raised()).await?;
+    let seeded = w.seed("q", n).await?;
+    let (_, first_errors) = first_cycle(&w, n).await?;
+    let t = Tuning {
+        profile: "quota",
+        concurrency: concurrency.unwrap_or(Tuning::defaults().concurrency),
+        max_requests_per_second: max_rps.unwrap_or(quota_rps.min(u32::MAX as u64) as u32),
+    };
+    w.daemon.tune(t).await;
+    w.google
+        .set_faults(json!({ "drive": { "quota_rps": quota_rps, "error_status": 429 } }))
+        .await?;
+    w.google.reset_stats().await?;
+    let window = Window::open(&w.google);
+    // (drive requests, 429s) once a second while the cycle runs.
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let sampler = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match w.google.stats().await {
+                Ok(s) => samples.push((s.drive_calls(), s.status(429))),
+                Err(e) => log(format!("stats sample failed: {e:#}")),
+            }
+        }
+    };
+    let o = tokio::select! {
+        o = w.daemon.cycle() => o,
+        () = sampler => unreachable!("the sampler never ends"),
+    };
+    let m = window.close(&w.google);
+    let stats = w.google.stats().await?;
+    let quota_errors = stats.status(429);
+    let accepted = stats.drive_calls() - quota_errors;
+    let achieved = accepted as f64 / m.secs;
+    let first_second = samples.first().map_or(quota_errors, |s| s.1);
+    // Accepted requests in each whole second; the median leaves out the ramp and the tail.
+    let mut per_second: Vec<f64> = samples
+        .windows(2)
+        .map(|p| ((p[1].0 - p[1].1) - (p[0].0 - p[0].1)) as f64)
+        .collect();
+    let series = per_second.clone();
+    let (median, _) = measure::p50_p99(&mut per_second);
+    let mut r = Report::new("quota");
+    r.set("users", n)
+        .set("quota_rps", quota_rps)
+        .set("settings", settings(&t))
+        .set("elapsed_s", m.secs)
+        .set("users_per_s", n as f64 / m.secs)
+        .set("accepted_drive_requests", accepted)
+        .set("achieved_rps", achieved)
+        .set("fraction_of_quota", achieved / quota_rps as f64)
+        .set("steady_rps_median", median)
+        .set("steady_fraction_of_quota", median / quota_rps as f64)
+        .set("accepted_per_second", series)
+        .set("quota_errors", quota_errors)
+        .set("quota_errors_first_second", first_second)
+        .set(
+            "quota_errors_after_first_second",
+            quota_errors - first_second,
+        )
+        .set("errors", cycle_errors(&o, n) + seeded.errors + first_errors);
+    finish(&mut r, &m, &w.google, &stats, n as f64);
+    w.stop(env).await?;
+    Ok(r)
+}
+
+/// Sizes for `all`: `quick` keeps the total well under two minutes on 2 cores.
+pub async fn all(env: &Env, quick: bool, emit: &mut impl FnMut(Report)) -> anyhow::Result<()> {
+    let (intake_users, fs_users, fs_files, fs_size, idle_users, churn_users, quota_users) = if quick
+    {
+        (300, 200, 5, 4096, 500, 500, 1000)
+    } else {
+        (2000, 1000, 10, 16384, 10_000, 10_000, 3000)
+    };
+    let raised = TuningArgs {
+        settings: Some(Profiles::Raised),
+        concurrency: None,
+        max_rps: None,
+    };
+    let both = TuningArgs {
+        settings: Some(Profiles::Both),
+        ..raised.clone()
+    };
+    for r in intake(env, intake_users, &[1, 16, 64]).await? {
+        emit(r);
+    }
+    for r in first_sync(env, fs_users, fs_files, fs_size, &raised).await? {
+        emit(r);
+    }
+    for latency in [0, 50] {
+        for r in idle_cycle(env, idle_users, latency, &both).await? {
+            emit(r);
+        }
+    }
+    for r in churn(env, churn_users, 0.1, &raised).await? {
+        emit(r);
+    }
+    emit(quota(env, quota_users, 200, None, None).await?);
+    Ok(())
+}
