@@ -238,12 +238,13 @@ async fn run(
         }
         Scenario::All { quick } => {
             let started = std::time::Instant::now();
-            s::all(env, quick, &mut emit).await?;
+            let all_clean = s::all(env, out.json, quick).await?;
             eprintln!(
                 "all{}: {:.1} s in total",
                 if quick { " --quick" } else { "" },
                 started.elapsed().as_secs_f64()
             );
+            return Ok(all_clean);
         }
         Scenario::FakeGoogle { .. } => unreachable!("handled in main"),
     }

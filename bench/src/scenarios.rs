@@ -542,37 +542,52 @@ pub async fn quota(
     Ok(r)
 }
 
-/// Sizes for `all`: `quick` keeps the total well under two minutes on 2 cores.
-pub async fn all(env: &Env, quick: bool, emit: &mut impl FnMut(Report)) -> anyhow::Result<()> {
-    let (intake_users, fs_users, fs_files, fs_size, idle_users, churn_users, quota_users) = if quick
-    {
-        (300, 200, 5, 4096, 500, 500, 1000)
+/// Sizes for `all`: `quick` keeps the total well under two minutes on 2 cores. Each scenario
+/// runs in its own child process (this binary again), so that one scenario's peak RSS is not
+/// inflated by memory an earlier one left with the allocator. True when all were clean.
+pub async fn all(env: &Env, json: bool, quick: bool) -> anyhow::Result<bool> {
+    let runs: Vec<Vec<String>> = if quick {
+        vec![
+            args("intake --users 300 --concurrency 1,16,64"),
+            args("first-sync --users 200 --files 5 --size 4096"),
+            args("idle-cycle --users 500 --settings both"),
+            args("idle-cycle --users 500 --latency-ms 50 --settings both"),
+            args("churn --users 500 --change-rate 0.1"),
+            args("quota --users 1000 --quota-rps 200"),
+        ]
     } else {
-        (2000, 1000, 10, 16384, 10_000, 10_000, 3000)
+        vec![
+            args("intake --users 2000 --concurrency 1,16,64"),
+            args("first-sync --users 1000 --files 10 --size 16384"),
+            args("idle-cycle --users 1000,10000 --settings both"),
+            args("idle-cycle --users 10000 --latency-ms 50 --settings both"),
+            args("churn --users 10000 --change-rate 0.1"),
+            args("quota --users 3000 --quota-rps 200"),
+        ]
     };
-    let raised = TuningArgs {
-        settings: Some(Profiles::Raised),
-        concurrency: None,
-        max_rps: None,
-    };
-    let both = TuningArgs {
-        settings: Some(Profiles::Both),
-        ..raised.clone()
-    };
-    for r in intake(env, intake_users, &[1, 16, 64]).await? {
-        emit(r);
-    }
-    for r in first_sync(env, fs_users, fs_files, fs_size, &raised).await? {
-        emit(r);
-    }
-    for latency in [0, 50] {
-        for r in idle_cycle(env, idle_users, latency, &both).await? {
-            emit(r);
+    let exe = std::env::current_exe()?;
+    let mut clean = true;
+    for run in runs {
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.args(&run);
+        if json {
+            cmd.arg("--json");
+        }
+        if env.keep {
+            cmd.arg("--keep");
+        }
+        if let Some(dir) = &env.parent_dir {
+            cmd.arg("--dir").arg(dir);
+        }
+        let status = cmd.kill_on_drop(true).status().await?;
+        if !status.success() {
+            log(format!("{} failed ({status})", run.join(" ")));
+            clean = false;
         }
     }
-    for r in churn(env, churn_users, 0.1, &raised).await? {
-        emit(r);
-    }
-    emit(quota(env, quota_users, 200, None, None).await?);
-    Ok(())
+    Ok(clean)
+}
+
+fn args(line: &str) -> Vec<String> {
+    line.split_whitespace().map(String::from).collect()
 }
