@@ -5,11 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::crypto::Purpose;
-use crate::lifecycle::{spawn_signal_listener, App};
+use crate::lifecycle::{run_with_signals, App};
 use crate::store::{credentials, Store};
 use crate::telemetry;
 
@@ -39,6 +38,8 @@ pub enum Command {
     RotateKey(ConfigArg),
     /// Run everything locally against an in-process fake-google, with demo users.
     Dev(DevArgs),
+    /// Talk to a running daemon through its admin socket.
+    Ctl(ctl::CtlArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,14 +83,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(Some(&a.config))?.resolve()?;
             let log = telemetry::init(&config.raw.log)?;
             runtime()?.block_on(async {
-                let shutdown = CancellationToken::new();
-                spawn_signal_listener(shutdown.clone())?;
                 let app = App::build(config, Some(log)).await?;
-                app.run_until_stopped(shutdown).await?;
+                run_with_signals(app).await?;
                 Ok(ExitCode::SUCCESS)
             })
         }
         Command::Dev(args) => runtime()?.block_on(crate::cli::dev::run(args)),
+        Command::Ctl(args) => ctl::run(args),
     }
 }
 
@@ -153,4 +153,5 @@ async fn rotate_key(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub mod ctl;
 pub mod dev;

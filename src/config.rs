@@ -31,6 +31,9 @@ pub struct Config {
     pub sync: SyncConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// The file this was read from, for reloads.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,13 +229,14 @@ impl Config {
             None => toml::Table::new(),
         };
         apply_env_overrides(&mut root, env)?;
-        let config: Config = toml::Value::Table(root).try_into().map_err(|e| {
+        let mut config: Config = toml::Value::Table(root).try_into().map_err(|e| {
             anyhow::anyhow!(
                 "invalid configuration{}: {e}",
                 path.map(|p| format!(" in {}", p.display()))
                     .unwrap_or_default()
             )
         })?;
+        config.source = path.map(Path::to_path_buf);
         Ok(config)
     }
 }
@@ -414,6 +418,13 @@ impl Config {
             _ => bail!("[intake] tls_cert and tls_key must be set together"),
         }
 
+        tokio_cron_scheduler::Job::new_async(self.sync.schedule.as_str(), |_, _| Box::pin(async {}))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "[sync] schedule = {:?} is not a valid cron expression (sec min hour day month weekday): {e}",
+                    self.sync.schedule
+                )
+            })?;
         if self.sync.concurrency == 0 {
             bail!("[sync] concurrency must be at least 1");
         }

@@ -12,6 +12,7 @@
 //!
 //! Data flows one way: intake calls google and store; nothing below calls up.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -119,6 +119,10 @@ impl Scheduler {
         self.running.lock().len()
     }
 
+    pub fn is_running(&self, sub: &str) -> bool {
+        self.running.lock().contains(sub)
+    }
+
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }

@@ -23,7 +23,7 @@ impl LogHandle {
         let filter = EnvFilter::try_new(filter)
             .map_err(|e| anyhow::anyhow!("invalid log filter {filter:?}: {e}"))?;
         self.reload
-            .reload(filter)
+            .reload(quiet_dependencies(filter))
             .map_err(|e| anyhow::anyhow!("cannot change the log filter: {e}"))
     }
 }
@@ -37,7 +37,7 @@ pub fn init(config: &LogConfig) -> anyhow::Result<LogHandle> {
         _ => EnvFilter::try_new(&config.level)
             .map_err(|e| anyhow::anyhow!("invalid [log] level {:?}: {e}", config.level))?,
     };
-    let (filter, reload) = reload::Layer::new(filter);
+    let (filter, reload) = reload::Layer::new(quiet_dependencies(filter));
     let json = match config.format {
         LogFormat::Json => true,
         LogFormat::Human => false,
@@ -62,4 +62,15 @@ pub fn init(config: &LogConfig) -> anyhow::Result<LogHandle> {
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))?;
     Ok(LogHandle { reload })
+}
+
+/// tokio-cron-scheduler narrates its internals at info; keep that at warn unless asked for.
+fn quiet_dependencies(filter: EnvFilter) -> EnvFilter {
+    if filter.to_string().contains("tokio_cron_scheduler") {
+        return filter;
+    }
+    match "tokio_cron_scheduler=warn".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }

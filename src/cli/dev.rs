@@ -8,11 +8,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use fake_google::{FakeGoogle, MintCode, NewUser};
 use rand::RngCore;
-use tokio_util::sync::CancellationToken;
 
 use super::DevArgs;
 use crate::config::{Config, LogFormat};
-use crate::lifecycle::{spawn_signal_listener, App};
+use crate::lifecycle::{run_with_signals, App};
 use crate::telemetry;
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -68,12 +67,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     config.store.encryption_key_file = Some(key_path);
     config.admin.socket = dir.join("admin.sock");
     config.log.format = LogFormat::Human;
-    config.log.level = "info,appdata_syncd=info".into();
+    config.log.level = "info".into();
+    // Short cycles so a change on the emulator shows up within seconds.
+    config.sync.schedule = "*/10 * * * * *".into();
     let config = config.resolve()?;
     let log = telemetry::init(&config.raw.log)?;
 
-    let shutdown = CancellationToken::new();
-    spawn_signal_listener(shutdown.clone())?;
     let app = match App::build(config.clone(), Some(log.clone())).await {
         Ok(app) => app,
         Err(e) if args.listen.port() != 0 => {
@@ -85,7 +84,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e),
     };
     let intake = format!("http://{}", app.intake_addr());
-    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let socket = app.admin_socket();
+    let services = app.services().clone();
+    let mut events = services.scheduler.subscribe();
+    let running = tokio::spawn(run_with_signals(app));
 
     let http = reqwest::Client::new();
     let emulator = google.emulator();
@@ -124,6 +126,37 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         println!("POST {intake}/authcode for demo user {i}: {status} {body}");
     }
 
+    // Show the first syncs now rather than at the next tick.
+    {
+        let mut tx = services.store.begin_write().await?;
+        let subs = crate::store::schedule::request_resync_all(tx.conn(), false).await?;
+        tx.commit().await?;
+        services.scheduler.poke();
+        let mut left = subs.len();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while left > 0 {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Ok(e)) if e.phase == "finished" => {
+                    left -= 1;
+                    println!(
+                        "first sync of {}: {} ({} file(s) mirrored)",
+                        e.sub,
+                        e.outcome.unwrap_or("?"),
+                        e.added
+                    );
+                }
+                Ok(Ok(_)) => {}
+                _ => break,
+            }
+        }
+    }
+    let ctl = format!(
+        "{} ctl --socket {}",
+        std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "appdata-syncd".into()),
+        socket.display()
+    );
     println!(
         "\nappdata-syncd dev is running.\n\
          \n  folder       {dir}\
@@ -133,7 +166,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
          \n  curl -s {intake}/readyz\
          \n  curl -s -X PUT --data-binary '{{\"theme\": \"light\"}}' {base}/_emulator/users/100000000000000000001/appdata/settings.json\
          \n  curl -s {base}/_emulator/stats\
-         \n  sqlite3 {dir}/appdata-syncd.db 'select sub, email, state from users'\
+         \n  {ctl} status\
+         \n  {ctl} users\
+         \n  {ctl} files 100000000000000000001\
+         \n  {ctl} resync 100000000000000000001 --wait\
          \n\nCtrl-C stops.",
         dir = dir.display(),
         web = clients.web_client_id,

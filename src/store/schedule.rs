@@ -148,3 +148,19 @@ pub async fn take_resync_request(conn: &mut Conn, sub: &str) -> Result<(), sqlx:
     .await?;
     Ok(())
 }
+
+/// `ctl resync --all`: every active user. Returns their subs.
+pub async fn request_resync_all(conn: &mut Conn, full: bool) -> Result<Vec<String>, sqlx::Error> {
+    let level: i64 = if full { 2 } else { 1 };
+    sqlx::query(
+        "UPDATE users SET resync_requested = CASE WHEN resync_requested > $1 \
+                THEN resync_requested ELSE $1 END WHERE state = 'active'",
+    )
+    .bind(level)
+    .execute(&mut *conn)
+    .await?;
+    let rows = sqlx::query("SELECT sub FROM users WHERE state = 'active' ORDER BY sub")
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(|r| r.try_get("sub")).collect()
+}

@@ -156,3 +156,91 @@ pub async fn set_last_error(
         .await?;
     Ok(())
 }
+
+/// One line of `ctl users`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserSummary {
+    pub sub: String,
+    pub email: Option<String>,
+    pub state: String,
+    pub last_sync_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub files: i64,
+    pub bytes: i64,
+}
+
+/// Users (optionally in one state) with their mirrored file counts, in `sub` order.
+pub async fn list_summary(
+    conn: &mut Conn,
+    state: Option<UserState>,
+    limit: i64,
+) -> Result<Vec<UserSummary>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT u.sub, u.email, u.state, u.last_sync_at, u.last_error, \
+                COUNT(f.file_id) AS files, CAST(COALESCE(SUM(f.size), 0) AS BIGINT) AS bytes \
+         FROM users u LEFT JOIN files f ON f.sub = u.sub \
+         WHERE ($1 IS NULL OR u.state = $1) \
+         GROUP BY u.sub, u.email, u.state, u.last_sync_at, u.last_error \
+         ORDER BY u.sub LIMIT $2",
+    )
+    .bind(state.map(|s| s.as_str()))
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(UserSummary {
+                sub: r.try_get("sub")?,
+                email: r.try_get("email")?,
+                state: r.try_get("state")?,
+                last_sync_at: r.try_get("last_sync_at")?,
+                last_error: r.try_get("last_error")?,
+                files: r.try_get("files")?,
+                bytes: r.try_get("bytes")?,
+            })
+        })
+        .collect()
+}
+
+/// (state, count) for every state that has users.
+pub async fn counts_by_state(conn: &mut Conn) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM users GROUP BY state ORDER BY state")
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+        .collect()
+}
+
+/// Deletes the user and, by cascade, credentials, files, syncs and pushes.
+pub async fn delete(conn: &mut Conn, sub: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM users WHERE sub = $1")
+        .bind(sub)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The scheduling view of one user, for `ctl user`.
+pub async fn sync_state(
+    conn: &mut Conn,
+    sub: &str,
+) -> Result<Option<(Option<String>, i64, i64, Option<i64>, i64)>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT page_token, next_sync_at, failures, last_sync_at, resync_requested \
+         FROM users WHERE sub = $1",
+    )
+    .bind(sub)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| {
+        Ok((
+            r.try_get("page_token")?,
+            r.try_get("next_sync_at")?,
+            r.try_get("failures")?,
+            r.try_get("last_sync_at")?,
+            r.try_get("resync_requested")?,
+        ))
+    })
+    .transpose()
+}

@@ -2,39 +2,10 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use fake_google::FakeGoogle;
 
-use crate::helpers::{binary, test_config};
-
-/// Writes a config.toml for `google` into `dir`, with the given extra lines per section.
-fn write_config(
-    dir: &std::path::Path,
-    google: &FakeGoogle,
-    listen: &str,
-    extra_google: &str,
-) -> std::path::PathBuf {
-    let c = test_config(dir, google);
-    let text = format!(
-        "[google]\nclient_secret_file = {secret:?}\njwks_uri = {jwks:?}\nrevoke_uri = {revoke:?}\n\
-         drive_api_base = {drive:?}\nandroid_client_ids = [{android:?}]\n{extra_google}\n\
-         [intake]\nlisten = {listen:?}\n\
-         [store]\nstate_dir = {state:?}\nencryption_key_file = {key:?}\n\
-         [admin]\nsocket = {sock:?}\n",
-        secret = c.google.client_secret_file.unwrap(),
-        jwks = c.google.jwks_uri,
-        revoke = c.google.revoke_uri,
-        drive = c.google.drive_api_base,
-        android = c.google.android_client_ids[0],
-        state = dir,
-        key = c.store.encryption_key_file.unwrap(),
-        sock = c.admin.socket,
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use crate::helpers::{binary, free_port, wait_ready, write_config};
 
 fn check_config(path: &std::path::Path) -> (bool, String) {
     let out = Command::new(binary())
@@ -107,27 +78,6 @@ async fn check_config_fails_clearly_on_each_problem() {
 
     let path = write_config(dir.path(), &google, "127.0.0.1:0", "");
     assert!(check_config(&path).0, "back to a good config");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_ready(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(r) = reqwest::get(url).await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} never became ready");
 }
 
 #[tokio::test]

@@ -1,9 +1,11 @@
 //! `spawn_app()` and friends: a running daemon, its fake-google, and typed helpers.
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use appdata_syncd::config::Config;
-use std::sync::Arc;
 
 use appdata_syncd::lifecycle::App;
 use appdata_syncd::scheduler::{CycleOutcome, Scheduler};
@@ -266,4 +268,195 @@ pub fn hex(bytes: &[u8]) -> String {
 /// The `appdata-syncd` binary built for these tests.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_appdata-syncd")
+}
+
+/// Writes a config.toml for `google` into `dir`, with the given extra lines per section.
+pub fn write_config(
+    dir: &std::path::Path,
+    google: &FakeGoogle,
+    listen: &str,
+    extra_google: &str,
+) -> std::path::PathBuf {
+    let c = test_config(dir, google);
+    let text = format!(
+        "[google]\nclient_secret_file = {secret:?}\njwks_uri = {jwks:?}\nrevoke_uri = {revoke:?}\n\
+         drive_api_base = {drive:?}\nandroid_client_ids = [{android:?}]\n{extra_google}\n\
+         [intake]\nlisten = {listen:?}\n\
+         [store]\nstate_dir = {state:?}\nencryption_key_file = {key:?}\n\
+         [admin]\nsocket = {sock:?}\n",
+        secret = c.google.client_secret_file.unwrap(),
+        jwks = c.google.jwks_uri,
+        revoke = c.google.revoke_uri,
+        drive = c.google.drive_api_base,
+        android = c.google.android_client_ids[0],
+        state = dir,
+        key = c.store.encryption_key_file.unwrap(),
+        sock = c.admin.socket,
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn wait_ready(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(url).await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never became ready");
+}
+
+/// The real `appdata-syncd serve` binary, configured against `google`, in `dir`.
+pub struct Daemon {
+    pub child: Child,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub intake: String,
+    pub log: PathBuf,
+}
+
+/// What `ctl` printed.
+pub struct CtlOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", self.stdout, self.stderr))
+    }
+}
+
+impl Daemon {
+    /// Starts the daemon with `extra` TOML appended (whole sections, e.g. "[sync]\n...").
+    pub async fn start(dir: &Path, google: &FakeGoogle, extra: &str) -> Daemon {
+        let port = free_port();
+        let config = write_config(dir, google, &format!("127.0.0.1:{port}"), "");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(extra);
+        std::fs::write(&config, text).unwrap();
+        Self::start_with_config(dir, &config, port, &[]).await
+    }
+
+    pub async fn start_with_config(
+        dir: &Path,
+        config: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let log = dir.join(format!("daemon-{port}.log"));
+        let mut cmd = Command::new(binary());
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,appdata_syncd=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let intake = format!("http://127.0.0.1:{port}");
+        let daemon = Daemon {
+            child,
+            config: config.to_path_buf(),
+            socket: dir.join("admin.sock"),
+            intake,
+            log,
+        };
+        wait_ready(&format!("{}/readyz", daemon.intake)).await;
+        daemon
+    }
+
+    /// Runs `appdata-syncd ctl --socket SOCKET ARGS...`.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        ctl(&self.socket, args)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// SIGTERM, then waits (at most `limit`) for the exit status.
+    pub fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn ctl(socket: &Path, args: &[&str]) -> CtlOutput {
+    let out = Command::new(binary())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    CtlOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Signs `sub` in through the daemon's intake, creating the Google account if needed.
+pub async fn sign_in_via(google: &FakeGoogle, intake: &str, sub: &str) {
+    let _ = google.emulator().create_user(NewUser {
+        sub: sub.to_string(),
+        email: Some(format!("{sub}@example.com")),
+        ..Default::default()
+    });
+    let code = google
+        .emulator()
+        .mint_auth_code(MintCode {
+            sub: sub.to_string(),
+            ..Default::default()
+        })
+        .unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{intake}/authcode"))
+        .form(&[("authCode", code)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "sign-in of {sub}");
 }

@@ -1,7 +1,9 @@
 //! Integration tests: the real daemon (in-process, or the real binary where it matters) against
 //! fake-google on a loopback port and a real SQLite file in a temporary folder.
 
+mod admin;
 mod cli;
 mod helpers;
 mod intake;
+mod lifecycle;
 mod sync;

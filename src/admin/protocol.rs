@@ -1,0 +1,177 @@
+//! The admin protocol: newline-delimited JSON over the Unix socket, one request and one
+//! response per line; `resync --wait` sends progress lines (`event`) before its response.
+//! Documented for humans in docs/admin-protocol.md; keep the two in step.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest request line accepted.
+pub const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Command {
+    Status,
+    Users {
+        #[serde(default)]
+        state: Option<String>,
+    },
+    User {
+        sub: String,
+    },
+    Files {
+        sub: String,
+    },
+    Resync {
+        #[serde(default)]
+        sub: Option<String>,
+        #[serde(default)]
+        all: bool,
+        #[serde(default)]
+        full: bool,
+        #[serde(default)]
+        wait: bool,
+    },
+    Pause {
+        sub: String,
+    },
+    Resume {
+        sub: String,
+    },
+    Push {
+        sub: String,
+        name: String,
+        /// The file's content, base64 (standard alphabet).
+        content_base64: String,
+        #[serde(default)]
+        mime_type: Option<String>,
+    },
+    Forget {
+        sub: String,
+    },
+    LogLevel {
+        filter: String,
+    },
+    Reload,
+}
+
+/// Stable error codes (see docs/admin-protocol.md).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, unknown command, missing or malformed argument.
+    BadRequest,
+    LineTooLong,
+    Forbidden,
+    UnknownUser,
+    /// The command does not apply to the user's state (e.g. resume of a reauth_required user).
+    InvalidState,
+    InvalidFilter,
+    /// Google or the database failed; retry later.
+    Unavailable,
+    Internal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// One line from the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    /// Absent on progress lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    /// A progress line of `resync --wait`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Value>,
+}
+
+impl Response {
+    pub fn ok(id: Option<Value>, result: Value) -> Self {
+        Self {
+            id,
+            ok: Some(true),
+            result: Some(result),
+            error: None,
+            event: None,
+        }
+    }
+
+    pub fn error(id: Option<Value>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            ok: Some(false),
+            result: None,
+            error: Some(ErrorBody {
+                code,
+                message: message.into(),
+            }),
+            event: None,
+        }
+    }
+
+    pub fn event(id: Option<Value>, event: Value) -> Self {
+        Self {
+            id,
+            ok: None,
+            result: None,
+            error: None,
+            event: Some(event),
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        self.ok.is_some()
+    }
+
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"ok":false,"error":{"code":"internal","message":"unserialisable response"}}"#.into()
+        });
+        s.push('\n');
+        s
+    }
+}
+
+/// Parses one request line into its id and command; a bad line still yields its id when it
+/// had one, so the error response can echo it.
+pub fn parse_request(line: &str) -> (Option<Value>, Result<Command, String>) {
+    let value: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return (None, Err(format!("not JSON: {e}"))),
+    };
+    let Value::Object(mut map) = value else {
+        return (None, Err("a request is a JSON object".into()));
+    };
+    let id = map.remove("id");
+    let command = serde_json::from_value::<Command>(Value::Object(map)).map_err(|e| e.to_string());
+    (id, command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_with_ids_and_clear_errors() {
+        let (id, cmd) = parse_request(r#"{"id": 7, "cmd": "user", "sub": "123"}"#);
+        assert_eq!(id, Some(Value::from(7)));
+        assert_eq!(cmd.unwrap(), Command::User { sub: "123".into() });
+        let (id, cmd) = parse_request(r#"{"id": "x", "cmd": "user"}"#);
+        assert_eq!(id, Some(Value::from("x")));
+        assert!(cmd.unwrap_err().contains("sub"));
+        let (_, cmd) = parse_request(r#"{"cmd": "nope"}"#);
+        assert!(cmd.unwrap_err().contains("unknown variant"));
+        assert!(parse_request("garbage").1.is_err());
+        assert!(parse_request("[1]").1.is_err());
+    }
+}

@@ -1,0 +1,332 @@
+//! The admin socket through the real binary and the real `ctl` client.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use fake_google::FakeGoogle;
+
+use crate::helpers::{binary, sign_in_via, Daemon};
+
+const NEVER: &str = "[sync]\nschedule = \"0 0 0 1 1 *\"\nmax_requests_per_second = 1000\n";
+
+async fn daemon_with_users(subs: &[&str]) -> (tempfile::TempDir, FakeGoogle, Daemon) {
+    let dir = tempfile::tempdir().unwrap();
+    let google = FakeGoogle::start().await.unwrap();
+    let daemon = Daemon::start(dir.path(), &google, NEVER).await;
+    for sub in subs {
+        sign_in_via(&google, &daemon.intake, sub).await;
+        google
+            .emulator()
+            .put_file(
+                sub,
+                "settings.json",
+                format!("{{\"user\": \"{sub}\"}}"),
+                None,
+            )
+            .unwrap();
+    }
+    (dir, google, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ctl_command_works_in_table_and_json_form() {
+    let (dir, google, daemon) = daemon_with_users(&["111", "222", "333"]).await;
+
+    let out = daemon.ctl(&["resync", "--all", "--wait"]);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("111: sync finished: ok"),
+        "{}",
+        out.stdout
+    );
+
+    let status = daemon.ctl(&["status"]);
+    assert!(
+        status.ok && status.stdout.contains("active=3"),
+        "{}",
+        status.stdout
+    );
+    let status = daemon.ctl(&["status", "--json"]).json();
+    assert_eq!(status["users_by_state"]["active"], 3);
+    assert!(status["version"].is_string() && status["rate_limit"]["per_second"] == 1000);
+
+    let users = daemon.ctl(&["users"]);
+    assert!(users.stdout.starts_with("SUB"), "{}", users.stdout);
+    assert!(users.stdout.contains("222@example.com"));
+    let users = daemon.ctl(&["users", "--json"]).json();
+    assert_eq!(users["users"].as_array().unwrap().len(), 3);
+    assert_eq!(users["users"][0]["files"], 1);
+
+    // A change on the emulator shows up in `files` after `resync --wait`.
+    google
+        .emulator()
+        .put_file("111", "notes.txt", "hello".to_string(), None)
+        .unwrap();
+    let out = daemon.ctl(&["resync", "111", "--wait"]);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("+1"), "{}", out.stdout);
+    let files = daemon.ctl(&["files", "111"]);
+    assert!(files.stdout.contains("notes.txt"), "{}", files.stdout);
+    let files = daemon.ctl(&["files", "111", "--json"]).json();
+    let names: Vec<&str> = files["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["notes.txt", "settings.json"]);
+
+    let user = daemon.ctl(&["user", "111"]);
+    assert!(user.stdout.contains("recent syncs:"), "{}", user.stdout);
+    let user = daemon.ctl(&["user", "111", "--json"]).json();
+    assert_eq!(user["user"]["sub"], "111");
+    assert_eq!(user["recent_syncs"][0]["outcome"], "ok");
+
+    // Pause and resume.
+    assert!(daemon.ctl(&["pause", "222"]).stdout.contains("paused"));
+    let paused = daemon.ctl(&["users", "--state", "paused", "--json"]).json();
+    assert_eq!(paused["users"][0]["sub"], "222");
+    assert!(
+        !daemon.ctl(&["resync", "222"]).ok,
+        "a paused user does not sync"
+    );
+    let resumed = daemon.ctl(&["resume", "222", "--json"]).json();
+    assert_eq!(resumed["state"], "active");
+
+    // Push: queued, uploaded on the next sync.
+    let file = dir.path().join("upload.bin");
+    std::fs::write(&file, b"pushed bytes").unwrap();
+    let pushed = daemon.ctl(&[
+        "push",
+        "333",
+        "--name",
+        "from-admin",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        pushed.ok && pushed.stdout.contains("queued"),
+        "{}",
+        pushed.stdout
+    );
+    let out = daemon.ctl(&["resync", "333", "--wait", "--json"]);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    let remote = google.emulator().list_files("333").unwrap();
+    let uploaded = remote.iter().find(|f| f.name == "from-admin").unwrap();
+    assert_eq!(
+        google
+            .emulator()
+            .file_content("333", &uploaded.id)
+            .unwrap()
+            .as_ref(),
+        b"pushed bytes"
+    );
+
+    // Log level: good and bad filters.
+    assert!(daemon.ctl(&["log-level", "debug"]).ok);
+    let bad = daemon.ctl(&["log-level", "not[a filter"]);
+    assert!(
+        !bad.ok && bad.stderr.contains("invalid_filter"),
+        "{}",
+        bad.stderr
+    );
+
+    // Reload: change the concurrency in the file.
+    let text = std::fs::read_to_string(&daemon.config).unwrap();
+    std::fs::write(
+        &daemon.config,
+        text.replace("[sync]\n", "[sync]\nconcurrency = 5\n"),
+    )
+    .unwrap();
+    let reload = daemon.ctl(&["reload", "--json"]).json();
+    assert_eq!(reload["applied"][0], "sync.concurrency = 5", "{reload}");
+    assert!(daemon.ctl(&["reload"]).stdout.contains("applied: nothing"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_revokes_and_leaves_no_trace() {
+    let (dir, google, daemon) = daemon_with_users(&["gone", "stays"]).await;
+    assert!(daemon.ctl(&["resync", "--all", "--wait"]).ok);
+    assert!(dir.path().join("mirror/gone").exists());
+    let refused = daemon.ctl(&["forget", "gone"]);
+    assert!(!refused.ok && refused.stderr.contains("--yes"));
+    google.emulator().reset_stats();
+    let out = daemon.ctl(&["forget", "gone", "--yes", "--json"]).json();
+    assert_eq!(out["revoked"], true);
+    assert_eq!(google.emulator().stats().count("revoke"), 1);
+    assert!(!dir.path().join("mirror/gone").exists());
+    let db = std::fs::read(dir.path().join("appdata-syncd.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("appdata-syncd.db-wal")).unwrap_or_default();
+    // Deleted rows may linger in free pages; what matters is that no query finds them.
+    let _ = (db, wal);
+    let user = daemon.ctl(&["user", "gone"]);
+    assert!(
+        !user.ok && user.stderr.contains("unknown_user"),
+        "{}",
+        user.stderr
+    );
+    let users = daemon.ctl(&["users", "--json"]).json();
+    assert_eq!(users["users"].as_array().unwrap().len(), 1);
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("appdata-syncd.db").display()
+    ))
+    .await
+    .unwrap();
+    for table in ["users", "credentials", "files", "syncs", "pushes"] {
+        let n: i64 =
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE sub = 'gone'"))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(n, 0, "{table} still has rows of the forgotten user");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_clear_and_exit_non_zero() {
+    let (dir, _google, daemon) = daemon_with_users(&["x1"]).await;
+    for (args, want) in [
+        (vec!["user", "nobody"], "unknown_user"),
+        (vec!["files", "nobody"], "unknown_user"),
+        (vec!["resync", "nobody"], "unknown_user"),
+        (vec!["users", "--state", "sleeping"], "bad_request"),
+        (vec!["resume", "nobody"], "unknown_user"),
+    ] {
+        let out = daemon.ctl(&args);
+        assert!(!out.ok, "{args:?} should fail");
+        assert!(out.stderr.contains(want), "{args:?}: {}", out.stderr);
+    }
+    let out = daemon.ctl(&["user"]);
+    assert!(
+        !out.ok && out.stderr.contains("SUB"),
+        "missing argument: {}",
+        out.stderr
+    );
+    let out = daemon.ctl(&["resync"]);
+    assert!(!out.ok && out.stderr.contains("--all"), "{}", out.stderr);
+    let out = crate::helpers::ctl(&dir.path().join("nothing.sock"), &["status"]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("is appdata-syncd running?"),
+        "{}",
+        out.stderr
+    );
+}
+
+fn request(stream: &mut UnixStream, line: &str) -> serde_json::Value {
+    stream.write_all(line.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        buf.push(byte[0]);
+    }
+    serde_json::from_slice(&buf).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_huge_lines_half_lines_and_many_connections_leave_it_serving() {
+    let (_dir, _google, daemon) = daemon_with_users(&["g1"]).await;
+    let socket = daemon.socket.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let r = request(&mut s, "this is not json\n");
+        assert_eq!(r["error"]["code"], "bad_request");
+        let r = request(&mut s, "{\"id\": 5, \"cmd\": \"launch-missiles\"}\n");
+        assert_eq!(
+            (r["id"].clone(), r["error"]["code"].clone()),
+            (5.into(), "bad_request".into())
+        );
+        let huge = format!(
+            "{{\"cmd\": \"status\", \"pad\": \"{}\"}}\n",
+            "x".repeat(1024 * 1024)
+        );
+        let r = request(&mut s, &huge);
+        assert_eq!(r["error"]["code"], "line_too_long");
+        // The same connection still works.
+        let r = request(&mut s, "{\"id\": \"after\", \"cmd\": \"status\"}\n");
+        assert_eq!(
+            (r["id"].clone(), r["ok"].clone()),
+            ("after".into(), true.into())
+        );
+        // Half a line, then gone.
+        let mut half = UnixStream::connect(&socket).unwrap();
+        half.write_all(b"{\"cmd\": \"sta").unwrap();
+        drop(half);
+        // 200 connections at once, each asking for status.
+        let handles: Vec<_> = (0..200)
+            .map(|i| {
+                let socket = socket.clone();
+                std::thread::spawn(move || {
+                    let mut s = UnixStream::connect(&socket).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    request(&mut s, &format!("{{\"id\": {i}, \"cmd\": \"status\"}}\n"))
+                })
+            })
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            let r = h.join().unwrap();
+            assert_eq!(r["id"], i, "{r}");
+            assert_eq!(r["ok"], true);
+        }
+    })
+    .await
+    .unwrap();
+    let out = daemon.ctl(&["status", "--json"]);
+    assert!(out.ok, "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uid_that_is_not_allowed_is_refused() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to run a client as another uid (CI runs as root)");
+        return;
+    }
+    let (dir, _google, daemon) = daemon_with_users(&["p1"]).await;
+    // Let uid 65534 reach the socket file so the daemon's own check (SO_PEERCRED) is what
+    // refuses it, not the file mode.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["ctl", "--socket"])
+        .arg(&daemon.socket)
+        .arg("status")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "uid 65534 was served: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("forbidden") && stderr.contains("65534"),
+        "{stderr}"
+    );
+    assert!(daemon.logs().contains("refused an admin connection"));
+    // Root still gets in.
+    assert!(daemon.ctl(&["status"]).ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_socket_refuses_to_start() {
+    let (dir, google, daemon) = daemon_with_users(&[]).await;
+    let port = crate::helpers::free_port();
+    let config =
+        crate::helpers::write_config(dir.path(), &google, &format!("127.0.0.1:{port}"), "");
+    let out = std::process::Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already running"), "{stderr}");
+    assert!(daemon.ctl(&["status"]).ok, "the first daemon is unharmed");
+}

@@ -1,0 +1,168 @@
+//! Running it for real: signals, reload, and the systemd notify protocol, on the real binary.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use fake_google::{FakeGoogle, Fault, Faults};
+
+use crate::helpers::{free_port, sign_in_via, write_config, Daemon};
+
+const NEVER: &str =
+    "[sync]\nschedule = \"0 0 0 1 1 *\"\nmax_requests_per_second = 1000\nshutdown_grace = \"5s\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_middle_of_syncs_exits_0_within_grace_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let google = FakeGoogle::start().await.unwrap();
+    let mut daemon = Daemon::start(dir.path(), &google, NEVER).await;
+    let subs: Vec<String> = (0..6).map(|i| format!("term{i}")).collect();
+    for sub in &subs {
+        sign_in_via(&google, &daemon.intake, sub).await;
+        for f in 0..3 {
+            google
+                .emulator()
+                .create_file(sub, &format!("f{f}"), format!("{sub}/{f}"), None)
+                .unwrap();
+        }
+    }
+    // Slow Drive: the syncs are surely running when the signal comes.
+    google.emulator().set_faults(Faults {
+        token: None,
+        drive: Some(Fault {
+            latency_ms: 300,
+            ..Default::default()
+        }),
+    });
+    assert!(daemon.ctl(&["resync", "--all"]).ok);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let s = daemon.terminate(Duration::from_secs(15));
+        (s, daemon)
+    })
+    .await
+    .unwrap();
+    let (status, daemon) = status;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        daemon.logs().contains("letting running syncs finish"),
+        "{}",
+        daemon.logs()
+    );
+    drop(daemon);
+
+    // Restart: every acknowledged user is there, and every mirror converges.
+    google.emulator().clear_faults();
+    let port = free_port();
+    let config = write_config(dir.path(), &google, &format!("127.0.0.1:{port}"), "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(NEVER);
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start_with_config(dir.path(), &config, port, &[]).await;
+    let users = tokio::task::spawn_blocking({
+        let socket = daemon.socket.clone();
+        move || crate::helpers::ctl(&socket, &["resync", "--all", "--wait", "--json"])
+    })
+    .await
+    .unwrap();
+    assert!(users.ok, "{}{}", users.stdout, users.stderr);
+    let listed = daemon.ctl(&["users", "--json"]).json();
+    assert_eq!(listed["users"].as_array().unwrap().len(), subs.len());
+    for sub in &subs {
+        let files = daemon.ctl(&["files", sub, "--json"]).json();
+        let mut local: Vec<String> = files["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["md5"].as_str().unwrap().to_string())
+            .collect();
+        let mut remote: Vec<String> = google
+            .emulator()
+            .list_files(sub)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.md5_checksum)
+            .collect();
+        local.sort();
+        remote.sort();
+        assert_eq!(local, remote, "mirror of {sub}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_new_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let google = FakeGoogle::start().await.unwrap();
+    let daemon = Daemon::start(dir.path(), &google, NEVER).await;
+    sign_in_via(&google, &daemon.intake, "hup").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        google.emulator().stats().drive_calls(),
+        0,
+        "no cycle on the yearly schedule"
+    );
+    let text = std::fs::read_to_string(&daemon.config).unwrap();
+    std::fs::write(&daemon.config, text.replace("0 0 0 1 1 *", "* * * * * *")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while google.emulator().stats().drive_calls() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the new schedule never ran a cycle"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(daemon.logs().contains("configuration reloaded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_then_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let google = FakeGoogle::start().await.unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &google, &format!("127.0.0.1:{port}"), "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(NEVER);
+    std::fs::write(&config, text).unwrap();
+    let notify_env = notify_path.to_str().unwrap().to_string();
+    let daemon =
+        Daemon::start_with_config(dir.path(), &config, port, &[("NOTIFY_SOCKET", &notify_env)])
+            .await;
+    let messages = tokio::task::spawn_blocking(move || {
+        let mut daemon = daemon;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.iter().any(|m: &String| m.contains("READY=1")) {
+            let n = notify.recv(&mut buf).unwrap();
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let status = daemon.terminate(Duration::from_secs(15));
+        assert!(status.success());
+        while let Ok(n) = notify.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            if seen.last().is_some_and(|m| m.contains("STOPPING=1")) {
+                break;
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    let ready = messages.iter().position(|m| m.contains("READY=1")).unwrap();
+    let stopping = messages
+        .iter()
+        .position(|m| m.contains("STOPPING=1"))
+        .unwrap_or_else(|| panic!("no STOPPING=1 in {messages:?}"));
+    assert!(ready < stopping);
+    assert!(messages[ready].contains("STATUS="), "{messages:?}");
+}
