@@ -30,6 +30,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub sync: SyncConfig,
     pub admin: AdminConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
     /// The file this was read from, for reloads.
     #[serde(skip)]
@@ -161,6 +162,13 @@ impl Default for AdminConfig {
             allow: Vec::new(),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where Prometheus scrapes `GET /metrics`. Unset: no metrics endpoint.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -511,6 +519,13 @@ impl ResolvedConfig {
             humantime::format_duration(self.raw.sync.shutdown_grace).to_string(),
         );
         m.insert("admin.socket", self.raw.admin.socket.display().to_string());
+        m.insert(
+            "metrics.listen",
+            self.raw
+                .metrics
+                .listen
+                .map_or_else(|| "off".into(), |a| a.to_string()),
+        );
         m.insert("log.level", self.raw.log.level.clone());
         m.insert(
             "log.format",

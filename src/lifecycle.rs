@@ -76,6 +76,7 @@ pub struct App {
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     signin: Arc<SignIn>,
     admin: AdminServer,
+    metrics: Option<std::net::TcpListener>,
 }
 
 impl App {
@@ -128,6 +129,16 @@ impl App {
         });
 
         let admin = AdminServer::bind(&config.raw.admin)?;
+        let metrics = config
+            .raw
+            .metrics
+            .listen
+            .map(crate::metrics::bind)
+            .transpose()?;
+        if metrics.is_some() {
+            // Before anything counts, so no event is lost.
+            crate::metrics::install();
+        }
         let intake_listener =
             std::net::TcpListener::bind(config.raw.intake.listen).with_context(|| {
                 format!(
@@ -176,7 +187,13 @@ impl App {
             tls,
             signin,
             admin,
+            metrics,
         })
+    }
+
+    /// Where `GET /metrics` is served, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn intake_addr(&self) -> SocketAddr {
@@ -246,6 +263,15 @@ impl App {
         );
         let admin = tokio::spawn(self.admin.serve(services.clone(), services.stop.clone()));
         let watchdog = tokio::spawn(notify::watchdog(services.clone(), services.stop.clone()));
+        let metrics = match self.metrics {
+            Some(listener) => Some(tokio::spawn(crate::metrics::serve(
+                tokio::net::TcpListener::from_std(listener)?,
+                crate::metrics::install(),
+                services.store.clone(),
+                services.stop.clone(),
+            ))),
+            None => None,
+        };
         notify::ready(&services);
 
         let drain = {
@@ -283,6 +309,9 @@ impl App {
         let _ = resyncs.await;
         let _ = admin.await;
         watchdog.abort();
+        if let Some(m) = metrics {
+            let _ = m.await;
+        }
         while services.scheduler.running() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

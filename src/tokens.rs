@@ -137,12 +137,19 @@ impl Tokens {
             &cred.refresh_token.bytes,
         )?;
         let resp = match self.oauth.refresh(&refresh).await {
-            Ok(r) => r,
+            Ok(r) => {
+                crate::metrics::token_refresh("ok");
+                r
+            }
             Err(GoogleError::InvalidGrant { description }) => {
+                crate::metrics::token_refresh("revoked");
                 self.park(sub, &description).await?;
                 return Err(TokenError::Revoked(description));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                crate::metrics::token_refresh("error");
+                return Err(e.into());
+            }
         };
         let obtained = store::now_ms();
         let expires_at = obtained + resp.expires_in.max(0) * 1000;

@@ -253,10 +253,11 @@ async fn send(
     endpoint: &'static str,
     req: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, GoogleError> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| GoogleError::from_reqwest(endpoint, e))?;
+    let resp = req.send().await.map_err(|e| {
+        crate::metrics::google_call(endpoint, None);
+        GoogleError::from_reqwest(endpoint, e)
+    })?;
+    crate::metrics::google_call(endpoint, Some(resp.status().as_u16()));
     if resp.status().is_success() {
         return Ok(resp);
     }

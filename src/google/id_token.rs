@@ -239,13 +239,12 @@ impl IdTokenVerifier {
             #[serde(default)]
             e: String,
         }
-        let resp = self
-            .http
-            .get(&self.jwks_uri)
-            .send()
-            .await
-            .map_err(|e| GoogleError::from_reqwest(ENDPOINT, e))?;
+        let resp = self.http.get(&self.jwks_uri).send().await.map_err(|e| {
+            crate::metrics::google_call(ENDPOINT, None);
+            GoogleError::from_reqwest(ENDPOINT, e)
+        })?;
         let status = resp.status();
+        crate::metrics::google_call(ENDPOINT, Some(status.as_u16()));
         if !status.is_success() {
             return Err(GoogleError::Unavailable {
                 endpoint: ENDPOINT,

@@ -235,8 +235,10 @@ impl RateLimit {
         }
         let started = Instant::now();
         limiter.until_ready().await;
+        let waited = started.elapsed();
         self.waits.fetch_add(1, Ordering::Relaxed);
         self.waited_us
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        crate::metrics::rate_limit_wait(waited);
     }
 }

@@ -99,8 +99,12 @@ impl OAuthClient {
             .form(form)
             .send()
             .await
-            .map_err(|e| GoogleError::from_reqwest(ENDPOINT, e))?;
+            .map_err(|e| {
+                crate::metrics::google_call(ENDPOINT, None);
+                GoogleError::from_reqwest(ENDPOINT, e)
+            })?;
         let status = resp.status();
+        crate::metrics::google_call(ENDPOINT, Some(status.as_u16()));
         let headers = resp.headers().clone();
         let body = resp
             .bytes()
@@ -127,8 +131,12 @@ impl OAuthClient {
             .form(&[("token", token.expose_secret())])
             .send()
             .await
-            .map_err(|e| GoogleError::from_reqwest(ENDPOINT, e))?;
+            .map_err(|e| {
+                crate::metrics::google_call(ENDPOINT, None);
+                GoogleError::from_reqwest(ENDPOINT, e)
+            })?;
         let status = resp.status();
+        crate::metrics::google_call(ENDPOINT, Some(status.as_u16()));
         if status.is_success() {
             return Ok(());
         }

@@ -223,6 +223,19 @@ async fn post_authcode(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let result = handle_authcode(&state, &headers, body).await;
+    crate::metrics::intake_request(match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    });
+    result
+}
+
+async fn handle_authcode(
+    state: &IntakeState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -238,7 +251,7 @@ async fn post_authcode(
             )
         }
     })?;
-    let code = parse_auth_code(&headers, &body)?;
+    let code = parse_auth_code(headers, &body)?;
     let started = std::time::Instant::now();
     match state.signin.sign_in(&code).await {
         Ok(done) => {

@@ -149,6 +149,7 @@ impl SyncEngine {
         } else {
             0
         };
+        crate::metrics::sync_finished(outcome, clock.elapsed(), counts.bytes_down, counts.bytes_up);
         if let Err(e) = self.finish(&record, next_sync_at, failures).await {
             tracing::error!(user = %user.sub, error = %e, "cannot record the sync outcome");
         }

@@ -166,3 +166,90 @@ async fn systemd_hears_ready_then_stopping() {
     assert!(ready < stopping);
     assert!(messages[ready].contains("STATUS="), "{messages:?}");
 }
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_after_a_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let google = FakeGoogle::start().await.unwrap();
+    let metrics_port = free_port();
+    let daemon = Daemon::start(
+        dir.path(),
+        &google,
+        &format!("{NEVER}[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    sign_in_via(&google, &daemon.intake, "m1").await;
+    google
+        .emulator()
+        .put_file("m1", "a", "content".to_string(), None)
+        .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let socket = daemon.socket.clone();
+        move || crate::helpers::ctl(&socket, &["resync", "m1", "--wait"])
+    })
+    .await
+    .unwrap();
+    assert!(out.ok, "{}", out.stderr);
+    // The users gauge is refreshed every 10 s; counters move at once.
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert_eq!(
+        metric(&text, "appdata_syncd_intake_requests_total{outcome=\"ok\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "appdata_syncd_syncs_total{outcome=\"ok\"}"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "appdata_syncd_sync_duration_seconds_count") >= 1.0,
+        "{text}"
+    );
+    assert!(metric(&text, "appdata_syncd_google_requests_total{endpoint=\"changes.startPageToken\",status=\"200\"}") >= 1.0, "{text}");
+    assert!(
+        metric(
+            &text,
+            "appdata_syncd_google_requests_total{endpoint=\"token\",status=\"200\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "appdata_syncd_bytes_downloaded_total"),
+        7.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("appdata_syncd_users{state=\"active\"} 1"),
+        "{text}"
+    );
+    // A refresh shows up too.
+    google.emulator().expire_access_tokens(Some("m1"));
+    let out = tokio::task::spawn_blocking({
+        let socket = daemon.socket.clone();
+        move || crate::helpers::ctl(&socket, &["resync", "m1", "--wait"])
+    })
+    .await
+    .unwrap();
+    assert!(out.ok, "{}", out.stderr);
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert_eq!(
+        metric(&text, "appdata_syncd_token_refreshes_total{outcome=\"ok\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "appdata_syncd_syncs_total{outcome=\"ok\"}"),
+        2.0,
+        "{text}"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod crash;
 mod helpers;
 mod intake;
 mod lifecycle;

@@ -1,0 +1,136 @@
+//! Prometheus metrics: one process-wide recorder ([`install`]), served as text on
+//! `[metrics] listen` by [`serve`]. Metric names live here, in one place, so the dashboard
+//! contract is visible at a glance; the rest of the code calls the small helpers below.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{users, Store};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder (once per process) and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "appdata_syncd_sync_duration_seconds".into(),
+                    ),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                        300.0,
+                    ],
+                )
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed, which this process never does.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// A call to Google: `status` is the HTTP status, or "error" when no answer came.
+pub fn google_call(endpoint: &'static str, status: Option<u16>) {
+    let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+    metrics::counter!("appdata_syncd_google_requests_total", "endpoint" => endpoint, "status" => status)
+        .increment(1);
+}
+
+pub fn sync_finished(outcome: &'static str, duration: Duration, bytes_down: i64, bytes_up: i64) {
+    metrics::counter!("appdata_syncd_syncs_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("appdata_syncd_sync_duration_seconds").record(duration.as_secs_f64());
+    metrics::counter!("appdata_syncd_bytes_downloaded_total").increment(bytes_down.max(0) as u64);
+    metrics::counter!("appdata_syncd_bytes_uploaded_total").increment(bytes_up.max(0) as u64);
+}
+
+/// outcome: "ok", "revoked" or "error".
+pub fn token_refresh(outcome: &'static str) {
+    metrics::counter!("appdata_syncd_token_refreshes_total", "outcome" => outcome).increment(1);
+}
+
+pub fn rate_limit_wait(waited: Duration) {
+    metrics::counter!("appdata_syncd_rate_limit_waits_total").increment(1);
+    metrics::counter!("appdata_syncd_rate_limit_wait_seconds_total")
+        .increment(waited.as_micros() as u64 / 1_000_000);
+}
+
+/// outcome: "ok" or the error code answered.
+pub fn intake_request(outcome: &'static str) {
+    metrics::counter!("appdata_syncd_intake_requests_total", "outcome" => outcome).increment(1);
+}
+
+/// Serves `GET /metrics` on `listener` until `stop`. The users-by-state gauge is read from
+/// the database at each scrape (one grouped count), so it is never stale.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    store: Store,
+    stop: CancellationToken,
+) {
+    let handle = Arc::new(handle);
+    let upkeep = {
+        let handle = handle.clone();
+        let stop = stop.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    };
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (handle, store) = (handle.clone(), store.clone());
+            async move {
+                update_user_gauge(&store).await;
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    );
+    let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+    let (_, served) = tokio::join!(upkeep, server);
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "metrics endpoint failed");
+    }
+}
+
+async fn update_user_gauge(store: &Store) {
+    let Ok(mut conn) = store.pool().acquire().await else {
+        return;
+    };
+    if let Ok(counts) = users::counts_by_state(&mut conn).await {
+        for state in ["active", "reauth_required", "paused", "forgotten"] {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == state)
+                .map_or(0, |(_, n)| *n);
+            metrics::gauge!("appdata_syncd_users", "state" => state).set(n as f64);
+        }
+    }
+}
+
+/// Binds the metrics listener (at build time, so a taken port fails start-up).
+pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    use anyhow::Context;
+    let l = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on [metrics] listen = {addr}"))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
