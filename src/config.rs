@@ -120,6 +120,10 @@ pub struct StoreConfig {
 pub struct SyncConfig {
     /// Where mirrors are written: `DATA_DIR/SUB/FILE_ID`. Default: `STATE_DIR/mirror`.
     pub data_dir: Option<PathBuf>,
+    /// Where mirror contents live instead of `data_dir`: `s3://BUCKET/PREFIX` (objects
+    /// `PREFIX/SUB/FILE_ID`; credentials, region and endpoint from the `AWS_*` environment
+    /// variables) or `file:///PATH`. Unset: the directory `data_dir`.
+    pub mirror_url: Option<String>,
     /// Cron expression (with seconds) of the sync cycle.
     pub schedule: String,
     /// Users synced at once.
@@ -135,6 +139,7 @@ impl Default for SyncConfig {
     fn default() -> Self {
         Self {
             data_dir: None,
+            mirror_url: None,
             schedule: "0 */15 * * * *".into(),
             concurrency: 32,
             max_requests_per_second: 100,
@@ -260,6 +265,10 @@ fn apply_env_overrides(
             continue;
         };
         let Some((section, key)) = rest.split_once("__") else {
+            // Our other variables (the CLI's --config, test switches) are not config keys.
+            if rest == "CONFIG" || rest.starts_with("TEST_") || rest.starts_with("SKIP_") {
+                continue;
+            }
             bail!("environment variable {name}: expected {ENV_PREFIX}<SECTION>__<KEY>");
         };
         let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
@@ -353,7 +362,76 @@ pub struct ResolvedConfig {
     pub store_url: String,
     pub state_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// Where mirror contents live: `data_dir`, or what `[sync] mirror_url` names.
+    pub mirror: MirrorLocation,
     pub keyring: Keyring,
+}
+
+/// Where mirror contents live (see [`crate::sync::mirror`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MirrorLocation {
+    /// A local or shared network directory: `DIR/SUB/FILE_ID`.
+    Directory(PathBuf),
+    /// S3-compatible object storage: objects `PREFIX/SUB/FILE_ID` of `BUCKET`. `prefix` has no
+    /// leading or trailing '/' and may be empty.
+    S3 { bucket: String, prefix: String },
+}
+
+impl MirrorLocation {
+    /// Parses `[sync] mirror_url`: `s3://BUCKET[/PREFIX]` or `file:///PATH`.
+    pub fn parse(value: &str) -> anyhow::Result<MirrorLocation> {
+        let url = url::Url::parse(value).with_context(|| {
+            format!("[sync] mirror_url = {value:?} is not a URL (expected s3://BUCKET/PREFIX or file:///PATH)")
+        })?;
+        if !url.username().is_empty() || url.password().is_some() {
+            bail!("[sync] mirror_url must not hold credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment instead");
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            bail!("[sync] mirror_url = {value:?}: no query or fragment allowed; the endpoint and region come from AWS_ENDPOINT_URL and AWS_REGION");
+        }
+        match url.scheme() {
+            "s3" => {
+                let bucket = url.host_str().unwrap_or_default();
+                let valid_bucket = (3..=63).contains(&bucket.len())
+                    && bucket
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+                if !valid_bucket {
+                    bail!("[sync] mirror_url = {value:?}: {bucket:?} is not a valid S3 bucket name (3 to 63 characters: a-z, 0-9, '-', '.')");
+                }
+                if url.port().is_some() {
+                    bail!("[sync] mirror_url = {value:?}: an s3:// URL names a bucket, not a server; set the endpoint in AWS_ENDPOINT_URL");
+                }
+                // The URL parser already resolved any '.' and '..' segments.
+                let segments: Vec<&str> = url.path().split('/').filter(|s| !s.is_empty()).collect();
+                Ok(MirrorLocation::S3 {
+                    bucket: bucket.to_string(),
+                    prefix: segments.join("/"),
+                })
+            }
+            "file" => match url.to_file_path() {
+                Ok(path) if matches!(url.host_str(), None | Some("")) => {
+                    Ok(MirrorLocation::Directory(path))
+                }
+                _ => bail!("[sync] mirror_url = {value:?}: expected file:///ABSOLUTE/PATH"),
+            },
+            other => bail!(
+                "[sync] mirror_url = {value:?}: unsupported scheme {other:?}; use s3://BUCKET/PREFIX (S3-compatible object storage) or file:///PATH, or leave it unset for data_dir"
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for MirrorLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MirrorLocation::Directory(path) => write!(f, "{}", path.display()),
+            MirrorLocation::S3 { bucket, prefix } if prefix.is_empty() => {
+                write!(f, "s3://{bucket}")
+            }
+            MirrorLocation::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
 }
 
 impl Config {
@@ -447,6 +525,15 @@ impl Config {
             .data_dir
             .clone()
             .unwrap_or_else(|| state_dir.join("mirror"));
+        let mirror = match &self.sync.mirror_url {
+            None => MirrorLocation::Directory(data_dir.clone()),
+            Some(url) => MirrorLocation::parse(url)?,
+        };
+        if let (MirrorLocation::Directory(dir), Some(set)) = (&mirror, &self.sync.data_dir) {
+            if dir != set {
+                bail!("[sync] data_dir and mirror_url = file://... name different directories: set only one");
+            }
+        }
         Ok(ResolvedConfig {
             raw: self,
             client,
@@ -454,6 +541,7 @@ impl Config {
             store_url,
             state_dir,
             data_dir,
+            mirror,
             keyring,
         })
     }
@@ -508,6 +596,18 @@ impl ResolvedConfig {
             ),
         );
         m.insert("sync.data_dir", self.data_dir.display().to_string());
+        m.insert(
+            "sync.mirror",
+            match &self.mirror {
+                MirrorLocation::Directory(dir) => format!("directory {}", dir.display()),
+                s3 @ MirrorLocation::S3 { .. } => format!(
+                    "{s3} (endpoint: {}; credentials and region from AWS_*)",
+                    std::env::var("AWS_ENDPOINT_URL")
+                        .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                        .unwrap_or_else(|_| "AWS S3".into())
+                ),
+            },
+        );
         m.insert("sync.schedule", self.raw.sync.schedule.clone());
         m.insert("sync.concurrency", self.raw.sync.concurrency.to_string());
         m.insert(
@@ -576,6 +676,34 @@ mod tests {
         let err = Config::load_with_env(None, env(&[("APPDATA_SYNCD_SYNC__CONCURENCY", "7")]))
             .unwrap_err();
         assert!(format!("{err:#}").contains("concurency"), "{err:#}");
+    }
+
+    #[test]
+    fn mirror_url_names_a_bucket_or_a_directory() {
+        assert_eq!(
+            MirrorLocation::parse("s3://my-bucket/a/b/").unwrap(),
+            MirrorLocation::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "a/b".into()
+            }
+        );
+        let root = MirrorLocation::parse("s3://my-bucket").unwrap();
+        assert_eq!(root.to_string(), "s3://my-bucket");
+        assert_eq!(
+            MirrorLocation::parse("file:///srv/mirror").unwrap(),
+            MirrorLocation::Directory("/srv/mirror".into())
+        );
+        for (bad, why) in [
+            ("gs://bucket/x", "unsupported scheme"),
+            ("/srv/mirror", "not a URL"),
+            ("s3://Bad_Bucket/x", "bucket name"),
+            ("s3://key:secret@bucket/x", "credentials"),
+            ("s3://bucket:9000/x", "AWS_ENDPOINT_URL"),
+            ("s3://bucket/x?region=eu", "no query"),
+        ] {
+            let err = MirrorLocation::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -101,12 +101,8 @@ impl App {
             g.android_client_ids.clone(),
         ));
         let limit = Arc::new(RateLimit::new(config.raw.sync.max_requests_per_second));
-        let mirror = Mirror::open(&config.data_dir).with_context(|| {
-            format!(
-                "cannot open the mirror directory {}",
-                config.data_dir.display()
-            )
-        })?;
+        let mirror = Mirror::open_location(&config.mirror)
+            .with_context(|| format!("cannot open the mirror at {}", config.mirror))?;
         let tokens = Arc::new(Tokens::new(
             oauth.clone(),
             store.clone(),
@@ -460,6 +456,7 @@ impl Services {
         );
         restart(old.store_url != new.store_url, "store.url");
         restart(old.data_dir != new.data_dir, "sync.data_dir");
+        restart(old.mirror != new.mirror, "sync.mirror_url");
         restart(o.admin.socket != n.admin.socket, "admin.socket");
         restart(
             o.admin.allow != n.admin.allow || o.admin.group != n.admin.group,

@@ -7,4 +7,5 @@ mod crash;
 mod helpers;
 mod intake;
 mod lifecycle;
+mod s3;
 mod sync;

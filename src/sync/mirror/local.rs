@@ -1,11 +1,8 @@
-//! The mirror on disk: `DATA_DIR/SUB/FILE_ID` holds a file's content and nothing else lives in
-//! `DATA_DIR/SUB/`. Content is written to `DATA_DIR/.tmp/`, fsynced, renamed into place (same
+//! The directory backend: `DATA_DIR/SUB/FILE_ID` holds a file's content and nothing else lives
+//! in `DATA_DIR/SUB/`. Content is written to `DATA_DIR/.tmp/`, fsynced, renamed into place (same
 //! filesystem, so atomic) and the directory fsynced: a path either holds complete content or
 //! the previous content, never a torn write. Leftover temporaries (a crash mid-write) are
-//! removed at start-up.
-//!
-//! Paths are built from Google's ids, never from file names (which may hold '/' or '..'), and
-//! ids are checked to be plain path components.
+//! removed at start-up. A shared network filesystem works as long as its rename is atomic.
 
 use std::path::{Path, PathBuf};
 
@@ -13,34 +10,18 @@ use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
 use tokio::io::AsyncWriteExt;
 
-const TMP_DIR: &str = ".tmp";
+use super::{safe_component, Mirror, MirrorError, Written};
 
-#[derive(Debug, thiserror::Error)]
-pub enum MirrorError {
-    #[error("unsafe path component {0:?} from Google")]
-    UnsafeName(String),
-    #[error("downloaded content does not match Drive's md5Checksum (truncated download?)")]
-    ChecksumMismatch,
-    #[error("download interrupted: {0}")]
-    Download(String),
-    #[error("mirror I/O error: {0}")]
-    Io(#[from] std::io::Error),
-}
+pub(super) const TMP_DIR: &str = ".tmp";
 
 #[derive(Clone)]
-pub struct Mirror {
+pub(super) struct LocalMirror {
     root: PathBuf,
 }
 
-/// What was written: size and md5 (hex) of the content.
-pub struct Written {
-    pub size: i64,
-    pub md5: String,
-}
-
-impl Mirror {
+impl LocalMirror {
     /// Opens the mirror at `root`, creating it, and removes temporaries a crash left behind.
-    pub fn open(root: &Path) -> std::io::Result<Mirror> {
+    pub(super) fn open(root: &Path) -> std::io::Result<LocalMirror> {
         let tmp = root.join(TMP_DIR);
         std::fs::create_dir_all(&tmp)?;
         for entry in std::fs::read_dir(&tmp)? {
@@ -49,35 +30,24 @@ impl Mirror {
                 std::fs::remove_file(entry.path())?;
             }
         }
-        Ok(Mirror {
+        Ok(LocalMirror {
             root: root.to_path_buf(),
         })
     }
 
-    pub fn root(&self) -> &Path {
+    pub(super) fn root(&self) -> &Path {
         &self.root
     }
 
-    /// `SUB/FILE_ID`, relative to the root; refuses anything that is not a plain component.
-    pub fn relative_path(sub: &str, file_id: &str) -> Result<String, MirrorError> {
-        Ok(format!(
-            "{}/{}",
-            safe_component(sub)?,
-            safe_component(file_id)?
-        ))
-    }
-
-    pub fn absolute(&self, relative: &str) -> PathBuf {
+    pub(super) fn absolute(&self, relative: &str) -> PathBuf {
         self.root.join(relative)
     }
 
-    pub async fn exists(&self, relative: &str) -> bool {
+    pub(super) async fn exists(&self, relative: &str) -> bool {
         tokio::fs::metadata(self.absolute(relative)).await.is_ok()
     }
 
-    /// Streams content into place. When `expected_md5` is given, a mismatch discards the
-    /// temporary and fails, so a truncated body never replaces good content.
-    pub async fn write_stream<S, E>(
+    pub(super) async fn write_stream<S, E>(
         &self,
         sub: &str,
         file_id: &str,
@@ -88,7 +58,7 @@ impl Mirror {
         S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let relative = Self::relative_path(sub, file_id)?;
+        let relative = Mirror::relative_path(sub, file_id)?;
         let tmp = self.root.join(TMP_DIR).join(format!(
             "{}.{}.{:016x}",
             safe_component(sub)?,
@@ -125,17 +95,6 @@ impl Mirror {
         }
     }
 
-    pub async fn write_bytes(
-        &self,
-        sub: &str,
-        file_id: &str,
-        content: &[u8],
-    ) -> Result<Written, MirrorError> {
-        let chunk = bytes::Bytes::copy_from_slice(content);
-        let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(chunk)]);
-        self.write_stream(sub, file_id, body, None).await
-    }
-
     async fn place(&self, tmp: &Path, relative: &str) -> Result<(), MirrorError> {
         let target = self.absolute(relative);
         let dir = target
@@ -155,7 +114,7 @@ impl Mirror {
         Ok(placed?)
     }
 
-    pub async fn remove(&self, relative: &str) -> Result<(), MirrorError> {
+    pub(super) async fn remove(&self, relative: &str) -> Result<(), MirrorError> {
         match tokio::fs::remove_file(self.absolute(relative)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -163,8 +122,7 @@ impl Mirror {
         }
     }
 
-    /// Removes everything mirrored for a user.
-    pub async fn remove_user(&self, sub: &str) -> Result<(), MirrorError> {
+    pub(super) async fn remove_user(&self, sub: &str) -> Result<(), MirrorError> {
         let dir = self.root.join(safe_component(sub)?);
         match tokio::fs::remove_dir_all(dir).await {
             Ok(()) => Ok(()),
@@ -174,34 +132,9 @@ impl Mirror {
     }
 }
 
-fn safe_component(s: &str) -> Result<&str, MirrorError> {
-    let ok = !s.is_empty()
-        && s.len() <= 255
-        && !s.starts_with('.')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
-        Ok(s)
-    } else {
-        Err(MirrorError::UnsafeName(s.chars().take(64).collect()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_plain_components_become_paths() {
-        assert_eq!(
-            Mirror::relative_path("123", "abc_D-9").unwrap(),
-            "123/abc_D-9"
-        );
-        for bad in ["..", "../x", "a/b", "", ".tmp", "a\0b"] {
-            assert!(Mirror::relative_path("123", bad).is_err(), "{bad:?}");
-            assert!(Mirror::relative_path(bad, "x").is_err(), "{bad:?}");
-        }
-    }
 
     #[tokio::test]
     async fn a_checksum_mismatch_leaves_nothing_behind() {
@@ -220,5 +153,21 @@ mod tests {
             std::fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn remove_user_deletes_only_that_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        mirror.write_bytes("u1", "a", b"1").await.unwrap();
+        mirror.write_bytes("u10", "a", b"2").await.unwrap();
+        assert!(mirror.exists("u1/a").await);
+        mirror.remove_user("u1").await.unwrap();
+        mirror.remove_user("u1").await.unwrap();
+        assert!(!mirror.exists("u1/a").await);
+        assert!(mirror.exists("u10/a").await);
+        mirror.remove("u10/a").await.unwrap();
+        mirror.remove("u10/a").await.unwrap();
+        assert!(!dir.path().join("u10/a").exists());
     }
 }

@@ -1,0 +1,191 @@
+//! The mirror: each file's content under one name, `SUB/FILE_ID`, behind one interface with two
+//! backends, chosen by `[sync] mirror_url` ([`MirrorLocation`]):
+//! - [`local`]: a directory (local, or a network filesystem shared by several instances);
+//! - [`s3`]: S3-compatible object storage, so whichever instance syncs a user next sees the
+//!   content the previous one wrote.
+//!
+//! Both write atomically (a name holds complete content or its previous content, never a torn
+//! write) and check Drive's md5 before the content becomes visible; callers commit the database
+//! row only after [`Mirror::write_stream`] returned.
+//!
+//! Names are built from Google's ids, never from file names (which may hold '/' or '..'), and
+//! ids are checked to be plain path components.
+
+mod local;
+mod s3;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::Stream;
+
+use crate::config::MirrorLocation;
+use local::LocalMirror;
+use s3::ObjectMirror;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("unsafe path component {0:?} from Google")]
+    UnsafeName(String),
+    #[error("downloaded content does not match Drive's md5Checksum (truncated download?)")]
+    ChecksumMismatch,
+    #[error("download interrupted: {0}")]
+    Download(String),
+    #[error("mirror I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("mirror object storage error: {0}")]
+    ObjectStore(#[from] object_store::Error),
+}
+
+#[derive(Clone)]
+pub struct Mirror {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Local(LocalMirror),
+    Object(ObjectMirror),
+}
+
+/// What was written: size and md5 (hex) of the content.
+pub struct Written {
+    pub size: i64,
+    pub md5: String,
+}
+
+impl Mirror {
+    /// Opens the directory mirror at `root`, creating it, and removes temporaries a crash left
+    /// behind.
+    pub fn open(root: &Path) -> std::io::Result<Mirror> {
+        Ok(Mirror {
+            backend: Backend::Local(LocalMirror::open(root)?),
+        })
+    }
+
+    /// Opens the mirror `[sync]` names: a directory, or an S3 bucket (configured from the
+    /// standard `AWS_*` environment variables). Connects to nothing yet.
+    pub fn open_location(location: &MirrorLocation) -> Result<Mirror, MirrorError> {
+        match location {
+            MirrorLocation::Directory(root) => Ok(Self::open(root)?),
+            MirrorLocation::S3 { bucket, prefix } => Ok(Mirror {
+                backend: Backend::Object(ObjectMirror::s3(bucket, prefix)?),
+            }),
+        }
+    }
+
+    /// A mirror in any object store, keys under `prefix` (for tests and other clouds).
+    pub fn with_object_store(store: Arc<dyn object_store::ObjectStore>, prefix: &str) -> Mirror {
+        Mirror {
+            backend: Backend::Object(ObjectMirror::new(store, prefix)),
+        }
+    }
+
+    /// The directory of a directory mirror; `None` for object storage.
+    pub fn root(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Local(l) => Some(l.root()),
+            Backend::Object(_) => None,
+        }
+    }
+
+    /// `SUB/FILE_ID`, relative to the root; refuses anything that is not a plain component.
+    pub fn relative_path(sub: &str, file_id: &str) -> Result<String, MirrorError> {
+        Ok(format!(
+            "{}/{}",
+            safe_component(sub)?,
+            safe_component(file_id)?
+        ))
+    }
+
+    /// Where a relative path lives on disk, for a directory mirror; `None` for object storage.
+    pub fn absolute(&self, relative: &str) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Local(l) => Some(l.absolute(relative)),
+            Backend::Object(_) => None,
+        }
+    }
+
+    pub async fn exists(&self, relative: &str) -> bool {
+        match &self.backend {
+            Backend::Local(l) => l.exists(relative).await,
+            Backend::Object(o) => o.exists(relative).await,
+        }
+    }
+
+    /// Streams content into place. When `expected_md5` is given, a mismatch discards what was
+    /// received and fails, so a truncated body never replaces good content.
+    pub async fn write_stream<S, E>(
+        &self,
+        sub: &str,
+        file_id: &str,
+        body: S,
+        expected_md5: Option<&str>,
+    ) -> Result<Written, MirrorError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        match &self.backend {
+            Backend::Local(l) => l.write_stream(sub, file_id, body, expected_md5).await,
+            Backend::Object(o) => o.write_stream(sub, file_id, body, expected_md5).await,
+        }
+    }
+
+    pub async fn write_bytes(
+        &self,
+        sub: &str,
+        file_id: &str,
+        content: &[u8],
+    ) -> Result<Written, MirrorError> {
+        let chunk = bytes::Bytes::copy_from_slice(content);
+        let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(chunk)]);
+        self.write_stream(sub, file_id, body, None).await
+    }
+
+    /// Removes one file's content; already gone is fine.
+    pub async fn remove(&self, relative: &str) -> Result<(), MirrorError> {
+        match &self.backend {
+            Backend::Local(l) => l.remove(relative).await,
+            Backend::Object(o) => o.remove(relative).await,
+        }
+    }
+
+    /// Removes everything mirrored for a user.
+    pub async fn remove_user(&self, sub: &str) -> Result<(), MirrorError> {
+        match &self.backend {
+            Backend::Local(l) => l.remove_user(sub).await,
+            Backend::Object(o) => o.remove_user(sub).await,
+        }
+    }
+}
+
+fn safe_component(s: &str) -> Result<&str, MirrorError> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(s)
+    } else {
+        Err(MirrorError::UnsafeName(s.chars().take(64).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_components_become_paths() {
+        assert_eq!(
+            Mirror::relative_path("123", "abc_D-9").unwrap(),
+            "123/abc_D-9"
+        );
+        for bad in ["..", "../x", "a/b", "", ".tmp", "a\0b"] {
+            assert!(Mirror::relative_path("123", bad).is_err(), "{bad:?}");
+            assert!(Mirror::relative_path(bad, "x").is_err(), "{bad:?}");
+        }
+    }
+}
