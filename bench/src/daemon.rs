@@ -2,9 +2,10 @@
 //! built with [`App::build`] and served with [`App::run_until_stopped`] in this process. Cycles
 //! are stepped with `Scheduler::run_once`; the cron tick is set far in the future.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use appdata_syncd::config::Config;
@@ -12,6 +13,7 @@ use appdata_syncd::lifecycle::App;
 use appdata_syncd::scheduler::{CycleOutcome, Scheduler};
 use appdata_syncd::store::Store;
 use serde::Serialize;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::google::FakeGoogle;
@@ -106,6 +108,49 @@ impl Daemon {
     pub async fn cycle(&self) -> CycleOutcome {
         let never = CancellationToken::new();
         self.scheduler.run_once(&never, &never).await
+    }
+
+    /// One full cycle, also timing each user from the scheduler's "started" event to its
+    /// "finished" event, which comes after the sync's bookkeeping commit. Returns the outcome,
+    /// the durations (ms) and how many events the receiver missed (the channel holds 1024).
+    pub async fn timed_cycle(&self) -> (CycleOutcome, Vec<f64>, u64) {
+        let mut events = self.scheduler.subscribe();
+        // Cancelled once the cycle is over; the timer then drains what is queued and returns.
+        let done = CancellationToken::new();
+        let timer = {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut started: HashMap<String, Instant> = HashMap::new();
+                let mut durations = Vec::new();
+                let mut missed = 0u64;
+                loop {
+                    let event = tokio::select! {
+                        e = events.recv() => e,
+                        () = done.cancelled() => match events.try_recv() {
+                            Ok(e) => Ok(e),
+                            Err(_) => break,
+                        },
+                    };
+                    match event {
+                        Ok(e) if e.phase == "started" => {
+                            started.insert(e.sub, Instant::now());
+                        }
+                        Ok(e) => {
+                            if let Some(t) = started.remove(&e.sub) {
+                                durations.push(t.elapsed().as_secs_f64() * 1000.0);
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => missed += n,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+                (durations, missed)
+            })
+        };
+        let outcome = self.cycle().await;
+        done.cancel();
+        let (durations, missed) = timer.await.unwrap_or_default();
+        (outcome, durations, missed)
     }
 
     /// Per-user sync durations (ms, from the `syncs` table) of syncs started at or after `since`.

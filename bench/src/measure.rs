@@ -28,12 +28,21 @@ pub fn cpu_of(pid: u32) -> Option<Duration> {
 
 /// Peak resident set size in MiB (`VmHWM`) of `pid`, or of this process for `None`.
 pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
+    status_mib(pid, "VmHWM:")
+}
+
+/// Resident set size in MiB (`VmRSS`) of this process now.
+pub fn rss_mib() -> Option<f64> {
+    status_mib(None, "VmRSS:")
+}
+
+fn status_mib(pid: Option<u32>, field: &str) -> Option<f64> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/status"),
         None => "/proc/self/status".to_string(),
     };
     let status = std::fs::read_to_string(path).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
