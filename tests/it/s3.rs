@@ -259,16 +259,15 @@ async fn s3_mirror_follows_first_sync_and_incremental_changes() {
 
 #[tokio::test]
 async fn a_cut_download_never_leaves_a_partial_object() {
+    // Cut in half, BIG is still past the inline limit: the cut hits a multipart upload.
+    const BIG: usize = 18 * 1024 * 1024;
     let Some(bucket) = bucket().await else { return };
     let app = spawn_on(&bucket, "cut").await;
     let e = app.google.emulator();
     user_with_files(
         &app,
         "s2",
-        &[
-            ("small", "v1".into()),
-            ("big", content(3, 10 * 1024 * 1024)),
-        ],
+        &[("small", "v1".into()), ("big", content(3, BIG))],
     )
     .await;
     assert_eq!(app.cycle().await.ok, 1);
@@ -282,8 +281,7 @@ async fn a_cut_download_never_leaves_a_partial_object() {
         e.update_file("s2", &f.id, content(4, f.size as usize + 1))
             .unwrap();
     }
-    e.create_file("s2", "fresh", content(5, 10 * 1024 * 1024), None)
-        .unwrap();
+    e.create_file("s2", "fresh", content(5, BIG), None).unwrap();
 
     // Every Drive response cut in half: the sync fails and the bucket keeps the old content.
     e.set_faults(Faults {
