@@ -133,6 +133,12 @@ pub struct SyncConfig {
     /// How long running syncs get to finish on SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// This instance's name among several sharing one database. Default: hostname-pid.
+    pub instance_id: Option<String>,
+    /// How long a claimed user stays with an instance that stopped renewing (it died) before
+    /// another instance takes it over.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 impl Default for SyncConfig {
@@ -144,6 +150,8 @@ impl Default for SyncConfig {
             concurrency: 32,
             max_requests_per_second: 100,
             shutdown_grace: Duration::from_secs(20),
+            instance_id: None,
+            lease: Duration::from_secs(60),
         }
     }
 }
@@ -514,6 +522,9 @@ impl Config {
         if self.sync.concurrency == 0 {
             bail!("[sync] concurrency must be at least 1");
         }
+        if self.sync.lease < Duration::from_secs(3) {
+            bail!("[sync] lease must be at least 3s");
+        }
         if self.sync.max_requests_per_second == 0 {
             bail!("[sync] max_requests_per_second must be at least 1");
         }
@@ -548,6 +559,17 @@ impl Config {
 }
 
 impl ResolvedConfig {
+    /// `[sync] instance_id`, or hostname-pid.
+    pub fn instance_id(&self) -> String {
+        self.raw.sync.instance_id.clone().unwrap_or_else(|| {
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
     /// What `check-config` prints: every effective value, secrets replaced by `[redacted]`.
     pub fn redacted_summary(&self) -> BTreeMap<&'static str, String> {
         let g = &self.raw.google;
@@ -618,6 +640,11 @@ impl ResolvedConfig {
             "sync.shutdown_grace",
             humantime::format_duration(self.raw.sync.shutdown_grace).to_string(),
         );
+        m.insert("sync.instance_id", self.instance_id());
+        m.insert(
+            "sync.lease",
+            humantime::format_duration(self.raw.sync.lease).to_string(),
+        );
         m.insert("admin.socket", self.raw.admin.socket.display().to_string());
         m.insert(
             "metrics.listen",
@@ -663,6 +690,8 @@ mod tests {
                 ("APPDATA_SYNCD_SYNC__CONCURRENCY", "7"),
                 ("APPDATA_SYNCD_INTAKE__LISTEN", "127.0.0.1:9999"),
                 ("UNRELATED", "x"),
+                ("APPDATA_SYNCD_CONFIG", "/etc/x.toml"),
+                ("APPDATA_SYNCD_SKIP_POSTGRES", "1"),
             ]),
         )
         .unwrap();

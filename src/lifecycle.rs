@@ -109,13 +109,19 @@ impl App {
             config.keyring.clone(),
         ));
         let engine = Arc::new(SyncEngine {
+            instance: config.instance_id(),
             drive: DriveClient::new(http, &g.drive_api_base),
             tokens: tokens.clone(),
             store: store.clone(),
             mirror: mirror.clone(),
             limit: limit.clone(),
         });
-        let scheduler = Scheduler::new(engine, store.clone(), config.raw.sync.concurrency);
+        let scheduler = Scheduler::new(
+            engine,
+            store.clone(),
+            config.raw.sync.concurrency,
+            config.raw.sync.lease,
+        );
         let signin = Arc::new(SignIn {
             oauth,
             verifier: verifier.clone(),
@@ -250,6 +256,9 @@ impl App {
                 }
             }
         };
+        if let Err(e) = services.scheduler.reclaim_dead_local_instances().await {
+            tracing::warn!(error = %e, "cannot check for dead instances' leases");
+        }
         services.set_schedule(&schedule).await?;
         let resyncs = tokio::spawn(
             services
@@ -259,6 +268,7 @@ impl App {
         );
         let admin = tokio::spawn(self.admin.serve(services.clone(), services.stop.clone()));
         let watchdog = tokio::spawn(notify::watchdog(services.clone(), services.stop.clone()));
+        let heartbeat = tokio::spawn(heartbeat(services.clone()));
         let metrics = match self.metrics {
             Some(listener) => Some(tokio::spawn(crate::metrics::serve(
                 tokio::net::TcpListener::from_std(listener)?,
@@ -305,11 +315,17 @@ impl App {
         let _ = resyncs.await;
         let _ = admin.await;
         watchdog.abort();
+        heartbeat.abort();
         if let Some(m) = metrics {
             let _ = m.await;
         }
         while services.scheduler.running() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let instance = services.scheduler.engine().instance.clone();
+        if let Ok(mut tx) = services.store.begin_write().await {
+            let _ = crate::store::schedule::remove_instance(tx.conn(), &instance).await;
+            let _ = tx.commit().await;
         }
         services.store.close().await;
         tracing::info!("stopped");
@@ -334,7 +350,10 @@ impl Services {
             let me = me.clone();
             Box::pin(async move {
                 if !me.stop.is_cancelled() {
-                    me.scheduler.run_once(&me.stop, &me.abort).await;
+                    // Every instance fires on the same wall-clock tick; rounded to the second,
+                    // that tick names the cycle they share.
+                    let cycle = (crate::store::now_ms() + 500) / 1000 * 1000;
+                    me.scheduler.run_cycle(cycle, &me.stop, &me.abort).await;
                 }
                 if let Ok(Some(next)) = lock.next_tick_for_job(id).await {
                     *me.next_cycle.lock() = Some(next.timestamp_millis());
@@ -488,6 +507,21 @@ impl Services {
         kept.raw.log.level = n.log.level.clone();
         *self.config.lock() = kept;
         Ok(report)
+    }
+}
+
+/// Renews this instance's leases and its `instances` row every third of a lease.
+async fn heartbeat(services: Arc<Services>) {
+    let started = crate::store::now_ms();
+    let period = (services.scheduler.lease() / 3).max(Duration::from_secs(1));
+    loop {
+        if let Err(e) = services.scheduler.heartbeat(started).await {
+            tracing::warn!(error = %e, "cannot renew leases; other instances may take over our users");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = services.abort.cancelled() => return,
+        }
     }
 }
 

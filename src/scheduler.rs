@@ -10,7 +10,7 @@
 //! period to finish, then `abort` makes them stop at their next checkpoint (a committed file
 //! or page), so nothing committed is lost and the next run resumes from there.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,12 +21,14 @@ use tokio::sync::{broadcast, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::schedule::{self, DueUser};
+use crate::store::schedule::{self, Claim, DueUser};
 use crate::store::{self, Store};
 use crate::sync::{SyncEngine, SyncResult};
 
-/// Users read from the database per query during a cycle.
-const PAGE: i64 = 500;
+/// Users claimed per query during a cycle is the concurrency, but at least this many.
+const MIN_CLAIM: usize = 16;
+/// Resync requests claimed per query.
+const RESYNC_BATCH: i64 = 100;
 /// How often to look for resync requests made on other instances.
 const RESYNC_POLL: Duration = Duration::from_secs(5);
 
@@ -83,6 +85,8 @@ pub struct Scheduler {
     store: Store,
     concurrency: AtomicUsize,
     permits: Arc<Semaphore>,
+    /// How long a claim holds a user before another instance may take it over.
+    lease: Duration,
     /// Subs syncing right now on this instance.
     running: Mutex<HashSet<String>>,
     /// Wakes the resync loop (a local `ctl resync`).
@@ -95,11 +99,17 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(engine: Arc<SyncEngine>, store: Store, concurrency: usize) -> Arc<Self> {
+    pub fn new(
+        engine: Arc<SyncEngine>,
+        store: Store,
+        concurrency: usize,
+        lease: Duration,
+    ) -> Arc<Self> {
         let concurrency = concurrency.max(1);
         Arc::new(Self {
             engine,
             store,
+            lease,
             concurrency: AtomicUsize::new(concurrency),
             permits: Arc::new(Semaphore::new(concurrency)),
             running: Mutex::new(HashSet::new()),
@@ -157,9 +167,21 @@ impl Scheduler {
         self.resync_wakeup.notify_one();
     }
 
-    /// One full cycle over every due user. Returns when all of them are done (or on `stop`).
+    /// One full cycle over every due user, as cycle "now" (tests and `dev` step cycles with
+    /// this). Returns when all of them are done (or on `stop`).
     pub async fn run_once(
         self: &Arc<Self>,
+        stop: &CancellationToken,
+        abort: &CancellationToken,
+    ) -> CycleOutcome {
+        self.run_cycle(store::now_ms(), stop, abort).await
+    }
+
+    /// Claims users due in `cycle` a batch at a time (other instances claim theirs meanwhile)
+    /// and syncs each, at most `concurrency` at once.
+    pub async fn run_cycle(
+        self: &Arc<Self>,
+        cycle: i64,
         stop: &CancellationToken,
         abort: &CancellationToken,
     ) -> CycleOutcome {
@@ -173,36 +195,33 @@ impl Scheduler {
             ..Default::default()
         };
         let mut tasks = JoinSet::new();
-        let mut after = String::new();
-        'pages: loop {
-            let now = store::now_ms();
-            let page = match self.store.pool().acquire().await {
-                Ok(mut conn) => schedule::due_page(&mut conn, &after, now, PAGE).await,
-                Err(e) => Err(e),
-            };
-            let page = match page {
-                Ok(p) => p,
+        let batch = self.concurrency.load(Ordering::Relaxed).max(MIN_CLAIM) as i64;
+        'claims: loop {
+            let mut claimed: VecDeque<DueUser> = match self.claim(Claim::Cycle(cycle), batch).await
+            {
+                Ok(c) if c.is_empty() => break,
+                Ok(c) => c.into(),
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read due users; cycle cut short");
+                    tracing::error!(error = %e, "cannot claim due users; cycle cut short");
                     break;
                 }
             };
-            let Some(last) = page.last() else { break };
-            after = last.sub.clone();
-            self.queued.store(page.len(), Ordering::Relaxed);
-            for user in page {
-                self.queued.fetch_sub(1, Ordering::Relaxed);
+            while let Some(user) = claimed.pop_front() {
+                self.queued.store(claimed.len(), Ordering::Relaxed);
                 while let Some(done) = tasks.try_join_next() {
                     if let Ok(r) = done {
                         outcome.add(&r);
                     }
                 }
                 let permit = tokio::select! {
-                    p = self.permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break 'pages,
-                    },
-                    _ = stop.cancelled() => break 'pages,
+                    p = self.permits.clone().acquire_owned() => p.ok(),
+                    _ = stop.cancelled() => None,
+                };
+                let Some(permit) = permit else {
+                    claimed.push_front(user);
+                    self.release_unstarted(claimed.into_iter().map(|u| u.sub).collect())
+                        .await;
+                    break 'claims;
                 };
                 if let Some(me) = self.clone().start_owned(&user.sub) {
                     let abort = abort.clone();
@@ -240,6 +259,92 @@ impl Scheduler {
         outcome
     }
 
+    async fn claim(&self, what: Claim, limit: i64) -> Result<Vec<DueUser>, sqlx::Error> {
+        let now = store::now_ms();
+        let until = now + self.lease.as_millis() as i64;
+        let mut tx = self.store.begin_write().await?;
+        let users = schedule::claim(
+            tx.conn(),
+            self.store.backend(),
+            what,
+            &self.engine.instance,
+            now,
+            until,
+            limit,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(users)
+    }
+
+    async fn release_unstarted(&self, subs: Vec<String>) {
+        if subs.is_empty() {
+            return;
+        }
+        let released = async {
+            let mut tx = self.store.begin_write().await?;
+            schedule::release_unstarted(tx.conn(), &self.engine.instance, &subs).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, users = subs.len(), "cannot give back unstarted claims; they wait for their lease to expire");
+        }
+    }
+
+    /// Extends the leases this instance holds and records it as alive; run every lease/3.
+    pub async fn heartbeat(&self, started_at: i64) -> Result<(), sqlx::Error> {
+        let now = store::now_ms();
+        let mut tx = self.store.begin_write().await?;
+        schedule::renew_leases(
+            tx.conn(),
+            &self.engine.instance,
+            now,
+            now + self.lease.as_millis() as i64,
+        )
+        .await?;
+        schedule::heartbeat(
+            tx.conn(),
+            &self.engine.instance,
+            env!("CARGO_PKG_VERSION"),
+            started_at,
+            now,
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// At start-up: an earlier process on this host that died without cleaning up (SIGKILL,
+    /// power loss) still holds leases; its pid is gone, so take them back now rather than
+    /// after they expire. Instance ids are `HOST-PID` by default.
+    pub async fn reclaim_dead_local_instances(&self) -> Result<(), sqlx::Error> {
+        let me = &self.engine.instance;
+        let Some((host, _)) = me.rsplit_once('-') else {
+            return Ok(());
+        };
+        let mut tx = self.store.begin_write().await?;
+        for id in schedule::all_instances(tx.conn()).await? {
+            let Some((other_host, pid)) = id.rsplit_once('-') else {
+                continue;
+            };
+            let dead = other_host == host
+                && id != *me
+                && pid
+                    .parse::<u32>()
+                    .is_ok_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if dead {
+                let n = schedule::release_all(tx.conn(), &id).await?;
+                schedule::remove_instance(tx.conn(), &id).await?;
+                tracing::info!(instance = %id, leases = n, "took back the leases of a dead instance on this host");
+            }
+        }
+        tx.commit().await
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
     /// Runs pending resync requests (ahead of any queued cycle work) until `stop`.
     pub async fn resync_loop(self: Arc<Self>, stop: CancellationToken, abort: CancellationToken) {
         let mut tasks = JoinSet::new();
@@ -250,29 +355,37 @@ impl Scheduler {
                 _ = stop.cancelled() => break,
             }
             while tasks.try_join_next().is_some() {}
-            let requested = match self.store.pool().acquire().await {
-                Ok(mut conn) => schedule::resync_requested(&mut conn, 100).await,
-                Err(e) => Err(e),
-            };
-            let requested = match requested {
+            let requested = match self.claim(Claim::Resync, RESYNC_BATCH).await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read resync requests");
+                    tracing::warn!(error = %e, "cannot claim resync requests");
                     continue;
                 }
             };
+            let full_batch = requested.len() as i64 == RESYNC_BATCH;
             for user in requested {
                 let Some(run) = self.clone().start_owned(&user.sub) else {
                     continue;
                 };
-                let permits = self.permits.clone();
-                let abort = abort.clone();
+                let me = self.clone();
+                let (abort, stop) = (abort.clone(), stop.clone());
                 tasks.spawn(async move {
-                    let Ok(_permit) = permits.acquire_owned().await else {
-                        return;
+                    let permit = tokio::select! {
+                        p = me.permits.clone().acquire_owned() => p.ok(),
+                        _ = stop.cancelled() => None,
                     };
-                    run.sync(user, &abort).await;
+                    match permit {
+                        Some(_permit) => {
+                            run.sync(user, &abort).await;
+                        }
+                        None => me.release_unstarted(vec![user.sub.clone()]).await,
+                    }
                 });
+            }
+            if full_batch {
+                // More requests are waiting: take them as soon as these are done.
+                while tasks.join_next().await.is_some() {}
+                self.poke();
             }
         }
         while tasks.join_next().await.is_some() {}

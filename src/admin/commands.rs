@@ -1,6 +1,6 @@
 //! What each admin command does, against the running daemon's [`Services`].
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,10 +88,16 @@ async fn status(s: &Arc<Services>) -> CmdResult {
         .collect();
     let (waits, waited) = s.limit.waits();
     let store_url = s.config.lock().store_url.clone();
+    let since = store::now_ms() - 3 * s.scheduler.lease().as_millis() as i64 / 3 - 5_000;
+    let instances = schedule::live_instances(&mut conn, since)
+        .await
+        .map_err(db)?;
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": s.uptime().as_secs(),
         "database": store::redact_url(&store_url),
+        "instance": s.scheduler.engine().instance,
+        "instances": instances,
         "users_by_state": by_state,
         "syncs_running": s.scheduler.running(),
         "syncs_queued": s.scheduler.queued(),
@@ -215,34 +221,63 @@ async fn resync(
     if !wait {
         return Ok(json!({ "queued": subs.len(), "full": full }));
     }
-    let mut pending: HashSet<String> = subs.iter().cloned().collect();
+    // Local syncs announce themselves; a sync another instance ran shows up as a new record
+    // in the database, which is checked whenever no event came for half a second.
+    let mut pending: HashMap<String, i64> = HashMap::new();
+    {
+        let mut conn = s.store.pool().acquire().await.map_err(db)?;
+        for sub in &subs {
+            let baseline = schedule::last_sync_id(&mut conn, sub).await.map_err(db)?;
+            pending.insert(sub.clone(), baseline);
+        }
+    }
     let (mut ok, mut failed) = (0u64, 0u64);
     let mut failures = Vec::new();
+    let mut finish = |sub: String, outcome: &str, error: Option<String>| {
+        if outcome == "ok" {
+            ok += 1;
+        } else {
+            failed += 1;
+            failures.push(json!({"sub": sub, "outcome": outcome, "error": error}));
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
     while !pending.is_empty() {
-        let event = match tokio::time::timeout(Duration::from_secs(3600), rx.recv()).await {
-            Ok(Ok(e)) => e,
-            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
-            Ok(Err(_)) | Err(_) => {
+        if tokio::time::Instant::now() > deadline {
+            return Err(err(ErrorCode::Unavailable, "gave up waiting after an hour"));
+        }
+        match tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+            Ok(Ok(event)) => {
+                if pending.contains_key(&event.sub) {
+                    let _ = events.send(json!(event)).await;
+                    if event.phase == "finished" {
+                        pending.remove(&event.sub);
+                        finish(event.sub, event.outcome.unwrap_or("failed"), event.error);
+                    }
+                }
+                continue;
+            }
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
                 return Err(err(
                     ErrorCode::Unavailable,
                     "the daemon stopped before the syncs ended",
                 ))
             }
-        };
-        if !pending.contains(&event.sub) {
-            continue;
+            Ok(Err(_)) | Err(_) => {}
         }
-        let _ = events.send(json!(event)).await;
-        if event.phase == "finished" {
-            pending.remove(&event.sub);
-            if event.outcome == Some("ok") {
-                ok += 1;
-            } else {
-                failed += 1;
-                failures.push(
-                    json!({"sub": event.sub, "outcome": event.outcome, "error": event.error}),
-                );
+        let mut conn = s.store.pool().acquire().await.map_err(db)?;
+        let mut done = Vec::new();
+        for (sub, baseline) in &pending {
+            if schedule::last_sync_id(&mut conn, sub).await.map_err(db)? > *baseline {
+                let last = syncs::recent(&mut conn, sub, 1).await.map_err(db)?;
+                if let Some(last) = last.into_iter().next() {
+                    done.push((sub.clone(), last.outcome, last.error));
+                }
             }
+        }
+        for (sub, outcome, error) in done {
+            pending.remove(&sub);
+            finish(sub, &outcome, error);
         }
     }
     let result = json!({ "synced": ok, "failed": failed, "failures": failures });

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::Conn;
+use super::{Backend, Conn};
 use crate::crypto::Sealed;
 
 /// A user ready to sync, with everything the sync needs loaded in the same query.
@@ -17,42 +17,185 @@ pub struct DueUser {
     pub access_token: Option<(Sealed, i64)>,
 }
 
-/// The next page of active users due at `now`, in `sub` order after `after` (keyset paging,
-/// so memory stays flat however many users there are).
-pub async fn due_page(
+/// What a claim is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Claim {
+    /// Scheduled work of cycle `cycle` (its tick, unix ms): users due and not yet claimed in it.
+    Cycle(i64),
+    /// Admin resync requests.
+    Resync,
+}
+
+/// Claims up to `limit` users for `owner` until `lease_until`, and returns them loaded for
+/// sync. On PostgreSQL concurrent instances skip each other's locked rows (`FOR UPDATE SKIP
+/// LOCKED`), so every user goes to exactly one of them; on SQLite the write lock does the same.
+/// An expired lease (its owner died) is fair game.
+#[allow(clippy::too_many_arguments)]
+pub async fn claim(
     conn: &mut Conn,
-    after: &str,
+    backend: Backend,
+    what: Claim,
+    owner: &str,
     now: i64,
+    lease_until: i64,
     limit: i64,
 ) -> Result<Vec<DueUser>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT u.sub, u.page_token, u.failures, u.resync_requested, \
-                c.refresh_token, c.key_id, c.access_token, c.access_key_id, c.access_expires_at \
-         FROM users u JOIN credentials c ON c.sub = u.sub \
-         WHERE u.state = 'active' AND u.sub > $1 \
-           AND (u.next_sync_at <= $2 OR u.resync_requested > 0) \
-         ORDER BY u.sub LIMIT $3",
-    )
-    .bind(after)
+    let (due, cycle) = match what {
+        Claim::Cycle(cycle) => (
+            "u.last_cycle < $3 AND (u.next_sync_at <= $4 OR u.resync_requested > 0)",
+            cycle,
+        ),
+        Claim::Resync => ("u.resync_requested > 0", 0),
+    };
+    let lock = match backend {
+        Backend::Postgres => "FOR UPDATE OF u SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let claimed: Vec<String> = sqlx::query_scalar(&format!(
+        "UPDATE users SET lease_owner = $1, lease_expires_at = $2, \
+                last_cycle = CASE WHEN $3 > 0 THEN $3 ELSE last_cycle END \
+         WHERE sub IN (SELECT u.sub FROM users u JOIN credentials c ON c.sub = u.sub \
+                       WHERE u.state = 'active' AND {due} \
+                         AND (u.lease_owner IS NULL OR u.lease_owner = $1 \
+                              OR u.lease_expires_at < $4) \
+                       ORDER BY u.sub LIMIT $5 {lock}) \
+         RETURNING sub"
+    ))
+    .bind(owner)
+    .bind(lease_until)
+    .bind(cycle)
     .bind(now)
     .bind(limit)
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?;
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=claimed.len()).map(|i| format!("${i}")).collect();
+    let query = format!(
+        "SELECT u.sub, u.page_token, u.failures, u.resync_requested,                 c.refresh_token, c.key_id, c.access_token, c.access_key_id, c.access_expires_at          FROM users u JOIN credentials c ON c.sub = u.sub WHERE u.sub IN ({}) ORDER BY u.sub",
+        placeholders.join(", ")
+    );
+    let mut q = sqlx::query(&query);
+    for sub in &claimed {
+        q = q.bind(sub);
+    }
+    let rows = q.fetch_all(conn).await?;
     rows.iter().map(due_user_from_row).collect()
 }
 
-/// Users with a pending admin resync request (any instance may have set it).
-pub async fn resync_requested(conn: &mut Conn, limit: i64) -> Result<Vec<DueUser>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT u.sub, u.page_token, u.failures, u.resync_requested, \
-                c.refresh_token, c.key_id, c.access_token, c.access_key_id, c.access_expires_at \
-         FROM users u JOIN credentials c ON c.sub = u.sub \
-         WHERE u.state = 'active' AND u.resync_requested > 0 ORDER BY u.sub LIMIT $1",
+/// Gives back leases of users claimed but not synced (shutting down): others may take them
+/// in this same cycle.
+pub async fn release_unstarted(
+    conn: &mut Conn,
+    owner: &str,
+    subs: &[String],
+) -> Result<(), sqlx::Error> {
+    for sub in subs {
+        sqlx::query(
+            "UPDATE users SET lease_owner = NULL, lease_expires_at = NULL, last_cycle = 0              WHERE sub = $1 AND lease_owner = $2",
+        )
+        .bind(sub)
+        .bind(owner)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Ends a lease after the user's sync.
+pub async fn release(conn: &mut Conn, sub: &str, owner: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE users SET lease_owner = NULL, lease_expires_at = NULL          WHERE sub = $1 AND lease_owner = $2",
     )
-    .bind(limit)
+    .bind(sub)
+    .bind(owner)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Extends every live lease `owner` holds; returns how many.
+pub async fn renew_leases(
+    conn: &mut Conn,
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE users SET lease_expires_at = $2 WHERE lease_owner = $1 AND lease_expires_at >= $3",
+    )
+    .bind(owner)
+    .bind(lease_until)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Records that `id` is alive.
+pub async fn heartbeat(
+    conn: &mut Conn,
+    id: &str,
+    version: &str,
+    started_at: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO instances (id, version, started_at, last_seen_at) VALUES ($1, $2, $3, $4)          ON CONFLICT (id) DO UPDATE SET version = excluded.version,              started_at = excluded.started_at, last_seen_at = excluded.last_seen_at",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(started_at)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn remove_instance(conn: &mut Conn, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM instances WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Instance {
+    pub id: String,
+    pub version: String,
+    pub started_at: i64,
+    pub last_seen_at: i64,
+}
+
+/// Instances seen since `since`.
+pub async fn live_instances(conn: &mut Conn, since: i64) -> Result<Vec<Instance>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, version, started_at, last_seen_at FROM instances          WHERE last_seen_at >= $1 ORDER BY id",
+    )
+    .bind(since)
     .fetch_all(conn)
     .await?;
-    rows.iter().map(due_user_from_row).collect()
+    rows.iter()
+        .map(|r| {
+            Ok(Instance {
+                id: r.try_get("id")?,
+                version: r.try_get("version")?,
+                started_at: r.try_get("started_at")?,
+                last_seen_at: r.try_get("last_seen_at")?,
+            })
+        })
+        .collect()
+}
+
+/// The newest sync record id of a user (0 when none), to tell a new sync from old ones.
+pub async fn last_sync_id(conn: &mut Conn, sub: &str) -> Result<i64, sqlx::Error> {
+    let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM syncs WHERE sub = $1")
+        .bind(sub)
+        .fetch_one(conn)
+        .await?;
+    Ok(id.unwrap_or(0))
 }
 
 pub async fn due_user(conn: &mut Conn, sub: &str) -> Result<Option<DueUser>, sqlx::Error> {
@@ -163,4 +306,23 @@ pub async fn request_resync_all(conn: &mut Conn, full: bool) -> Result<Vec<Strin
         .fetch_all(conn)
         .await?;
     rows.iter().map(|r| r.try_get("sub")).collect()
+}
+
+/// Every instance ever seen (live or not).
+pub async fn all_instances(conn: &mut Conn) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM instances ORDER BY id")
+        .fetch_all(conn)
+        .await
+}
+
+/// Frees every lease `owner` holds (it is known to be dead).
+pub async fn release_all(conn: &mut Conn, owner: &str) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE users SET lease_owner = NULL, lease_expires_at = NULL, last_cycle = 0 \
+         WHERE lease_owner = $1",
+    )
+    .bind(owner)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
 }

@@ -54,6 +54,8 @@ pub enum SyncError {
 
 /// Everything a sync needs; shared by all workers.
 pub struct SyncEngine {
+    /// This instance's id: the owner of the leases it takes.
+    pub instance: String,
     pub drive: DriveClient,
     pub tokens: Arc<Tokens>,
     pub store: Store,
@@ -183,6 +185,7 @@ impl SyncEngine {
         crate::store::syncs::insert(tx.conn(), record).await?;
         let last_ok = (record.outcome == "ok").then_some(record.finished_at);
         schedule::set_schedule(tx.conn(), &record.sub, next_sync_at, failures, last_ok).await?;
+        schedule::release(tx.conn(), &record.sub, &self.instance).await?;
         if let Some(error) = &record.error {
             crate::store::users::set_last_error(tx.conn(), &record.sub, Some(error)).await?;
         } else if record.outcome == "ok" {

@@ -25,7 +25,7 @@ fn check_config(path: &std::path::Path) -> (bool, String) {
 #[tokio::test]
 async fn check_config_accepts_a_good_config_and_redacts_secrets() {
     let google = FakeGoogle::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let path = write_config(dir.path(), &google, "127.0.0.1:0", "");
     let (ok, text) = check_config(&path);
     assert!(ok, "{text}");
@@ -40,7 +40,7 @@ async fn check_config_accepts_a_good_config_and_redacts_secrets() {
 #[tokio::test]
 async fn check_config_fails_clearly_on_each_problem() {
     let google = FakeGoogle::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let path = write_config(dir.path(), &google, "127.0.0.1:0", "");
     let secret = dir.path().join("client_secret.json");
     let key = dir.path().join("encryption.key");
@@ -83,7 +83,7 @@ async fn check_config_fails_clearly_on_each_problem() {
 #[tokio::test]
 async fn trace_logs_of_sign_ins_contain_no_token_code_or_client_secret() {
     let google = FakeGoogle::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let port = free_port();
     let path = write_config(dir.path(), &google, &format!("127.0.0.1:{port}"), "");
     let log_path = dir.path().join("stderr.log");

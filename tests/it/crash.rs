@@ -22,7 +22,7 @@ async fn start(dir: &Path, google: &FakeGoogle) -> Daemon {
 }
 
 /// Compares the database rows and the bytes on disk of `sub` with the emulator.
-async fn assert_converged(dir: &Path, google: &FakeGoogle, pool: &sqlx::SqlitePool, sub: &str) {
+async fn assert_converged(dir: &Path, google: &FakeGoogle, pool: &sqlx::AnyPool, sub: &str) {
     let mut remote: Vec<(String, String)> = google
         .emulator()
         .list_files(sub)
@@ -32,7 +32,7 @@ async fn assert_converged(dir: &Path, google: &FakeGoogle, pool: &sqlx::SqlitePo
         .collect();
     remote.sort();
     let mut local: Vec<(String, String)> =
-        sqlx::query_as("SELECT file_id, md5 FROM files WHERE sub = ? ORDER BY file_id")
+        sqlx::query_as("SELECT file_id, md5 FROM files WHERE sub = $1 ORDER BY file_id")
             .bind(sub)
             .fetch_all(pool)
             .await
@@ -59,7 +59,7 @@ async fn assert_converged(dir: &Path, google: &FakeGoogle, pool: &sqlx::SqlitePo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_sync_loses_nothing_and_mirrors_converge() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let google = FakeGoogle::start().await.unwrap();
     let subs: Vec<String> = (0..8).map(|i| format!("crash{i}")).collect();
     {
@@ -117,17 +117,14 @@ async fn sigkill_mid_sync_loses_nothing_and_mirrors_converge() {
     .await
     .unwrap();
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("appdata-syncd.db").display()
-    ))
-    .await
-    .unwrap();
-    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(integrity, "ok");
+    let pool = crate::helpers::db_pool(dir.path()).await;
+    if !crate::helpers::on_postgres() {
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(integrity, "ok");
+    }
     let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
         .fetch_one(&pool)
         .await

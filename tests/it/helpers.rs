@@ -15,7 +15,7 @@ use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
 pub struct TestApp {
-    pub dir: tempfile::TempDir,
+    pub dir: TestDir,
     pub google: FakeGoogle,
     /// `http://127.0.0.1:PORT` of the intake.
     pub intake: String,
@@ -24,6 +24,113 @@ pub struct TestApp {
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Which database the suite runs on: `APPDATA_SYNCD_TEST_BACKEND=postgres` runs every test on
+/// the PostgreSQL at `APPDATA_SYNCD_TEST_POSTGRES` (default postgres://postgres@127.0.0.1:5432),
+/// one fresh database per test directory; otherwise SQLite files.
+pub fn on_postgres() -> bool {
+    std::env::var("APPDATA_SYNCD_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+pub fn postgres_server() -> String {
+    std::env::var("APPDATA_SYNCD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A temporary directory that, on PostgreSQL runs, owns a database of the same name and drops
+/// it with the directory.
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+pub fn test_dir() -> TestDir {
+    TestDir {
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl TestDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if let Some(name) = pg_database_name(self.dir.path()) {
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(pool) =
+                        sqlx::PgPool::connect(&format!("{}/postgres", postgres_server())).await
+                    {
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&pool)
+                                .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+fn pg_database_name(dir: &Path) -> Option<String> {
+    if !on_postgres() {
+        return None;
+    }
+    let base: String = dir
+        .file_name()?
+        .to_string_lossy()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    Some(format!("appdata_test_{}", base.to_ascii_lowercase()))
+}
+
+/// The store URL for `dir`: `None` (SQLite in the state dir) or a fresh PostgreSQL database.
+pub fn test_database_url(dir: &Path) -> Option<String> {
+    let name = pg_database_name(dir)?;
+    let server = postgres_server();
+    std::thread::spawn({
+        let (server, name) = (server.clone(), name.clone());
+        move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let pool = sqlx::PgPool::connect(&format!("{server}/postgres"))
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "cannot reach PostgreSQL at {server} ({e}). Start one (e.g. \
+                         pg_ctlcluster 15 main start) or unset APPDATA_SYNCD_TEST_BACKEND"
+                        )
+                    });
+                let exists: Option<i32> =
+                    sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                        .bind(&name)
+                        .fetch_optional(&pool)
+                        .await
+                        .unwrap();
+                if exists.is_none() {
+                    sqlx::query(&format!("CREATE DATABASE {name}"))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    })
+    .join()
+    .unwrap();
+    Some(format!("{server}/{name}"))
 }
 
 /// Writes client_secret.json and a key into `dir` and returns a config pointing at `google`.
@@ -46,6 +153,8 @@ pub fn test_config(dir: &Path, google: &FakeGoogle) -> Config {
     config.store.state_dir = Some(dir.to_path_buf());
     config.store.encryption_key_file = Some(key);
     config.admin.socket = dir.join("admin.sock");
+    config.store.url = test_database_url(dir);
+    config.store.max_connections = 8;
     // Tests step cycles themselves (`TestApp::cycle`); the cron tick is far away.
     config.sync.schedule = "0 0 0 1 1 *".into();
     config.sync.max_requests_per_second = 10_000;
@@ -58,7 +167,7 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     init_test_log();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let google = FakeGoogle::start().await.unwrap();
     let mut config = test_config(dir.path(), &google);
     tweak(&mut config);
@@ -91,10 +200,6 @@ fn init_test_log() {
 }
 
 impl TestApp {
-    pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("appdata-syncd.db")
-    }
-
     /// Creates a Google account on the emulator (idempotent per sub).
     pub fn google_user(&self, sub: &str) {
         let _ = self.google.emulator().create_user(NewUser {
@@ -278,11 +383,12 @@ pub fn write_config(
     extra_google: &str,
 ) -> std::path::PathBuf {
     let c = test_config(dir, google);
-    let text = format!(
+    let text =
+        format!(
         "[google]\nclient_secret_file = {secret:?}\njwks_uri = {jwks:?}\nrevoke_uri = {revoke:?}\n\
          drive_api_base = {drive:?}\nandroid_client_ids = [{android:?}]\n{extra_google}\n\
          [intake]\nlisten = {listen:?}\n\
-         [store]\nstate_dir = {state:?}\nencryption_key_file = {key:?}\n\
+         [store]\nstate_dir = {state:?}\nencryption_key_file = {key:?}\n{url}max_connections = 8\n\
          [admin]\nsocket = {sock:?}\n",
         secret = c.google.client_secret_file.unwrap(),
         jwks = c.google.jwks_uri,
@@ -292,6 +398,7 @@ pub fn write_config(
         state = dir,
         key = c.store.encryption_key_file.unwrap(),
         sock = c.admin.socket,
+        url = c.store.url.map(|u| format!("url = {u:?}\n")).unwrap_or_default(),
     );
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
@@ -459,4 +566,51 @@ pub async fn sign_in_via(google: &FakeGoogle, intake: &str, sub: &str) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "sign-in of {sub}");
+}
+
+/// A pool on the database of `dir`, whichever backend the suite runs on.
+pub async fn db_pool(dir: &Path) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let url = test_database_url(dir)
+        .unwrap_or_else(|| format!("sqlite://{}", dir.join("appdata-syncd.db").display()));
+    sqlx::AnyPool::connect(&url).await.unwrap()
+}
+
+/// Everything the database holds, as bytes: the SQLite files, or every PostgreSQL row as text.
+pub async fn raw_database_bytes(dir: &Path) -> Vec<u8> {
+    if !on_postgres() {
+        let mut bytes = Vec::new();
+        for suffix in ["", "-wal", "-shm"] {
+            if let Ok(b) = std::fs::read(format!(
+                "{}{suffix}",
+                dir.join("appdata-syncd.db").display()
+            )) {
+                bytes.extend(b);
+            }
+        }
+        return bytes;
+    }
+    let pool = db_pool(dir).await;
+    let mut bytes = Vec::new();
+    for table in ["users", "credentials", "files", "syncs", "pushes"] {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT CAST(t AS TEXT) FROM {table} t"))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        for r in rows {
+            bytes.extend(r.into_bytes());
+        }
+        // bytea renders as hex in text form: also look at the raw bytes.
+        if table == "credentials" {
+            let blobs: Vec<Vec<u8>> = sqlx::query_scalar("SELECT refresh_token FROM credentials")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            for b in blobs {
+                bytes.extend(b);
+            }
+        }
+    }
+    bytes
 }

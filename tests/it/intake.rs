@@ -310,14 +310,8 @@ async fn no_refresh_token_is_stored_in_plaintext() {
     for i in 0..5 {
         app.sign_in(&format!("plain{i}")).await;
     }
-    let mut bytes = Vec::new();
-    for suffix in ["", "-wal", "-shm"] {
-        let path = format!("{}{suffix}", app.db_path().display());
-        if let Ok(b) = std::fs::read(&path) {
-            bytes.extend(b);
-        }
-    }
-    assert!(bytes.len() > 4096, "the database file should exist");
+    let bytes = crate::helpers::raw_database_bytes(app.dir.path()).await;
+    assert!(bytes.len() > 1000, "the database holds the users");
     let secrets = app.google.emulator().issued_secrets();
     assert!(secrets.iter().any(|s| s.starts_with("1//")));
     for secret in secrets {

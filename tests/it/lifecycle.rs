@@ -12,7 +12,7 @@ const NEVER: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_in_the_middle_of_syncs_exits_0_within_grace_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let google = FakeGoogle::start().await.unwrap();
     let mut daemon = Daemon::start(dir.path(), &google, NEVER).await;
     let subs: Vec<String> = (0..6).map(|i| format!("term{i}")).collect();
@@ -96,7 +96,7 @@ async fn sigterm_in_the_middle_of_syncs_exits_0_within_grace_and_loses_nothing()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_new_schedule() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let google = FakeGoogle::start().await.unwrap();
     let daemon = Daemon::start(dir.path(), &google, NEVER).await;
     sign_in_via(&google, &daemon.intake, "hup").await;
@@ -122,7 +122,7 @@ async fn sighup_applies_a_new_schedule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_ready_then_stopping() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let google = FakeGoogle::start().await.unwrap();
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -177,7 +177,7 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_after_a_sync() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::test_dir();
     let google = FakeGoogle::start().await.unwrap();
     let metrics_port = free_port();
     let daemon = Daemon::start(
