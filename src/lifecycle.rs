@@ -109,6 +109,7 @@ impl App {
             config.keyring.clone(),
         ));
         let engine = Arc::new(SyncEngine {
+            recorder: crate::sync::recorder::Recorder::spawn(store.clone(), config.instance_id()),
             instance: config.instance_id(),
             drive: DriveClient::new(http, &g.drive_api_base),
             tokens: tokens.clone(),

@@ -15,6 +15,8 @@ pub struct DueUser {
     pub resync_requested: i64,
     pub refresh_token: Sealed,
     pub access_token: Option<(Sealed, i64)>,
+    /// Uploads are queued for this user.
+    pub has_pushes: bool,
 }
 
 /// What a claim is for.
@@ -73,7 +75,11 @@ pub async fn claim(
     }
     let placeholders: Vec<String> = (1..=claimed.len()).map(|i| format!("${i}")).collect();
     let query = format!(
-        "SELECT u.sub, u.page_token, u.failures, u.resync_requested,                 c.refresh_token, c.key_id, c.access_token, c.access_key_id, c.access_expires_at          FROM users u JOIN credentials c ON c.sub = u.sub WHERE u.sub IN ({}) ORDER BY u.sub",
+        "SELECT u.sub, u.page_token, u.failures, u.resync_requested, \
+                c.refresh_token, c.key_id, c.access_token, c.access_key_id, c.access_expires_at, \
+                EXISTS (SELECT 1 FROM pushes p WHERE p.sub = u.sub AND p.state = 'pending') \
+                    AS has_pushes \
+         FROM users u JOIN credentials c ON c.sub = u.sub WHERE u.sub IN ({}) ORDER BY u.sub",
         placeholders.join(", ")
     );
     let mut q = sqlx::query(&query);
@@ -201,7 +207,9 @@ pub async fn last_sync_id(conn: &mut Conn, sub: &str) -> Result<i64, sqlx::Error
 pub async fn due_user(conn: &mut Conn, sub: &str) -> Result<Option<DueUser>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT u.sub, u.page_token, u.failures, u.resync_requested, \
-                c.refresh_token, c.key_id, c.access_token, c.access_key_id, c.access_expires_at \
+                c.refresh_token, c.key_id, c.access_token, c.access_key_id, c.access_expires_at, \
+                EXISTS (SELECT 1 FROM pushes p WHERE p.sub = u.sub AND p.state = 'pending') \
+                    AS has_pushes \
          FROM users u JOIN credentials c ON c.sub = u.sub WHERE u.sub = $1",
     )
     .bind(sub)
@@ -229,6 +237,9 @@ fn due_user_from_row(r: &sqlx::any::AnyRow) -> Result<DueUser, sqlx::Error> {
             bytes: r.try_get("refresh_token")?,
         },
         access_token: access,
+        has_pushes: r
+            .try_get::<bool, _>("has_pushes")
+            .or_else(|_| r.try_get::<i64, _>("has_pushes").map(|n| n != 0))?,
     })
 }
 
@@ -325,4 +336,35 @@ pub async fn release_all(conn: &mut Conn, owner: &str) -> Result<u64, sqlx::Erro
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// What a finished sync changes on the user, in one statement: next sync time, failure count,
+/// last success, last error (`Some(None)` clears it, `None` keeps it), and the lease given back.
+pub async fn finish_sync(
+    conn: &mut Conn,
+    sub: &str,
+    owner: &str,
+    next_sync_at: i64,
+    failures: i64,
+    last_ok: Option<i64>,
+    last_error: Option<Option<&str>>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE users SET next_sync_at = $3, failures = $4, \
+                last_sync_at = COALESCE($5, last_sync_at), \
+                last_error = CASE WHEN $6 = 1 THEN $7 ELSE last_error END, \
+                lease_owner = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_owner END, \
+                lease_expires_at = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_expires_at END \
+         WHERE sub = $1",
+    )
+    .bind(sub)
+    .bind(owner)
+    .bind(next_sync_at)
+    .bind(failures)
+    .bind(last_ok)
+    .bind(last_error.is_some() as i64)
+    .bind(last_error.flatten())
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -13,6 +13,7 @@
 //! any point resumes from the last committed page token and converges.
 
 pub mod mirror;
+pub mod recorder;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -61,6 +62,8 @@ pub struct SyncEngine {
     pub store: Store,
     pub mirror: Mirror,
     pub limit: Arc<RateLimit>,
+    /// Commits outcomes in groups (see [`recorder`]).
+    pub recorder: recorder::Recorder,
 }
 
 /// Counters of one sync, for the record, the log line and metrics.
@@ -116,7 +119,10 @@ impl SyncEngine {
                 },
                 _ => session.full().await,
             }?;
-            session.push_pending().await
+            if user.has_pushes {
+                session.push_pending().await?;
+            }
+            Ok(())
         }
         .await;
         let counts = session.counts;
@@ -152,8 +158,16 @@ impl SyncEngine {
             0
         };
         crate::metrics::sync_finished(outcome, clock.elapsed(), counts.bytes_down, counts.bytes_up);
-        if let Err(e) = self.finish(&record, next_sync_at, failures).await {
-            tracing::error!(user = %user.sub, error = %e, "cannot record the sync outcome");
+        let recorded = self
+            .recorder
+            .record(recorder::Outcome {
+                record: record.clone(),
+                next_sync_at,
+                failures,
+            })
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(user = %user.sub, error = %e, "cannot record the sync outcome; the user will be synced again");
         }
         tracing::info!(
             user = %user.sub,
@@ -173,25 +187,6 @@ impl SyncEngine {
             counts,
             error,
         }
-    }
-
-    async fn finish(
-        &self,
-        record: &SyncRecord,
-        next_sync_at: i64,
-        failures: i64,
-    ) -> Result<(), sqlx::Error> {
-        let mut tx = self.store.begin_write().await?;
-        crate::store::syncs::insert(tx.conn(), record).await?;
-        let last_ok = (record.outcome == "ok").then_some(record.finished_at);
-        schedule::set_schedule(tx.conn(), &record.sub, next_sync_at, failures, last_ok).await?;
-        schedule::release(tx.conn(), &record.sub, &self.instance).await?;
-        if let Some(error) = &record.error {
-            crate::store::users::set_last_error(tx.conn(), &record.sub, Some(error)).await?;
-        } else if record.outcome == "ok" {
-            crate::store::users::set_last_error(tx.conn(), &record.sub, None).await?;
-        }
-        tx.commit().await
     }
 }
 
@@ -333,6 +328,12 @@ impl Session<'_> {
         for (id, row) in known {
             if !seen.contains(&id) {
                 self.remove_file(&id, Some(row)).await?;
+            }
+        }
+        // Content with no row and no file on Drive: left by a crash before its row was committed.
+        for id in self.engine.mirror.list_user(&self.sub).await? {
+            if !seen.contains(&id) {
+                self.remove_file(&id, None).await?;
             }
         }
         let mut tx = self.engine.store.begin_write().await?;
@@ -479,14 +480,21 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Drops a file: the row first (so no row ever points at missing content), then the bytes.
+    /// Drops a file: the row first (so no row ever points at missing content), then the bytes
+    /// even when there was no row: a crash between placing content and committing its row
+    /// leaves bytes that only a replayed removal can find.
     async fn remove_file(&mut self, file_id: &str, old: Option<FileRow>) -> Result<(), SyncError> {
-        let Some(old) = old else { return Ok(()) };
-        let mut tx = self.engine.store.begin_write().await?;
-        files::delete(tx.conn(), &self.sub, file_id).await?;
-        tx.commit().await?;
-        self.engine.mirror.remove(&old.local_path).await?;
-        self.counts.removed += 1;
+        if old.is_some() {
+            let mut tx = self.engine.store.begin_write().await?;
+            files::delete(tx.conn(), &self.sub, file_id).await?;
+            tx.commit().await?;
+            self.counts.removed += 1;
+        }
+        let path = match &old {
+            Some(row) => row.local_path.clone(),
+            None => Mirror::relative_path(&self.sub, file_id)?,
+        };
+        self.engine.mirror.remove(&path).await?;
         Ok(())
     }
 

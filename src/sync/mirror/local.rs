@@ -122,6 +122,22 @@ impl LocalMirror {
         }
     }
 
+    pub(super) async fn list_user(&self, sub: &str) -> Result<Vec<String>, MirrorError> {
+        let dir = self.root.join(safe_component(sub)?);
+        let mut entries = match tokio::fs::read_dir(dir).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut ids = Vec::new();
+        while let Some(entry) = entries.next_entry().await? {
+            if let Ok(name) = entry.file_name().into_string() {
+                ids.push(name);
+            }
+        }
+        Ok(ids)
+    }
+
     pub(super) async fn remove_user(&self, sub: &str) -> Result<(), MirrorError> {
         let dir = self.root.join(safe_component(sub)?);
         match tokio::fs::remove_dir_all(dir).await {

@@ -151,6 +151,14 @@ impl Mirror {
         }
     }
 
+    /// The file ids that have content for a user (to sweep what no row accounts for).
+    pub async fn list_user(&self, sub: &str) -> Result<Vec<String>, MirrorError> {
+        match &self.backend {
+            Backend::Local(l) => l.list_user(sub).await,
+            Backend::Object(o) => o.list_user(sub).await,
+        }
+    }
+
     /// Removes everything mirrored for a user.
     pub async fn remove_user(&self, sub: &str) -> Result<(), MirrorError> {
         match &self.backend {

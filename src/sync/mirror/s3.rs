@@ -181,6 +181,15 @@ impl ObjectMirror {
     }
 
     /// Lists `PREFIX/SUB/` and deletes what it finds (in batches where the store supports it).
+    pub(super) async fn list_user(&self, sub: &str) -> Result<Vec<String>, MirrorError> {
+        let prefix = self.key(safe_component(sub)?);
+        let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .collect())
+    }
+
     pub(super) async fn remove_user(&self, sub: &str) -> Result<(), MirrorError> {
         let prefix = self.key(safe_component(sub)?);
         let locations = self

@@ -1,0 +1,93 @@
+//! Group commit of sync outcomes. Every sync ends with a small write (its record, the user's
+//! next sync time, the lease given back); committed one by one, each pays an fsync and the
+//! single SQLite writer becomes the ceiling of a whole cycle. The recorder task takes every
+//! outcome waiting in its queue and commits them in one transaction, then answers each caller,
+//! so a sync still returns only once its outcome is durable.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::syncs::SyncRecord;
+use crate::store::{schedule, syncs, Store};
+
+/// Outcomes committed in one transaction at most.
+const MAX_BATCH: usize = 512;
+
+/// One finished sync, as it is written.
+pub struct Outcome {
+    pub record: SyncRecord,
+    pub next_sync_at: i64,
+    pub failures: i64,
+}
+
+/// Hands outcomes to the recorder task; cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    /// To the recorder task; closing (all senders dropped) ends it.
+    queue: mpsc::Sender<(Outcome, oneshot::Sender<Result<(), String>>)>,
+}
+
+impl Recorder {
+    /// Starts the recorder task; it writes leases in the name of `owner`.
+    pub fn spawn(store: Store, owner: String) -> Recorder {
+        let (queue, mut rx) =
+            mpsc::channel::<(Outcome, oneshot::Sender<Result<(), String>>)>(MAX_BATCH * 2);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let result = commit(&store, &owner, &batch)
+                    .await
+                    .map_err(|e| e.to_string());
+                for (_, reply) in batch {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        });
+        Recorder { queue }
+    }
+
+    /// Records `outcome`; returns once it is committed.
+    pub async fn record(&self, outcome: Outcome) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((outcome, reply))
+            .await
+            .map_err(|_| "the recorder has stopped".to_string())?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the recorder has stopped".into()))
+    }
+}
+
+async fn commit(
+    store: &Store,
+    owner: &str,
+    batch: &[(Outcome, oneshot::Sender<Result<(), String>>)],
+) -> Result<(), sqlx::Error> {
+    let mut tx = store.begin_write().await?;
+    for (o, _) in batch {
+        syncs::insert(tx.conn(), &o.record).await?;
+        let ok = o.record.outcome == "ok";
+        schedule::finish_sync(
+            tx.conn(),
+            &o.record.sub,
+            owner,
+            o.next_sync_at,
+            o.failures,
+            ok.then_some(o.record.finished_at),
+            // A success clears the last error; a failure sets it; anything else keeps it.
+            match (&o.record.error, ok) {
+                (Some(e), _) => Some(Some(e.as_str())),
+                (None, true) => Some(None),
+                (None, false) => None,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await
+}
