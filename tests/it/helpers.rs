@@ -58,7 +58,8 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        if let Some(name) = pg_database_name(self.dir.path()) {
+        let created = self.dir.path().join(".pgdb");
+        if let Ok(name) = std::fs::read_to_string(created) {
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -81,9 +82,6 @@ impl Drop for TestDir {
 }
 
 fn pg_database_name(dir: &Path) -> Option<String> {
-    if !on_postgres() {
-        return None;
-    }
     let base: String = dir
         .file_name()?
         .to_string_lossy()
@@ -95,7 +93,26 @@ fn pg_database_name(dir: &Path) -> Option<String> {
 
 /// The store URL for `dir`: `None` (SQLite in the state dir) or a fresh PostgreSQL database.
 pub fn test_database_url(dir: &Path) -> Option<String> {
-    let name = pg_database_name(dir)?;
+    if !on_postgres() {
+        return None;
+    }
+    Some(create_pg_database(dir))
+}
+
+/// For tests that need PostgreSQL whatever the suite's backend: the database URL, or `None`
+/// (test skipped) when `APPDATA_SYNCD_SKIP_POSTGRES=1`. Panics, saying how to start one, when
+/// no server answers.
+pub fn postgres_or_skip(dir: &Path) -> Option<String> {
+    if std::env::var("APPDATA_SYNCD_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: APPDATA_SYNCD_SKIP_POSTGRES=1");
+        return None;
+    }
+    Some(create_pg_database(dir))
+}
+
+/// Creates (once) the database of `dir` and remembers it for [`TestDir`]'s drop.
+fn create_pg_database(dir: &Path) -> String {
+    let name = pg_database_name(dir).expect("a temporary directory has a name");
     let server = postgres_server();
     std::thread::spawn({
         let (server, name) = (server.clone(), name.clone());
@@ -110,7 +127,8 @@ pub fn test_database_url(dir: &Path) -> Option<String> {
                     .unwrap_or_else(|e| {
                         panic!(
                             "cannot reach PostgreSQL at {server} ({e}). Start one (e.g. \
-                         pg_ctlcluster 15 main start) or unset APPDATA_SYNCD_TEST_BACKEND"
+                         pg_ctlcluster 15 main start, trust auth on 127.0.0.1:5432), or set \
+                         APPDATA_SYNCD_SKIP_POSTGRES=1 to skip the PostgreSQL-only tests"
                         )
                     });
                 let exists: Option<i32> =
@@ -130,7 +148,8 @@ pub fn test_database_url(dir: &Path) -> Option<String> {
     })
     .join()
     .unwrap();
-    Some(format!("{server}/{name}"))
+    let _ = std::fs::write(dir.join(".pgdb"), &name);
+    format!("{server}/{name}")
 }
 
 /// Writes client_secret.json and a key into `dir` and returns a config pointing at `google`.

@@ -8,4 +8,5 @@ mod helpers;
 mod intake;
 mod lifecycle;
 mod s3;
+mod scale_out;
 mod sync;

@@ -20,7 +20,7 @@ use object_store::ObjectStore;
 use crate::helpers::{spawn_app_with, TestApp};
 
 /// A fresh bucket on the test server, and a client of our own to look into it.
-struct Bucket {
+pub(crate) struct Bucket {
     endpoint: String,
     name: String,
     store: Arc<dyn ObjectStore>,
@@ -31,7 +31,7 @@ const HOW_TO_START: &str = "run `eval \"$(bash .ci/start-s3)\"` (moto's S3 serve
     S3 mirror tests";
 
 /// `None` when the S3 tests are skipped on purpose; panics when the server is missing.
-async fn bucket() -> Option<Bucket> {
+pub(crate) async fn bucket() -> Option<Bucket> {
     if std::env::var("APPDATA_SYNCD_SKIP_S3").is_ok_and(|v| v == "1") {
         eprintln!("SKIPPED: APPDATA_SYNCD_SKIP_S3=1");
         return None;
@@ -79,7 +79,7 @@ async fn bucket() -> Option<Bucket> {
 }
 
 impl Bucket {
-    fn url(&self, prefix: &str) -> String {
+    pub(crate) fn url(&self, prefix: &str) -> String {
         format!("s3://{}/{prefix}", self.name)
     }
 
@@ -97,7 +97,7 @@ impl Bucket {
         keys
     }
 
-    async fn get(&self, key: &str) -> Option<bytes::Bytes> {
+    pub(crate) async fn get(&self, key: &str) -> Option<bytes::Bytes> {
         match self.store.get(&Path::from(key)).await {
             Ok(r) => Some(r.bytes().await.unwrap()),
             Err(object_store::Error::NotFound { .. }) => None,

@@ -1,0 +1,262 @@
+//! Several daemons on one PostgreSQL database share the users: each due user is synced by
+//! exactly one instance per cycle, and when an instance dies its users are taken over once
+//! their leases expire. Once with a shared mirror directory, once with the S3 backend.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fake_google::{FakeGoogle, Fault, Faults, MintCode, NewUser};
+use md5::{Digest, Md5};
+
+use crate::helpers::{free_port, postgres_or_skip, test_config, test_dir, Daemon};
+
+const USERS: usize = 2000;
+
+/// The config of instance `i`: its own socket and state dir, the shared database and mirror.
+fn instance_config(
+    dir: &Path,
+    google: &FakeGoogle,
+    db: &str,
+    i: usize,
+    port: u16,
+    mirror: &str,
+    schedule: &str,
+) -> std::path::PathBuf {
+    let base = test_config(dir, google);
+    let own = dir.join(format!("instance{i}"));
+    std::fs::create_dir_all(&own).unwrap();
+    let text = format!(
+        "[google]\nclient_secret_file = {secret:?}\njwks_uri = {jwks:?}\nrevoke_uri = {revoke:?}\n\
+         drive_api_base = {drive:?}\nandroid_client_ids = [{android:?}]\n\
+         [intake]\nlisten = \"127.0.0.1:{port}\"\n\
+         [store]\nurl = {db:?}\nstate_dir = {own:?}\nencryption_key_file = {key:?}\nmax_connections = 6\n\
+         [sync]\nschedule = {schedule:?}\nlease = \"5s\"\nconcurrency = 16\n\
+         max_requests_per_second = 100000\ninstance_id = \"instance{i}\"\n{mirror}\n\
+         [admin]\nsocket = {sock:?}\n",
+        secret = base.google.client_secret_file.unwrap(),
+        jwks = base.google.jwks_uri,
+        revoke = base.google.revoke_uri,
+        drive = base.google.drive_api_base,
+        android = base.google.android_client_ids[0],
+        key = base.store.encryption_key_file.unwrap(),
+        sock = own.join("admin.sock"),
+    );
+    let path = own.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every user's rows match the emulator md5 by md5, and `content` (the mirror's bytes of one
+/// file) does too.
+async fn mirrors_match(
+    pool: &sqlx::PgPool,
+    google: &FakeGoogle,
+    content: &impl AsyncFn(&str, &str) -> Option<Vec<u8>>,
+) -> bool {
+    for i in 0..USERS {
+        let sub = format!("scale{i:04}");
+        let remote = google.emulator().list_files(&sub).unwrap();
+        let local: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT file_id, md5 FROM files WHERE sub = $1 ORDER BY file_id")
+                .bind(&sub)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        if local.len() != remote.len() {
+            return false;
+        }
+        for f in &remote {
+            if !local
+                .iter()
+                .any(|(id, md5)| *id == f.id && md5.as_deref() == Some(&f.md5_checksum))
+            {
+                return false;
+            }
+            match content(&sub, &f.id).await {
+                Some(bytes) if hex::encode(Md5::digest(&bytes)) == f.md5_checksum => {}
+                _ => return false,
+            }
+        }
+    }
+    true
+}
+
+async fn three_instances_share_the_users(
+    mirror: &str,
+    content: impl AsyncFn(&str, &str) -> Option<Vec<u8>>,
+    dir: &crate::helpers::TestDir,
+) {
+    let Some(db) = postgres_or_skip(dir.path()) else {
+        return;
+    };
+    let google = FakeGoogle::start().await.unwrap();
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+
+    // Seed through one instance on a far schedule, then stop it.
+    let port = free_port();
+    let config = instance_config(dir.path(), &google, &db, 0, port, mirror, "0 0 0 1 1 *");
+    let mut seeder =
+        Daemon::start_with_config(&dir.path().join("instance0"), &config, port, &[]).await;
+    let http = reqwest::Client::new();
+    let intake = seeder.intake.clone();
+    let signins = (0..USERS).map(|i| {
+        let (google, http, intake) = (&google, &http, &intake);
+        async move {
+            let sub = format!("scale{i:04}");
+            google
+                .emulator()
+                .create_user(NewUser {
+                    sub: sub.clone(),
+                    ..Default::default()
+                })
+                .unwrap();
+            google
+                .emulator()
+                .put_file(&sub, "state.json", format!("{{\"v\": {i}}}"), None)
+                .unwrap();
+            let code = google
+                .emulator()
+                .mint_auth_code(MintCode {
+                    sub,
+                    ..Default::default()
+                })
+                .unwrap();
+            let r = http
+                .post(format!("{intake}/authcode"))
+                .form(&[("authCode", code)])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    });
+    futures::stream::iter(signins)
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let status = tokio::task::spawn_blocking(move || seeder.terminate(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(status.success());
+    google.emulator().reset_stats();
+
+    // Three instances, cycles every 20 s.
+    let mut daemons = Vec::new();
+    for i in 0..3 {
+        let port = free_port();
+        let config = instance_config(dir.path(), &google, &db, i, port, mirror, "*/20 * * * * *");
+        daemons.push(
+            Daemon::start_with_config(&dir.path().join(format!("instance{i}")), &config, port, &[])
+                .await,
+        );
+    }
+    wait_for("the first cycle", Duration::from_secs(60), async || {
+        count(&pool, "SELECT COUNT(*) FROM syncs").await >= USERS as i64
+    })
+    .await;
+    // Every user exactly once in that cycle, by one of the instances.
+    assert_eq!(
+        count(&pool, "SELECT COUNT(*) FROM syncs").await,
+        USERS as i64
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(DISTINCT sub) FROM syncs WHERE outcome = 'ok'"
+        )
+        .await,
+        USERS as i64
+    );
+    let stats = google.emulator().stats();
+    assert_eq!(
+        stats.count("changes.startPageToken"),
+        USERS as u64,
+        "one first sync per user"
+    );
+    assert_eq!(stats.count("files.list"), USERS as u64);
+    assert_eq!(stats.count("files.download"), USERS as u64);
+    for d in &daemons {
+        assert!(
+            d.logs().contains("sync finished"),
+            "every instance took a share"
+        );
+    }
+    assert!(mirrors_match(&pool, &google, &content).await);
+
+    // Change every user's file, slow Drive down, and kill one instance in the next cycle.
+    for i in 0..USERS {
+        let sub = format!("scale{i:04}");
+        google
+            .emulator()
+            .put_file(
+                &sub,
+                "state.json",
+                format!("{{\"v\": {i}, \"changed\": true}}"),
+                None,
+            )
+            .unwrap();
+    }
+    google.emulator().set_faults(Faults {
+        token: None,
+        drive: Some(Fault {
+            latency_ms: 20,
+            ..Default::default()
+        }),
+    });
+    let before = count(&pool, "SELECT COUNT(*) FROM syncs").await;
+    wait_for(
+        "the second cycle to start",
+        Duration::from_secs(30),
+        async || count(&pool, "SELECT COUNT(*) FROM syncs").await > before + 50,
+    )
+    .await;
+    daemons[1].signal(libc::SIGKILL);
+    daemons[1].kill();
+    google.emulator().clear_faults();
+    // Within lease expiry plus one cycle (and its run time), every mirror is current again.
+    wait_for(
+        "every mirror to converge",
+        Duration::from_secs(5 + 20 + 30),
+        async || mirrors_match(&pool, &google, &content).await,
+    )
+    .await;
+}
+
+use futures::StreamExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_with_a_shared_directory() {
+    let dir = test_dir();
+    let mirror_dir = dir.path().join("shared-mirror");
+    let mirror = format!("data_dir = {mirror_dir:?}");
+    let read = async |sub: &str, id: &str| std::fs::read(mirror_dir.join(sub).join(id)).ok();
+    three_instances_share_the_users(&mirror, read, &dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_with_the_s3_mirror() {
+    let dir = test_dir();
+    let Some(bucket) = crate::s3::bucket().await else {
+        return;
+    };
+    let mirror = format!("mirror_url = {:?}", bucket.url("scale"));
+    let read = async |sub: &str, id: &str| {
+        bucket
+            .get(&format!("scale/{sub}/{id}"))
+            .await
+            .map(|b| b.to_vec())
+    };
+    three_instances_share_the_users(&mirror, read, &dir).await;
+}
