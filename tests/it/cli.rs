@@ -151,3 +151,57 @@ async fn trace_logs_of_sign_ins_contain_no_token_code_or_client_secret() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_key_reencrypts_everything_under_the_new_key() {
+    let google = FakeGoogle::start().await.unwrap();
+    let dir = crate::helpers::test_dir();
+    let mut daemon = crate::helpers::Daemon::start(dir.path(), &google, "").await;
+    for sub in ["rot1", "rot2"] {
+        crate::helpers::sign_in_via(&google, &daemon.intake, sub).await;
+    }
+    let config = daemon.config.clone();
+    tokio::task::spawn_blocking(move || daemon.terminate(std::time::Duration::from_secs(20)))
+        .await
+        .unwrap();
+
+    // New current key; the old one becomes a previous key.
+    let key = dir.path().join("encryption.key");
+    let old = dir.path().join("previous.key");
+    std::fs::rename(&key, &old).unwrap();
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_previous = text.replace(
+        "[store]\n",
+        &format!("[store]\nprevious_key_files = [{old:?}]\n"),
+    );
+    std::fs::write(&config, &with_previous).unwrap();
+    let out = Command::new(binary())
+        .args(["rotate-key", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("re-encrypted 2 of 2"), "{stdout}");
+
+    // Without the old key the daemon still decrypts every token: a sync works.
+    std::fs::write(&config, &text).unwrap();
+    std::fs::remove_file(&old).unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &google, &format!("127.0.0.1:{port}"), "");
+    let daemon = crate::helpers::Daemon::start_with_config(dir.path(), &config, port, &[]).await;
+    google.emulator().expire_access_tokens(None);
+    let socket = daemon.socket.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::helpers::ctl(&socket, &["resync", "--all", "--wait"])
+    })
+    .await
+    .unwrap();
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("2 synced"), "{}", out.stdout);
+}
