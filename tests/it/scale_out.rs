@@ -152,17 +152,17 @@ async fn three_instances_share_the_users(
     assert!(status.success());
     google.emulator().reset_stats();
 
-    // Three instances, cycles every 20 s.
+    // Three instances, cycles every 30 s: the first cycle ends well before the second.
     let mut daemons = Vec::new();
     for i in 0..3 {
         let port = free_port();
-        let config = instance_config(dir.path(), &google, &db, i, port, mirror, "*/20 * * * * *");
+        let config = instance_config(dir.path(), &google, &db, i, port, mirror, "*/30 * * * * *");
         daemons.push(
             Daemon::start_with_config(&dir.path().join(format!("instance{i}")), &config, port, &[])
                 .await,
         );
     }
-    wait_for("the first cycle", Duration::from_secs(60), async || {
+    wait_for("the first cycle", Duration::from_secs(90), async || {
         count(&pool, "SELECT COUNT(*) FROM syncs").await >= USERS as i64
     })
     .await;
@@ -228,7 +228,7 @@ async fn three_instances_share_the_users(
     // Within lease expiry plus one cycle (and its run time), every mirror is current again.
     wait_for(
         "every mirror to converge",
-        Duration::from_secs(5 + 20 + 30),
+        Duration::from_secs(5 + 30 + 45),
         async || mirrors_match(&pool, &google, &content).await,
     )
     .await;
