@@ -336,3 +336,36 @@ async fn a_push_over_a_file_changed_on_drive_is_a_conflict() {
     app.assert_mirror_matches("pc").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_ciphertext_copied_to_another_user_does_not_decrypt_and_only_that_user_fails() {
+    let app = spawn_app().await;
+    user_with_files(&app, "victim", &[("f", "x")]).await;
+    user_with_files(&app, "thief", &[("g", "y")]).await;
+    // Copy the victim's sealed tokens into the thief's row; drop the thief's cached access
+    // token so the copied refresh token must be opened.
+    sqlx::query(
+        "UPDATE credentials SET refresh_token = (SELECT refresh_token FROM credentials WHERE sub = 'victim'), \
+         key_id = (SELECT key_id FROM credentials WHERE sub = 'victim'), \
+         access_token = NULL, access_key_id = NULL, access_expires_at = NULL WHERE sub = 'thief'",
+    )
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+    app.google.emulator().reset_stats();
+    let out = app.cycle().await;
+    assert_eq!((out.ok, out.failed), (1, 1), "{out:?}");
+    let error: Option<String> =
+        sqlx::query_scalar("SELECT last_error FROM users WHERE sub = 'thief'")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert!(error.unwrap_or_default().contains("cannot be decrypted"));
+    assert_eq!(
+        app.google.emulator().stats().user_count("thief", "token"),
+        0,
+        "nothing sent to Google"
+    );
+    app.assert_mirror_matches("victim").await;
+    app.stop().await;
+}
