@@ -109,18 +109,6 @@ pub async fn release_unstarted(
     Ok(())
 }
 
-/// Ends a lease after the user's sync.
-pub async fn release(conn: &mut Conn, sub: &str, owner: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE users SET lease_owner = NULL, lease_expires_at = NULL          WHERE sub = $1 AND lease_owner = $2",
-    )
-    .bind(sub)
-    .bind(owner)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Extends every live lease `owner` holds; returns how many.
 pub async fn renew_leases(
     conn: &mut Conn,
@@ -204,20 +192,6 @@ pub async fn last_sync_id(conn: &mut Conn, sub: &str) -> Result<i64, sqlx::Error
     Ok(id.unwrap_or(0))
 }
 
-pub async fn due_user(conn: &mut Conn, sub: &str) -> Result<Option<DueUser>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT u.sub, u.page_token, u.failures, u.resync_requested, \
-                c.refresh_token, c.key_id, c.access_token, c.access_key_id, c.access_expires_at, \
-                EXISTS (SELECT 1 FROM pushes p WHERE p.sub = u.sub AND p.state = 'pending') \
-                    AS has_pushes \
-         FROM users u JOIN credentials c ON c.sub = u.sub WHERE u.sub = $1",
-    )
-    .bind(sub)
-    .fetch_optional(conn)
-    .await?;
-    row.as_ref().map(due_user_from_row).transpose()
-}
-
 fn due_user_from_row(r: &sqlx::any::AnyRow) -> Result<DueUser, sqlx::Error> {
     let access = match (
         r.try_get::<Option<Vec<u8>>, _>("access_token")?,
@@ -253,27 +227,6 @@ pub async fn set_page_token(
         .bind(page_token)
         .execute(conn)
         .await?;
-    Ok(())
-}
-
-/// Records when the user may sync next and how many failures in a row it has had.
-pub async fn set_schedule(
-    conn: &mut Conn,
-    sub: &str,
-    next_sync_at: i64,
-    failures: i64,
-    last_sync_at: Option<i64>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE users SET next_sync_at = $2, failures = $3, \
-                last_sync_at = COALESCE($4, last_sync_at) WHERE sub = $1",
-    )
-    .bind(sub)
-    .bind(next_sync_at)
-    .bind(failures)
-    .bind(last_sync_at)
-    .execute(conn)
-    .await?;
     Ok(())
 }
 

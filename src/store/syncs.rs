@@ -95,10 +95,3 @@ pub async fn recent(
         })
         .collect()
 }
-
-pub async fn count_for(conn: &mut Conn, sub: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM syncs WHERE sub = $1")
-        .bind(sub)
-        .fetch_one(conn)
-        .await
-}

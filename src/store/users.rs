@@ -138,25 +138,6 @@ pub async fn set_state(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn count(conn: &mut Conn) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM users")
-        .fetch_one(conn)
-        .await
-}
-
-pub async fn set_last_error(
-    conn: &mut Conn,
-    sub: &str,
-    last_error: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE users SET last_error = $2 WHERE sub = $1")
-        .bind(sub)
-        .bind(last_error)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// One line of `ctl users`.
 #[derive(Debug, Clone, Serialize)]
 pub struct UserSummary {
