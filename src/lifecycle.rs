@@ -347,13 +347,17 @@ impl Services {
             return Ok(());
         }
         let me = self.clone();
+        let ticks = crate::scheduler::parse_schedule(schedule).with_context(|| {
+            format!("[sync] schedule = {schedule:?} is not a valid cron expression")
+        })?;
         let job = tokio_cron_scheduler::Job::new_async(schedule, move |id, mut lock| {
             let me = me.clone();
+            let ticks = ticks.clone();
             Box::pin(async move {
                 if !me.stop.is_cancelled() {
-                    // Every instance fires on the same wall-clock tick; rounded to the second,
-                    // that tick names the cycle they share.
-                    let cycle = (crate::store::now_ms() + 500) / 1000 * 1000;
+                    // The scheduled tick, not the (late) firing time, names the cycle that
+                    // every instance shares.
+                    let cycle = crate::scheduler::cycle_of(&ticks, crate::store::now_ms());
                     me.scheduler.run_cycle(cycle, &me.stop, &me.abort).await;
                 }
                 if let Ok(Some(next)) = lock.next_tick_for_job(id).await {

@@ -32,6 +32,33 @@ const RESYNC_BATCH: i64 = 100;
 /// How often to look for resync requests made on other instances.
 const RESYNC_POLL: Duration = Duration::from_secs(5);
 
+/// Parses `schedule` the way tokio-cron-scheduler does (seconds first, day-of-month and
+/// day-of-week both honoured).
+pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::Cron::new(schedule)
+        .with_seconds_required()
+        .with_dom_and_dow()
+        .parse()
+}
+
+/// Names the cycle a cron tick fired for (unix ms): the schedule's latest occurrence at or
+/// before `now_ms`. Every instance fires on the same wall-clock tick but late by a varying
+/// amount (the cron ticker polls every 500 ms; machines are loaded), so the firing time itself
+/// cannot name the cycle they share. A tick fired more than a minute late falls back to the
+/// current second.
+pub fn cycle_of(schedule: &croner::Cron, now_ms: i64) -> i64 {
+    let fallback = now_ms.div_euclid(1000) * 1000;
+    let Some(now) = chrono::DateTime::from_timestamp_millis(now_ms) else {
+        return fallback;
+    };
+    schedule
+        .clone()
+        .iter_after(now - chrono::Duration::seconds(60))
+        .take_while(|tick| *tick <= now)
+        .last()
+        .map_or(fallback, |tick| tick.timestamp_millis())
+}
+
 /// Totals of one cycle.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CycleOutcome {
@@ -446,5 +473,28 @@ impl OwnedRunningSync {
 impl Drop for OwnedRunningSync {
     fn drop(&mut self) {
         self.scheduler.running.lock().remove(&self.sub);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_tick_names_the_cycle_it_was_scheduled_for() {
+        let every_30s = parse_schedule("*/30 * * * * *").unwrap();
+        let tick = 1_790_000_010_000; // :30 of some minute (1_790_000_010 s is 30 mod 60)
+        assert_eq!(tick / 1000 % 30, 0);
+        for late_ms in [0, 1, 499, 500, 999, 2_500, 29_999] {
+            assert_eq!(cycle_of(&every_30s, tick + late_ms), tick, "{late_ms} ms late");
+        }
+        assert_eq!(cycle_of(&every_30s, tick + 30_000), tick + 30_000);
+        let daily = parse_schedule("0 0 3 * * *").unwrap();
+        let three_am = chrono::DateTime::parse_from_rfc3339("2026-11-29T03:00:00Z")
+            .unwrap()
+            .timestamp_millis();
+        assert_eq!(cycle_of(&daily, three_am + 700), three_am);
+        // More than a minute late: the current second.
+        assert_eq!(cycle_of(&daily, three_am + 61_234), three_am + 61_000);
     }
 }
