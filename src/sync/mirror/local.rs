@@ -79,6 +79,10 @@ impl LocalMirror {
             if expected_md5.is_some_and(|want| !want.eq_ignore_ascii_case(&md5)) {
                 return Err(MirrorError::ChecksumMismatch);
             }
+            // tokio writes in the background: a failed write (ENOSPC) surfaces only on the
+            // next write or flush, and sync_all alone would swallow it and let a short file
+            // be renamed into place.
+            file.flush().await?;
             file.sync_all().await?;
             Ok(Written { size, md5 })
         }
