@@ -152,7 +152,7 @@ impl Tokens {
             }
         };
         let obtained = store::now_ms();
-        let expires_at = obtained + resp.expires_in.max(0) * 1000;
+        let expires_at = resp.expires_at_ms(obtained);
         let access = self
             .keyring
             .seal(sub, Purpose::AccessToken, &resp.access_token);

@@ -166,15 +166,17 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
 }
 
 /// One line read from a client.
-enum Line {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
     Text(String),
     TooLong,
     Closed,
 }
 
 /// Reads up to a newline, keeping at most [`MAX_LINE`] bytes; the rest of a longer line is
-/// read and thrown away, so the connection stays usable after a `line_too_long`.
-async fn read_line(reader: &mut (impl AsyncBufRead + Unpin)) -> std::io::Result<Line> {
+/// read and thrown away, so the connection stays usable after a `line_too_long`. Public for the
+/// fuzz harness (tests/fuzz).
+pub async fn read_line(reader: &mut (impl AsyncBufRead + Unpin)) -> std::io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
     loop {

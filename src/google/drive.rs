@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{retry_after, GoogleError};
+use super::{malformed, retry_after, GoogleError};
 
 /// The fields of a file that the mirror keeps.
 const FILE_FIELDS: &str = "id,name,mimeType,size,md5Checksum,version,modifiedTime,trashed";
@@ -68,6 +68,12 @@ pub struct ChangeList {
     pub new_start_page_token: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartPageToken {
+    pub start_page_token: String,
+}
+
 fn int64_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -114,15 +120,10 @@ impl DriveClient {
     /// <https://developers.google.com/workspace/drive/api/reference/rest/v3/changes/getStartPageToken>
     pub async fn start_page_token(&self, token: &SecretString) -> Result<String, GoogleError> {
         const E: &str = "changes.startPageToken";
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Start {
-            start_page_token: String,
-        }
         let resp = self
             .get(E, token, "/drive/v3/changes/startPageToken", &[])
             .await?;
-        Ok(json::<Start>(E, resp).await?.start_page_token)
+        Ok(json::<StartPageToken>(E, resp).await?.start_page_token)
     }
 
     /// One page of the appDataFolder listing.
@@ -275,15 +276,21 @@ async fn json<T: serde::de::DeserializeOwned>(
         .bytes()
         .await
         .map_err(|e| GoogleError::from_reqwest(endpoint, e))?;
-    serde_json::from_slice(&body).map_err(|e| GoogleError::Malformed {
-        endpoint,
-        reason: e.to_string(),
-    })
+    parse_json(endpoint, &body)
+}
+
+/// Decodes a 2xx body of a Drive call ([`FileList`], [`ChangeList`], [`StartPageToken`],
+/// [`DriveFile`]).
+pub fn parse_json<T: serde::de::DeserializeOwned>(
+    endpoint: &'static str,
+    body: &[u8],
+) -> Result<T, GoogleError> {
+    serde_json::from_slice(body).map_err(|e| malformed(endpoint, &e))
 }
 
 /// Classifies a Drive error response.
 /// <https://developers.google.com/workspace/drive/api/guides/handle-errors>
-fn drive_error(
+pub fn drive_error(
     endpoint: &'static str,
     status: StatusCode,
     headers: &reqwest::header::HeaderMap,

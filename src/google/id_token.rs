@@ -29,7 +29,7 @@ const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
 pub enum IdTokenError {
     #[error("ID token is malformed or uses a disallowed algorithm")]
     Malformed,
-    #[error("ID token is signed with an unknown key (kid {0:?})")]
+    #[error("ID token is signed with an unknown key ({})", describe_kid(.0))]
     UnknownKey(String),
     #[error("ID token has an invalid {0}")]
     Invalid(&'static str),
@@ -39,6 +39,18 @@ pub enum IdTokenError {
     Expired,
     #[error("cannot fetch Google's signing keys: {0}")]
     Jwks(#[from] GoogleError),
+}
+
+/// The kid as an error shows it. It comes from the not yet verified header: one that is not
+/// shaped like a key id (Google's are 40 hex digits) is described, not echoed into logs and
+/// sign-in answers.
+fn describe_kid(kid: &str) -> String {
+    let key_id = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    if (1..=64).contains(&kid.len()) && kid.bytes().all(key_id) {
+        format!("kid {kid:?}")
+    } else {
+        format!("a kid of {} bytes that is not a key id", kid.len())
+    }
 }
 
 impl IdTokenError {

@@ -102,6 +102,32 @@ impl GoogleError {
     }
 }
 
+/// A body that does not decode. serde_json quotes the offending string in its message
+/// (`invalid type: string "ya29…", expected i64`), and in a token response that string may be a
+/// token, so every quoted string is elided: the message keeps what was wrong and where.
+pub(crate) fn malformed(endpoint: &'static str, e: &serde_json::Error) -> GoogleError {
+    let message = e.to_string();
+    let mut reason = String::with_capacity(message.len());
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        reason.push(c);
+        if c == '"' {
+            // Quoted with Rust's escaping: skip to the closing quote that is not escaped.
+            let mut escaped = false;
+            for c in chars.by_ref() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => break,
+                    _ => {}
+                }
+            }
+            reason.push_str("…\"");
+        }
+    }
+    GoogleError::Malformed { endpoint, reason }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -136,6 +162,11 @@ pub(crate) struct OAuthErrorBody {
     pub error_description: String,
 }
 
+/// The longest `Retry-After` believed. Google asks for seconds or minutes; a larger value is
+/// nonsense, and one near `u64::MAX` would overflow the clock arithmetic of the retry loop.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// `Retry-After` in seconds (Google does not send the HTTP-date form), at most a day.
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)?
@@ -144,11 +175,11 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .trim()
         .parse::<u64>()
         .ok()
-        .map(Duration::from_secs)
+        .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 /// Classifies a non-success answer of the OAuth endpoints (token, revoke).
-pub(crate) fn oauth_error(
+pub fn oauth_error(
     endpoint: &'static str,
     status: StatusCode,
     headers: &reqwest::header::HeaderMap,

@@ -4,7 +4,7 @@
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{oauth_error, GoogleError};
+use super::{malformed, oauth_error, GoogleError};
 
 /// This server's OAuth client and where Google's endpoints are.
 #[derive(Clone)]
@@ -16,6 +16,9 @@ pub struct OAuthClient {
     client_secret: SecretString,
     redirect_uri: String,
 }
+
+/// The longest access-token lifetime believed, in seconds.
+const MAX_EXPIRES_IN_SECS: i64 = 86_400;
 
 /// A successful token response. Tokens stay wrapped: their Debug prints `[REDACTED]`.
 #[derive(Debug, Deserialize)]
@@ -40,6 +43,18 @@ impl TokenResponse {
             .split_whitespace()
             .collect()
     }
+
+    /// When the access token expires (Unix ms), for one obtained at `obtained_ms`. Google's
+    /// live an hour; `expires_in` is clamped to 0..=1 day, so a nonsensical value (negative,
+    /// or so large that `* 1000` overflowed) can neither panic nor make a token live forever.
+    pub fn expires_at_ms(&self, obtained_ms: i64) -> i64 {
+        obtained_ms.saturating_add(self.expires_in.clamp(0, MAX_EXPIRES_IN_SECS) * 1000)
+    }
+}
+
+/// Decodes a 2xx body of the token endpoint.
+pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, GoogleError> {
+    serde_json::from_slice(body).map_err(|e| malformed("token", &e))
 }
 
 impl OAuthClient {
@@ -113,11 +128,7 @@ impl OAuthClient {
         if !status.is_success() {
             return Err(oauth_error(ENDPOINT, status, &headers, &body));
         }
-        serde_json::from_slice(&body).map_err(|e| GoogleError::Malformed {
-            endpoint: ENDPOINT,
-            // serde's message names the field, never echoes the (secret) value.
-            reason: e.to_string(),
-        })
+        parse_token_response(&body)
     }
 
     /// Revokes a token and with it the user's whole grant to this client.

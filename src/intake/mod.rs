@@ -65,6 +65,11 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.code
     }
+
+    /// The human message the client is shown.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -167,7 +172,8 @@ struct AuthCodeBody {
 }
 
 /// Reads `authCode` from a form (as the Android sample's UrlEncodedFormEntity sends it) or JSON.
-fn parse_auth_code(headers: &HeaderMap, body: &[u8]) -> Result<SecretString, ApiError> {
+/// Public for the fuzz harness (tests/fuzz).
+pub fn parse_auth_code(headers: &HeaderMap, body: &[u8]) -> Result<SecretString, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -64,7 +64,7 @@ impl SignIn {
 
         let sub = claims.sub.clone();
         let obtained_at = store::now_ms();
-        let access_expires_at = obtained_at + tokens.expires_in.max(0) * 1000;
+        let access_expires_at = tokens.expires_at_ms(obtained_at);
         let access = self
             .keyring
             .seal(&sub, Purpose::AccessToken, &tokens.access_token);
