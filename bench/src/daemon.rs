@@ -1,6 +1,7 @@
 //! The daemon under test: configured through [`Config`] the way tests/it/helpers.rs does,
 //! built with [`App::build`] and served with [`App::run_until_stopped`] in this process. Cycles
-//! are stepped with `Scheduler::run_once`; the cron tick is set far in the future.
+//! are stepped with `Scheduler::run_once` or, when several daemons share a PostgreSQL database,
+//! `Scheduler::run_cycle` with one stamp for all; the cron tick is set far in the future.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -47,6 +48,15 @@ impl Tuning {
     }
 }
 
+/// Which database a daemon uses and which of the daemons sharing it this one is.
+#[derive(Clone, Copy)]
+pub struct Placement<'a> {
+    /// `[store] url`; `None`: the SQLite file in the scenario directory.
+    pub database_url: Option<&'a str>,
+    /// 0 for the first (or only) daemon.
+    pub index: usize,
+}
+
 pub struct Daemon {
     /// `http://127.0.0.1:PORT` of the intake.
     pub intake: String,
@@ -58,9 +68,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub async fn start(dir: &Path, google: &FakeGoogle, tuning: Tuning) -> anyhow::Result<Daemon> {
+    /// Builds and starts a daemon in `dir`, the scenario directory. Daemons sharing a database
+    /// also share the key and the mirror (`dir/mirror`); each has its own state directory.
+    pub async fn start(
+        dir: &Path,
+        google: &FakeGoogle,
+        tuning: Tuning,
+        place: Placement<'_>,
+    ) -> anyhow::Result<Daemon> {
         let key = dir.join("encryption.key");
-        std::fs::write(&key, [42u8; 32])?;
+        std::fs::write(&key, [42u8; 32]).context("writing the encryption key")?;
         let base = &google.base;
         let mut config = Config::default();
         config.google.client_secret_file = Some(google.client_secret_file.clone());
@@ -69,9 +86,22 @@ impl Daemon {
         config.google.drive_api_base = base.clone();
         config.google.android_client_ids = vec![google.android_client_id.clone()];
         config.intake.listen = "127.0.0.1:0".parse()?;
-        config.store.state_dir = Some(dir.to_path_buf());
         config.store.encryption_key_file = Some(key);
-        config.admin.socket = dir.join("admin.sock");
+        config.sync.data_dir = Some(dir.join("mirror"));
+        let state_dir = match place.database_url {
+            None => dir.to_path_buf(),
+            Some(url) => {
+                config.store.url = Some(url.to_string());
+                // Not `bench-N`: at start-up a daemon takes back the leases of `HOST-PID`
+                // instances whose pid is gone, and `bench-0` reads as dead pid 0.
+                config.sync.instance_id = Some(format!("bench{}", place.index));
+                dir.join(format!("instance{}", place.index))
+            }
+        };
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        config.admin.socket = state_dir.join("admin.sock");
+        config.store.state_dir = Some(state_dir);
         // The benchmark steps cycles itself; the cron tick is far away.
         config.sync.schedule = "0 0 0 1 1 *".into();
         config.sync.concurrency = tuning.concurrency;
@@ -110,10 +140,11 @@ impl Daemon {
         self.scheduler.run_once(&never, &never).await
     }
 
-    /// One full cycle, also timing each user from the scheduler's "started" event to its
-    /// "finished" event, which comes after the sync's bookkeeping commit. Returns the outcome,
-    /// the durations (ms) and how many events the receiver missed (the channel holds 1024).
-    pub async fn timed_cycle(&self) -> (CycleOutcome, Vec<f64>, u64) {
+    /// One full cycle stamped `cycle` (daemons given the same stamp share its users), also
+    /// timing each user from the scheduler's "started" event to its "finished" event, which
+    /// comes after the sync's bookkeeping commit. Returns the outcome, the durations (ms) and
+    /// how many events the receiver missed (the channel holds 1024).
+    pub async fn timed_cycle(&self, cycle: i64) -> anyhow::Result<(CycleOutcome, Vec<f64>, u64)> {
         let mut events = self.scheduler.subscribe();
         // Cancelled once the cycle is over; the timer then drains what is queued and returns.
         let done = CancellationToken::new();
@@ -147,10 +178,17 @@ impl Daemon {
                 (durations, missed)
             })
         };
-        let outcome = self.cycle().await;
+        // Its own task, so that several daemons' claim loops run on all cores at once.
+        let scheduler = self.scheduler.clone();
+        let outcome = tokio::spawn(async move {
+            let never = CancellationToken::new();
+            scheduler.run_cycle(cycle, &never, &never).await
+        })
+        .await
+        .context("the cycle task panicked");
         done.cancel();
         let (durations, missed) = timer.await.unwrap_or_default();
-        (outcome, durations, missed)
+        Ok((outcome?, durations, missed))
     }
 
     /// Per-user sync durations (ms, from the `syncs` table) of syncs started at or after `since`.

@@ -1,10 +1,12 @@
-//! appdata-syncd-bench: runs the real daemon code (in this process, with a real SQLite file)
-//! against fake-google (in a child process: this same binary, hidden `fake-google`
-//! subcommand) on loopback, and reports one table, or with `--json` one JSON line, per scenario.
+//! appdata-syncd-bench: runs the real daemon code (in this process, with a real SQLite file,
+//! or for idle-cycle optionally several daemons on one PostgreSQL database) against fake-google
+//! (in a child process: this same binary, hidden `fake-google` subcommand) on loopback, and
+//! reports one table, or with `--json` one JSON line, per scenario.
 //!
 //! Reading order:
 //! - [`measure`]: CPU time, peak RSS, load average, percentiles.
 //! - [`google`]: the fake-google child process and its `/_emulator/` control API.
+//! - [`database`]: SQLite in the scenario directory, or a scratch PostgreSQL database.
 //! - [`daemon`]: the daemon built from a `Config` exactly as `appdata-syncd` builds it.
 //! - [`scenarios`]: intake, first-sync, idle-cycle, churn, quota, all.
 //! - [`report`]: one [`report::Report`] per scenario, printed as a table or a JSON line.
@@ -15,6 +17,7 @@
 //! scenario had errors (failed sign-ins or syncs), so CI can run `all --quick` as a smoke test.
 
 mod daemon;
+mod database;
 mod google;
 mod measure;
 mod report;
@@ -28,7 +31,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Parser)]
 #[command(
     name = "appdata-syncd-bench",
-    about = "Benchmarks appdata-syncd against fake-google on loopback, with a real SQLite file"
+    about = "Benchmarks appdata-syncd against fake-google on loopback, with a real SQLite file \
+             (idle-cycle: or PostgreSQL, with several instances)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,7 +44,7 @@ struct Cli {
     /// temp directory. Keep it on a real disk: SQLite's fsyncs are part of what is measured.
     #[arg(long, global = true)]
     dir: Option<PathBuf>,
-    /// Keep each scenario's state directory instead of deleting it.
+    /// Keep each scenario's state directory (and PostgreSQL database) instead of deleting it.
     #[arg(long, global = true)]
     keep: bool,
 }
@@ -74,6 +78,14 @@ enum Scenario {
         /// Latency fake-google adds to every Drive call during the measured cycle.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// A PostgreSQL server, postgres://USER@HOST:PORT: each run creates a database of its
+        /// own there and drops it at the end (unless --keep). Default: an SQLite file.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+        /// Daemons sharing the database, each count (comma-separated) measured on its own
+        /// freshly seeded database. More than 1 needs --database.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        instances: Vec<usize>,
         #[command(flatten)]
         tuning: TuningArgs,
     },
@@ -209,11 +221,27 @@ async fn run(
         Scenario::IdleCycle {
             users,
             latency_ms,
+            database,
+            instances,
             tuning,
         } => {
+            let backend = database::Backend::parse(database.as_deref())?;
+            if instances.contains(&0) {
+                anyhow::bail!("--instances: each count must be at least 1");
+            }
+            if let (database::Backend::Sqlite, Some(many)) =
+                (&backend, instances.iter().find(|&&k| k > 1))
+            {
+                anyhow::bail!(
+                    "--instances {many} needs --database postgres://USER@HOST:PORT: several \
+                     daemons share users only through a PostgreSQL database"
+                );
+            }
             for n in users {
-                for r in s::idle_cycle(env, n, latency_ms, &tuning).await? {
-                    emit(r);
+                for &k in &instances {
+                    for r in s::idle_cycle(env, n, latency_ms, &tuning, &backend, k).await? {
+                        emit(r);
+                    }
                 }
             }
         }

@@ -1,15 +1,18 @@
 //! The scenarios. Each starts a fresh [`World`] (temp dir, fake-google child, daemon), seeds
 //! users through the real intake, then measures one phase between [`Window::open`] and
 //! [`Window::close`]: wall time, CPU of this process and of the emulator, and peak RSS.
+//! idle-cycle can also run on a fresh PostgreSQL database with several daemons sharing it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use appdata_syncd::scheduler::CycleOutcome;
+use appdata_syncd::store::now_ms;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::daemon::{Daemon, Tuning};
+use crate::daemon::{Daemon, Placement, Tuning};
+use crate::database::{Backend, ScratchDatabase};
 use crate::google::{FakeGoogle, Stats};
 use crate::measure;
 use crate::report::Report;
@@ -28,11 +31,14 @@ pub struct Env {
     pub keep: bool,
 }
 
-/// One scenario's daemon, emulator and state directory.
+/// One scenario's daemons, emulator and state directory.
 struct World {
     dir: tempfile::TempDir,
     google: FakeGoogle,
+    /// Seeds users through its intake and runs the first cycle.
     daemon: Daemon,
+    /// Further instances on `daemon`'s database and mirror (PostgreSQL only).
+    peers: Vec<Daemon>,
     /// The "Android app" posting auth codes to the intake.
     http: reqwest::Client,
 }
@@ -45,6 +51,16 @@ struct Seeded {
 
 impl World {
     async fn start(env: &Env, tuning: Tuning) -> anyhow::Result<World> {
+        World::start_shared(env, tuning, None, 1).await
+    }
+
+    /// `instances` daemons on `database_url` (`None`: one daemon on SQLite).
+    async fn start_shared(
+        env: &Env,
+        tuning: Tuning,
+        database_url: Option<&str>,
+        instances: usize,
+    ) -> anyhow::Result<World> {
         let mut builder = tempfile::Builder::new();
         builder.prefix("appdata-syncd-bench-");
         let dir = match &env.parent_dir {
@@ -55,7 +71,16 @@ impl World {
             None => builder.tempdir()?,
         };
         let google = FakeGoogle::spawn(dir.path()).await?;
-        let daemon = Daemon::start(dir.path(), &google, tuning).await?;
+        let place = |index| Placement {
+            database_url,
+            index,
+        };
+        let daemon = Daemon::start(dir.path(), &google, tuning, place(0)).await?;
+        let mut peers = Vec::new();
+        // One after the other: each migrates the database at build.
+        for index in 1..instances.max(1) {
+            peers.push(Daemon::start(dir.path(), &google, tuning, place(index)).await?);
+        }
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()?;
@@ -63,11 +88,19 @@ impl World {
             dir,
             google,
             daemon,
+            peers,
             http,
         })
     }
 
+    fn instances(&self) -> impl Iterator<Item = &Daemon> {
+        std::iter::once(&self.daemon).chain(&self.peers)
+    }
+
     async fn stop(self, env: &Env) -> anyhow::Result<()> {
+        for peer in self.peers {
+            peer.stop().await?;
+        }
         self.daemon.stop().await?;
         self.google.stop().await;
         if env.keep {
@@ -253,6 +286,33 @@ fn log(msg: impl AsRef<str>) {
     eprintln!("[bench] {}", msg.as_ref());
 }
 
+/// Several instances' timed cycles as one: counts summed, sync times pooled, the earliest start.
+fn pooled(runs: Vec<(CycleOutcome, Vec<f64>, u64)>) -> (CycleOutcome, Vec<f64>, u64) {
+    let mut total = CycleOutcome {
+        started_at: i64::MAX,
+        ..CycleOutcome::default()
+    };
+    let mut times = Vec::new();
+    let mut missed = 0;
+    for (o, t, m) in runs {
+        total.started_at = total.started_at.min(o.started_at);
+        total.finished_at = total.finished_at.max(o.finished_at);
+        total.users += o.users;
+        total.ok += o.ok;
+        total.failed += o.failed;
+        total.reauth_required += o.reauth_required;
+        total.cancelled += o.cancelled;
+        total.skipped_running += o.skipped_running;
+        total.api_calls += o.api_calls;
+        total.token_refreshes += o.token_refreshes;
+        total.files_changed += o.files_changed;
+        total.bytes_down += o.bytes_down;
+        times.extend(t);
+        missed += m;
+    }
+    (total, times, missed)
+}
+
 /// First cycle after seeding (not measured): every user's first sync.
 async fn first_cycle(w: &World, n: usize) -> anyhow::Result<(f64, u64)> {
     let t = Instant::now();
@@ -318,7 +378,7 @@ pub async fn first_sync(
         }
         w.google.reset_stats().await?;
         let window = Window::open(&w.google);
-        let (o, mut times, missed) = w.daemon.timed_cycle().await;
+        let (o, mut times, missed) = w.daemon.timed_cycle(now_ms()).await?;
         let m = window.close(&w.google);
         let stats = w.google.stats().await?;
         let (p50, p99) = measure::p50_p99(&mut times);
@@ -370,13 +430,46 @@ fn payload(size: usize, seed: usize) -> Vec<u8> {
         .collect()
 }
 
+/// idle-cycle with `instances` daemons sharing one database. On PostgreSQL each call gets a
+/// freshly seeded database of its own, dropped afterwards (unless --keep) even when the run
+/// fails.
 pub async fn idle_cycle(
     env: &Env,
     n: usize,
     latency_ms: u64,
     tuning: &TuningArgs,
+    backend: &Backend,
+    instances: usize,
 ) -> anyhow::Result<Vec<Report>> {
-    let w = World::start(env, Tuning::raised()).await?;
+    match backend {
+        Backend::Sqlite => {
+            anyhow::ensure!(
+                instances == 1,
+                "{instances} instances need a shared PostgreSQL database (--database)"
+            );
+            idle_cycle_on(env, n, latency_ms, tuning, None, 1).await
+        }
+        Backend::Postgres(server) => {
+            let db = ScratchDatabase::create(server).await?;
+            let measured =
+                idle_cycle_on(env, n, latency_ms, tuning, Some(&db.url), instances).await;
+            let dropped = db.finish(env.keep).await;
+            let reports = measured?;
+            dropped?;
+            Ok(reports)
+        }
+    }
+}
+
+async fn idle_cycle_on(
+    env: &Env,
+    n: usize,
+    latency_ms: u64,
+    tuning: &TuningArgs,
+    database_url: Option<&str>,
+    instances: usize,
+) -> anyhow::Result<Vec<Report>> {
+    let w = World::start_shared(env, Tuning::raised(), database_url, instances).await?;
     let seeded = w.seed("i", n).await?;
     log(format!(
         "seeded {n} users through the intake in {:.1} s ({:.0}/s)",
@@ -391,16 +484,30 @@ pub async fn idle_cycle(
     }
     let mut reports = Vec::new();
     for t in profiles(tuning, Profiles::Both) {
-        w.daemon.tune(t).await;
+        for d in w.instances() {
+            d.tune(t).await;
+        }
         w.google.reset_stats().await?;
+        // One stamp for all, as a cron tick gives: the instances share this cycle's users.
+        let cycle = now_ms();
         let window = Window::open(&w.google);
-        let (o, mut times, missed) = w.daemon.timed_cycle().await;
+        let runs =
+            futures::future::try_join_all(w.instances().map(|d| d.timed_cycle(cycle))).await?;
         let m = window.close(&w.google);
         let stats = w.google.stats().await?;
+        let shares: Vec<u64> = runs.iter().map(|(o, _, _)| o.users).collect();
+        if instances > 1 {
+            log(format!("users synced by each instance: {shares:?}"));
+        }
+        let (o, mut times, missed) = pooled(runs);
         let (p50, p99) = measure::p50_p99(&mut times);
+        // The database is shared: instance 0 sees every instance's rows.
         let mut table_times = w.daemon.sync_times_ms(o.started_at).await?;
         let (table_p50, table_p99) = measure::p50_p99(&mut table_times);
         let mut r = Report::new("idle-cycle");
+        if database_url.is_some() {
+            r.set("backend", "postgres").set("instances", instances);
+        }
         r.set("users", n)
             .set("latency_ms", latency_ms)
             .set("settings", settings(&t))
@@ -412,8 +519,11 @@ pub async fn idle_cycle(
                 stats.drive_calls() as f64 / n as f64,
             )
             .set("token_refreshes", stats.count("token"))
-            .set("daemon_token_refreshes", o.token_refreshes)
-            .set("p50_ms", p50)
+            .set("daemon_token_refreshes", o.token_refreshes);
+        if database_url.is_some() {
+            r.set("synced_per_instance", &shares);
+        }
+        r.set("p50_ms", p50)
             .set("p99_ms", p99)
             .set("sync_time", SYNC_TIME)
             .set("sync_time_events_missed", missed)
@@ -454,7 +564,7 @@ pub async fn churn(
         w.daemon.tune(t).await;
         w.google.reset_stats().await?;
         let window = Window::open(&w.google);
-        let (o, mut times, missed) = w.daemon.timed_cycle().await;
+        let (o, mut times, missed) = w.daemon.timed_cycle(now_ms()).await?;
         let m = window.close(&w.google);
         let stats = w.google.stats().await?;
         let (p50, p99) = measure::p50_p99(&mut times);
