@@ -486,7 +486,11 @@ mod tests {
         let tick = 1_790_000_010_000; // :30 of some minute (1_790_000_010 s is 30 mod 60)
         assert_eq!(tick / 1000 % 30, 0);
         for late_ms in [0, 1, 499, 500, 999, 2_500, 29_999] {
-            assert_eq!(cycle_of(&every_30s, tick + late_ms), tick, "{late_ms} ms late");
+            assert_eq!(
+                cycle_of(&every_30s, tick + late_ms),
+                tick,
+                "{late_ms} ms late"
+            );
         }
         assert_eq!(cycle_of(&every_30s, tick + 30_000), tick + 30_000);
         let daily = parse_schedule("0 0 3 * * *").unwrap();
