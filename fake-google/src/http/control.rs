@@ -20,7 +20,7 @@ pub(crate) fn router() -> Router<Emulator> {
         .route("/_emulator/users/{sub}/appdata", get(list_files))
         .route(
             "/_emulator/users/{sub}/appdata/{*name}",
-            put(put_file).delete(delete_file),
+            put(put_file).patch(rename_file).delete(delete_file),
         )
         .route(
             "/_emulator/users/{sub}/appdata-content/{file_id}",
@@ -90,6 +90,30 @@ async fn put_file(
         .and_then(|v| v.to_str().ok());
     let file = emu.put_file(&sub, &name, body, mime)?;
     Ok(Json(file).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameReq {
+    name: String,
+}
+
+/// Renames the first file named `name`, keeping its id and content (Drive's `files.update`
+/// with only a new name: a metadata-only change in the changes feed).
+async fn rename_file(
+    State(emu): State<Emulator>,
+    Path((sub, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Ctl {
+    let req: RenameReq =
+        serde_json::from_slice(&body).map_err(|e| Error::Invalid(e.to_string()))?;
+    let file = emu
+        .list_files(&sub)?
+        .into_iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| Error::FileNotFound(name.clone()))?;
+    let renamed = emu.rename_file(&sub, &file.id, &req.name)?;
+    Ok(Json(renamed).into_response())
 }
 
 async fn delete_file(
