@@ -143,7 +143,11 @@ impl Tokens {
             }
             Err(GoogleError::InvalidGrant { description }) => {
                 crate::metrics::token_refresh("revoked");
-                self.park(sub, &description).await?;
+                if !self.park(sub, &cred.refresh_token, &description).await? {
+                    // A sign-in stored a new refresh token while this one was being refused
+                    // (the user revoked and signed in again): carry on with that one.
+                    return Box::pin(self.fresh_locked(sub, rejected)).await;
+                }
                 return Err(TokenError::Revoked(description));
             }
             Err(e) => {
@@ -182,9 +186,15 @@ impl Tokens {
         ))
     }
 
-    /// The grant is gone: mark the user, say so once, and stop calling Google for them.
-    async fn park(&self, sub: &str, why: &str) -> Result<(), sqlx::Error> {
+    /// The grant is gone: mark the user, say so once, and stop calling Google for them. Only if
+    /// `refused` is still the stored refresh token: a sign-in may have replaced it since we
+    /// read it, and parking then would strand a user whose new grant is good (false).
+    async fn park(&self, sub: &str, refused: &Sealed, why: &str) -> Result<bool, sqlx::Error> {
         let mut tx = self.store.begin_write().await?;
+        let stored = credentials::get(tx.conn(), sub).await?;
+        if stored.is_some_and(|c| c.refresh_token.bytes != refused.bytes) {
+            return Ok(false);
+        }
         let was = users::get(tx.conn(), sub).await?.map(|u| u.state);
         let reason = format!("Google refused the refresh token: {why}");
         users::set_state(
@@ -204,6 +214,6 @@ impl Tokens {
                  again in the app (nothing to do on the server)"
             );
         }
-        Ok(())
+        Ok(true)
     }
 }
