@@ -9,6 +9,8 @@
 //! - [`database`]: SQLite in the scenario directory, or a scratch PostgreSQL database.
 //! - [`daemon`]: the daemon built from a `Config` exactly as `appdata-syncd` builds it.
 //! - [`scenarios`]: intake, first-sync, idle-cycle, churn, quota, all.
+//! - [`soak`]: M minutes of sign-ins, changes, faults, admin commands and restarts, then the
+//!   invariants; its daemon runs in a child process (hidden `soak-daemon`) so it can be killed.
 //! - [`report`]: one [`report::Report`] per scenario, printed as a table or a JSON line.
 //!
 //! Peak RSS is this process's `VmHWM` (reset per scenario through `/proc/self/clear_refs`):
@@ -22,6 +24,7 @@ mod google;
 mod measure;
 mod report;
 mod scenarios;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -112,6 +115,14 @@ enum Scenario {
         #[arg(long)]
         concurrency: Option<usize>,
     },
+    /// Sign-ins, emulator changes, random faults, admin commands and daemon restarts for M
+    /// minutes, then the invariants; exit status 1 on any violation.
+    Soak {
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
+        #[arg(long, default_value_t = 2000)]
+        users: usize,
+    },
     /// Every scenario at small sizes.
     All {
         /// Smallest sizes: finishes in well under two minutes on a 2-core machine.
@@ -123,6 +134,12 @@ enum Scenario {
     FakeGoogle {
         #[arg(long)]
         write_client_secret: PathBuf,
+    },
+    /// Internal: the daemon of `soak` (what `appdata-syncd serve` runs).
+    #[command(hide = true)]
+    SoakDaemon {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -165,6 +182,7 @@ fn main() -> ExitCode {
             } => google::serve_child(&write_client_secret)
                 .await
                 .map(|()| true),
+            Scenario::SoakDaemon { config } => soak::serve_daemon(&config).await.map(|()| true),
             scenario => {
                 let out = report::Output { json: cli.json };
                 let env = scenarios::Env {
@@ -274,7 +292,10 @@ async fn run(
             );
             return Ok(all_clean);
         }
-        Scenario::FakeGoogle { .. } => unreachable!("handled in main"),
+        Scenario::Soak { minutes, users } => emit(soak::soak(env, minutes, users).await?),
+        Scenario::FakeGoogle { .. } | Scenario::SoakDaemon { .. } => {
+            unreachable!("handled in main")
+        }
     }
     Ok(clean)
 }
