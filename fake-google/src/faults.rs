@@ -1,6 +1,8 @@
 //! Fault injection: latency, error rates, connection resets and quotas, per endpoint family.
 //!
-//! "token" covers /token, /revoke, the JWKS and discovery; "drive" covers /drive and /upload.
+//! "token" covers /token, /revoke, the JWKS and discovery; "drive" covers /drive and /upload;
+//! "jwks", when set, replaces "token" for the JWKS alone (Google's key server down while the
+//! token endpoint works).
 //! The HTTP front layer (`http::front`) consults [`FaultState`] on every request; the settings
 //! themselves are plain data set through `PUT /_emulator/faults` or [`crate::Emulator::set_faults`].
 
@@ -14,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub(crate) enum Family {
     Token,
     Drive,
+    Jwks,
 }
 
 /// Faults for one family. Every field defaults to "no fault".
@@ -84,12 +87,13 @@ impl Fault {
     }
 }
 
-/// The faults of both families; `{}` (all `None`) means none.
+/// The faults of each family; `{}` (all `None`) means none.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
     pub token: Option<Fault>,
     pub drive: Option<Fault>,
+    pub jwks: Option<Fault>,
 }
 
 /// Fixed one-second window counter: cheap, and close enough to Google's per-second quotas.
@@ -129,12 +133,13 @@ impl FaultState {
         match family {
             Family::Token => f.token.clone(),
             Family::Drive => f.drive.clone(),
+            Family::Jwks => f.jwks.clone().or_else(|| f.token.clone()),
         }
     }
 
     pub(crate) fn window(&self, family: Family) -> &Window {
         match family {
-            Family::Token => &self.token_window,
+            Family::Token | Family::Jwks => &self.token_window,
             Family::Drive => &self.drive_window,
         }
     }

@@ -165,6 +165,7 @@ async fn injected_errors_have_googles_shapes_and_retry_after() {
         (403, "userRateLimitExceeded"),
     ] {
         emu.set_faults(Faults {
+            jwks: None,
             drive: Some(Fault {
                 error_rate: 1.0,
                 error_status: Some(status),
@@ -238,6 +239,7 @@ async fn quotas_refuse_beyond_the_rate() {
     let t = env.sign_in("1").await;
     let emu = env.fg.emulator();
     emu.set_faults(Faults {
+        jwks: None,
         drive: Some(Fault {
             quota_rps: Some(2),
             ..Default::default()
@@ -255,6 +257,7 @@ async fn quotas_refuse_beyond_the_rate() {
     }
     assert!(statuses.contains(&429), "{statuses:?}");
     emu.set_faults(Faults {
+        jwks: None,
         drive: Some(Fault {
             user_quota_rps: Some(1),
             ..Default::default()
@@ -284,6 +287,7 @@ async fn reset_faults_cut_responses_short() {
         .put_file("1", "big", vec![b'x'; 4096], None)
         .unwrap();
     env.fg.emulator().set_faults(Faults {
+        jwks: None,
         drive: Some(Fault {
             reset_rate: 1.0,
             ..Default::default()
@@ -315,6 +319,7 @@ async fn latency_is_added() {
     let env = Env::start().await;
     let t = env.sign_in("1").await;
     env.fg.emulator().set_faults(Faults {
+        jwks: None,
         drive: Some(Fault {
             latency_ms: 200,
             ..Default::default()

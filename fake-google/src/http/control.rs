@@ -200,7 +200,10 @@ async fn rotate_keys(State(emu): State<Emulator>, body: Bytes) -> Ctl {
 
 async fn set_faults(State(emu): State<Emulator>, body: Bytes) -> Ctl {
     let faults: Faults = json_or_default(&body)?;
-    for f in [&faults.token, &faults.drive].into_iter().flatten() {
+    for f in [&faults.token, &faults.drive, &faults.jwks]
+        .into_iter()
+        .flatten()
+    {
         f.validate().map_err(Error::Invalid)?;
     }
     emu.set_faults(faults);

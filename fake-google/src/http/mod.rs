@@ -76,7 +76,7 @@ fn classify(
     match path {
         "/token" => return token(Token),
         "/revoke" => return token(Revoke),
-        "/oauth2/v3/certs" => return token(Jwks),
+        "/oauth2/v3/certs" => return Some((Family::Jwks, Some(Jwks))),
         "/.well-known/openid-configuration" => return token(Discovery),
         "/v1/userinfo" | "/oauth2/v3/userinfo" => return token(Userinfo),
         _ => {}
@@ -189,7 +189,7 @@ fn refusal(family: Family, status: u16, retry_after: Option<u64>, per_user: bool
             s => DriveError::injected(s, retry_after),
         }
         .into_response(),
-        Family::Token => {
+        Family::Token | Family::Jwks => {
             let (code, error, desc) = match status {
                 429 | 403 => (status, "rate_limit_exceeded", "Rate Limit Exceeded"),
                 500 => (500, "internal_failure", "Backend Error"),
