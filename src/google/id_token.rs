@@ -2,9 +2,11 @@
 //! authorized party and time claims.
 //! <https://developers.google.com/identity/sign-in/android/backend-auth#verify-the-integrity-of-the-id-token>
 //!
-//! The key set is cached for as long as its Cache-Control max-age says; an unknown `kid`
-//! triggers a refetch, at most once per [`MIN_REFETCH_INTERVAL`], so a flood of forged tokens
-//! cannot turn into a flood of JWKS requests. If a refetch fails, the cached keys keep working.
+//! The key set is cached for as long as its Cache-Control max-age says; an unknown `kid` (a key
+//! rotation) triggers a refetch. Fetches are rate-limited ([`FETCHES_PER_MINUTE`], with that
+//! burst, as jwks-rsa does), so a rotation right after a fetch is still picked up while a flood
+//! of forged kids cannot turn into a flood of JWKS requests. If a fetch fails (or is not
+//! allowed yet), the cached keys keep working, stale or not.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +22,8 @@ use super::GoogleError;
 const ISSUERS: [&str; 2] = ["accounts.google.com", "https://accounts.google.com"];
 /// Allowed clock difference between Google and us.
 pub const LEEWAY_SECS: u64 = 60;
-/// An unknown kid refetches the JWKS at most this often.
-const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+/// JWKS fetches allowed per minute, all at once if need be.
+const FETCHES_PER_MINUTE: u32 = 10;
 /// Used when the JWKS response carries no max-age.
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
 
@@ -58,6 +60,21 @@ impl IdTokenError {
     pub fn is_upstream(&self) -> bool {
         matches!(self, IdTokenError::Jwks(_))
     }
+}
+
+/// The `sub` of an ID token, NOT verified: never a reason to trust anything, only a hint of
+/// whose grant a failed sign-in touched (see `intake::signin`).
+pub fn unverified_sub(token: &str) -> Option<String> {
+    use base64::Engine;
+    #[derive(Deserialize)]
+    struct Sub {
+        sub: String,
+    }
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<Sub>(&json).ok().map(|s| s.sub)
 }
 
 /// The claims we use from a verified ID token.
@@ -114,7 +131,7 @@ pub struct IdTokenVerifier {
     keys: RwLock<Option<Arc<KeySet>>>,
     /// Held while fetching, so concurrent misses share one fetch.
     fetch_lock: Mutex<()>,
-    last_fetch_attempt: RwLock<Option<Instant>>,
+    fetches: governor::DefaultDirectRateLimiter,
 }
 
 impl IdTokenVerifier {
@@ -131,7 +148,9 @@ impl IdTokenVerifier {
             allowed_azp: RwLock::new(Arc::new(allowed_azp)),
             keys: RwLock::new(None),
             fetch_lock: Mutex::new(()),
-            last_fetch_attempt: RwLock::new(None),
+            fetches: governor::RateLimiter::direct(governor::Quota::per_minute(
+                std::num::NonZeroU32::new(FETCHES_PER_MINUTE).unwrap_or(std::num::NonZeroU32::MIN),
+            )),
         }
     }
 
@@ -201,15 +220,7 @@ impl IdTokenVerifier {
                 }
             }
         }
-        let stale = cached
-            .as_ref()
-            .is_none_or(|s| s.fetched_at.elapsed() >= s.max_age);
-        let may_refetch = self
-            .last_fetch_attempt
-            .read()
-            .is_none_or(|t| t.elapsed() >= MIN_REFETCH_INTERVAL);
-        if stale || may_refetch {
-            *self.last_fetch_attempt.write() = Some(Instant::now());
+        if self.fetches.check().is_ok() {
             match self.fetch().await {
                 Ok(set) => {
                     let set = Arc::new(set);
@@ -221,13 +232,13 @@ impl IdTokenVerifier {
                         .ok_or_else(|| IdTokenError::UnknownKey(kid.to_string()));
                 }
                 Err(e) => {
-                    // Google's JWKS is down: keep using the keys we have.
+                    // Google's JWKS is down: keep using the keys we have. A kid we do not
+                    // know may be a rotation we cannot see yet: Google's fault, not the token's.
                     tracing::warn!(error = %e, "cannot refresh Google's JWKS; using cached keys");
-                    match cached.as_ref().and_then(|s| s.keys.get(kid)) {
-                        Some(key) => return Ok(key.clone()),
-                        None if cached.is_none() => return Err(IdTokenError::Jwks(e)),
-                        None => return Err(IdTokenError::UnknownKey(kid.to_string())),
-                    }
+                    return match cached.as_ref().and_then(|s| s.keys.get(kid)) {
+                        Some(key) => Ok(key.clone()),
+                        None => Err(IdTokenError::Jwks(e)),
+                    };
                 }
             }
         }

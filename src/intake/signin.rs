@@ -7,8 +7,9 @@ use std::sync::Arc;
 use secrecy::SecretString;
 
 use crate::crypto::{Keyring, Purpose};
+use crate::google::id_token::unverified_sub;
 use crate::google::id_token::{IdClaims, IdTokenError, IdTokenVerifier};
-use crate::google::oauth::OAuthClient;
+use crate::google::oauth::{OAuthClient, TokenResponse};
 use crate::google::GoogleError;
 use crate::store::users::{Profile, UserState};
 use crate::store::{self, credentials, users, Store};
@@ -48,6 +49,44 @@ pub struct SignIn {
 impl SignIn {
     pub async fn sign_in(&self, code: &SecretString) -> Result<SignedIn, SignInError> {
         let tokens = self.oauth.exchange_code(code).await?;
+        let result = self.store_verified(&tokens).await;
+        if let (Err(e), Some(refresh)) = (&result, &tokens.refresh_token) {
+            self.give_back(e, refresh, tokens.id_token.as_deref()).await;
+        }
+        result
+    }
+
+    /// A sign-in that fails after Google issued a refresh token would strand it: Google sends
+    /// one only on first consent, so the app's retry would get none and be refused (409).
+    /// Revoking it makes the retry a first consent again. Not when we hold a credential for
+    /// the user (or cannot tell whose it is): the grant is shared, and revoking it would kill
+    /// the refresh token we sync with.
+    async fn give_back(&self, why: &SignInError, refresh: &SecretString, id_token: Option<&str>) {
+        let Some(sub) = id_token.and_then(unverified_sub) else {
+            return;
+        };
+        let held = match self.store.pool().acquire().await {
+            Ok(mut conn) => credentials::exists(&mut conn, &sub).await.unwrap_or(true),
+            Err(_) => true,
+        };
+        if held {
+            return;
+        }
+        match self.oauth.revoke(refresh).await {
+            Ok(()) => tracing::info!(
+                error = %why,
+                "sign-in failed after Google issued a refresh token; revoked it so that a retry gets a new one"
+            ),
+            Err(e) => tracing::warn!(
+                error = %why,
+                revoke_error = %e,
+                "sign-in failed after Google issued a refresh token, and revoking it failed; \
+                 the user may have to remove the app's access in their Google account"
+            ),
+        }
+    }
+
+    async fn store_verified(&self, tokens: &TokenResponse) -> Result<SignedIn, SignInError> {
         let id_token = tokens.id_token.as_deref().ok_or(SignInError::NoIdToken)?;
         let claims = self.verifier.verify(id_token).await?;
 
