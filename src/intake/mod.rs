@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,6 +27,9 @@ use signin::{SignIn, SignInError};
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Longest auth code we accept; Google's are far shorter.
 const MAX_CODE_LEN: usize = 2048;
+/// The whole body must arrive within this; a client trickling it is answered 408 and its
+/// connection closed. (Trickled headers are hyper's `header_read_timeout`.)
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct IntakeState {
@@ -226,15 +229,35 @@ pub fn parse_auth_code(headers: &HeaderMap, body: &[u8]) -> Result<SecretString,
 
 async fn post_authcode(
     State(state): State<IntakeState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let result = handle_authcode(&state, &headers, body).await;
+    let headers = request.headers().clone();
+    // Only reading the body is bounded: once the code is redeemed at Google, the sign-in
+    // runs to its end even if the client has gone, or the refresh token would be lost.
+    let result = match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, &())).await {
+        Ok(body) => handle_authcode(&state, &headers, body).await,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+        )),
+    };
     crate::metrics::intake_request(match &result {
         Ok(_) => "ok",
         Err(e) => e.code(),
     });
-    result
+    match result {
+        Err(e) if e.status == StatusCode::REQUEST_TIMEOUT => {
+            // The unread rest of the body makes the connection useless; say so.
+            let mut resp = e.into_response();
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            Ok(resp)
+        }
+        other => other,
+    }
 }
 
 async fn handle_authcode(
