@@ -13,7 +13,7 @@ const NEVER: &str = "[sync]\nschedule = \"0 0 0 1 1 *\"\nmax_requests_per_second
 
 async fn daemon_with_users(subs: &[&str]) -> (crate::helpers::TestDir, FakeGoogle, Daemon) {
     let dir = crate::helpers::test_dir();
-    let google = FakeGoogle::start().await.unwrap();
+    let google = crate::helpers::google().await;
     let daemon = Daemon::start(dir.path(), &google, NEVER).await;
     for sub in subs {
         sign_in_via(&google, &daemon.intake, sub).await;

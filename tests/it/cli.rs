@@ -3,8 +3,6 @@
 use std::io::Read;
 use std::process::{Command, Stdio};
 
-use fake_google::FakeGoogle;
-
 use crate::helpers::{binary, free_port, wait_ready, write_config};
 
 fn check_config(path: &std::path::Path) -> (bool, String) {
@@ -24,7 +22,7 @@ fn check_config(path: &std::path::Path) -> (bool, String) {
 
 #[tokio::test]
 async fn check_config_accepts_a_good_config_and_redacts_secrets() {
-    let google = FakeGoogle::start().await.unwrap();
+    let google = crate::helpers::google().await;
     let dir = crate::helpers::test_dir();
     let path = write_config(dir.path(), &google, "127.0.0.1:0", "");
     let (ok, text) = check_config(&path);
@@ -39,7 +37,7 @@ async fn check_config_accepts_a_good_config_and_redacts_secrets() {
 
 #[tokio::test]
 async fn check_config_fails_clearly_on_each_problem() {
-    let google = FakeGoogle::start().await.unwrap();
+    let google = crate::helpers::google().await;
     let dir = crate::helpers::test_dir();
     let path = write_config(dir.path(), &google, "127.0.0.1:0", "");
     let secret = dir.path().join("client_secret.json");
@@ -82,7 +80,7 @@ async fn check_config_fails_clearly_on_each_problem() {
 
 #[tokio::test]
 async fn trace_logs_of_sign_ins_contain_no_token_code_or_client_secret() {
-    let google = FakeGoogle::start().await.unwrap();
+    let google = crate::helpers::google().await;
     let dir = crate::helpers::test_dir();
     let port = free_port();
     let path = write_config(dir.path(), &google, &format!("127.0.0.1:{port}"), "");
@@ -154,7 +152,7 @@ async fn trace_logs_of_sign_ins_contain_no_token_code_or_client_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_key_reencrypts_everything_under_the_new_key() {
-    let google = FakeGoogle::start().await.unwrap();
+    let google = crate::helpers::google().await;
     let dir = crate::helpers::test_dir();
     let mut daemon = crate::helpers::Daemon::start(dir.path(), &google, "").await;
     for sub in ["rot1", "rot2"] {

@@ -22,6 +22,8 @@ pub struct TestApp {
     pub store: Store,
     pub scheduler: Arc<Scheduler>,
     pub http: reqwest::Client,
+    /// The mirror's directory ([sync] data_dir).
+    mirror: PathBuf,
     shutdown: CancellationToken,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -187,9 +189,14 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     init_test_log();
     let dir = test_dir();
-    let google = FakeGoogle::start().await.unwrap();
+    let google = google().await;
     let mut config = test_config(dir.path(), &google);
     tweak(&mut config);
+    let mirror = config
+        .sync
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| dir.path().join("mirror"));
     let app = App::build(config.resolve().unwrap(), None).await.unwrap();
     let intake = format!("http://{}", app.intake_addr());
     let store = app.store().clone();
@@ -203,19 +210,28 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         store,
         scheduler,
         http: reqwest::Client::new(),
+        mirror,
         shutdown,
         running: Some(running),
     }
 }
 
-/// `TEST_LOG=1` shows the daemon's logs.
+/// fake-google on a loopback port, registered for the suite-wide secrets check.
+pub async fn google() -> FakeGoogle {
+    let google = FakeGoogle::start().await.unwrap();
+    crate::log_scan::register(google.emulator());
+    google
+}
+
+/// The in-process daemons log at trace level into the secrets check ([`crate::log_scan`]);
+/// `TEST_LOG=1` also shows those logs.
 fn init_test_log() {
-    if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("debug")
-            .with_test_writer()
-            .try_init();
-    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("trace")
+        .with_writer(crate::log_scan::Capture {
+            echo: std::env::var_os("TEST_LOG").is_some(),
+        })
+        .try_init();
 }
 
 impl TestApp {
@@ -331,7 +347,7 @@ impl TestApp {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("mirror")
+        self.mirror.clone()
     }
 
     /// Runs one sync cycle to the end.
@@ -382,6 +398,7 @@ impl TestApp {
         if let Some(r) = self.running.take() {
             r.await.unwrap().unwrap();
         }
+        crate::log_scan::assert_in_process_logs_clean(self.google.emulator());
     }
 }
 
@@ -489,7 +506,7 @@ impl Daemon {
         let mut cmd = Command::new(binary());
         cmd.args(["serve", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info,appdata_syncd=debug")
+            .env("RUST_LOG", "trace")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         for (k, v) in env {
@@ -546,6 +563,9 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+        if !std::thread::panicking() {
+            crate::log_scan::assert_log_clean("a daemon binary", &self.logs());
+        }
     }
 }
 

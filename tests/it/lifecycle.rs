@@ -3,7 +3,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use fake_google::{FakeGoogle, Fault, Faults};
+use fake_google::{Fault, Faults};
 
 use crate::helpers::{free_port, sign_in_via, write_config, Daemon};
 
@@ -13,7 +13,7 @@ const NEVER: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_in_the_middle_of_syncs_exits_0_within_grace_and_loses_nothing() {
     let dir = crate::helpers::test_dir();
-    let google = FakeGoogle::start().await.unwrap();
+    let google = crate::helpers::google().await;
     let mut daemon = Daemon::start(dir.path(), &google, NEVER).await;
     let subs: Vec<String> = (0..6).map(|i| format!("term{i}")).collect();
     for sub in &subs {
@@ -27,6 +27,7 @@ async fn sigterm_in_the_middle_of_syncs_exits_0_within_grace_and_loses_nothing()
     }
     // Slow Drive: the syncs are surely running when the signal comes.
     google.emulator().set_faults(Faults {
+        jwks: None,
         token: None,
         drive: Some(Fault {
             latency_ms: 300,
@@ -97,7 +98,7 @@ async fn sigterm_in_the_middle_of_syncs_exits_0_within_grace_and_loses_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_new_schedule() {
     let dir = crate::helpers::test_dir();
-    let google = FakeGoogle::start().await.unwrap();
+    let google = crate::helpers::google().await;
     let daemon = Daemon::start(dir.path(), &google, NEVER).await;
     sign_in_via(&google, &daemon.intake, "hup").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -123,7 +124,7 @@ async fn sighup_applies_a_new_schedule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_ready_then_stopping() {
     let dir = crate::helpers::test_dir();
-    let google = FakeGoogle::start().await.unwrap();
+    let google = crate::helpers::google().await;
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify
@@ -178,7 +179,7 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_after_a_sync() {
     let dir = crate::helpers::test_dir();
-    let google = FakeGoogle::start().await.unwrap();
+    let google = crate::helpers::google().await;
     let metrics_port = free_port();
     let daemon = Daemon::start(
         dir.path(),

@@ -4,9 +4,11 @@
 mod admin;
 mod cli;
 mod crash;
+mod faults;
 mod helpers;
 mod intake;
 mod lifecycle;
+mod log_scan;
 mod s3;
 mod scale_out;
 mod sync;

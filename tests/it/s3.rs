@@ -285,6 +285,7 @@ async fn a_cut_download_never_leaves_a_partial_object() {
 
     // Every Drive response cut in half: the sync fails and the bucket keeps the old content.
     e.set_faults(Faults {
+        jwks: None,
         token: None,
         drive: Some(Fault {
             reset_rate: 1.0,
@@ -308,6 +309,7 @@ async fn a_cut_download_never_leaves_a_partial_object() {
 
     // Half the responses cut: whatever lands is whole, and rows only point at whole content.
     e.set_faults(Faults {
+        jwks: None,
         token: None,
         drive: Some(Fault {
             reset_rate: 0.5,

@@ -179,7 +179,11 @@ async fn three_instances_share_the_users(
         "the daemons took more than 12 s to start; the test needs them up before the tick"
     );
     wait_for("the first cycle", Duration::from_secs(120), async || {
-        count(&pool, "SELECT COUNT(DISTINCT sub) FROM syncs WHERE outcome = 'ok'").await
+        count(
+            &pool,
+            "SELECT COUNT(DISTINCT sub) FROM syncs WHERE outcome = 'ok'",
+        )
+        .await
             >= USERS as i64
     })
     .await;
