@@ -60,7 +60,7 @@ async fn assert_converged(dir: &Path, google: &FakeGoogle, pool: &sqlx::AnyPool,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_sync_loses_nothing_and_mirrors_converge() {
     let dir = crate::helpers::test_dir();
-    let google = FakeGoogle::start().await.unwrap();
+    let google = crate::helpers::google().await;
     let subs: Vec<String> = (0..8).map(|i| format!("crash{i}")).collect();
     {
         let daemon = start(dir.path(), &google).await;
@@ -76,6 +76,7 @@ async fn sigkill_mid_sync_loses_nothing_and_mirrors_converge() {
         }
     }
     google.emulator().set_faults(Faults {
+        jwks: None,
         token: None,
         drive: Some(Fault {
             latency_ms: 10,
@@ -135,6 +136,151 @@ async fn sigkill_mid_sync_loses_nothing_and_mirrors_converge() {
         "every acknowledged sign-in is there"
     );
     for sub in &subs {
+        assert_converged(dir.path(), &google, &pool, sub).await;
+    }
+    let leftovers = std::fs::read_dir(dir.path().join("mirror/.tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(leftovers, 0, "temporary files left behind");
+}
+
+/// Posts a fresh code for `sub`; true when the daemon acknowledged the sign-in (200).
+async fn try_sign_in(
+    google: &fake_google::Emulator,
+    http: &reqwest::Client,
+    intake: &str,
+    sub: &str,
+) -> bool {
+    let _ = google.create_user(fake_google::NewUser {
+        sub: sub.to_string(),
+        ..Default::default()
+    });
+    let Ok(code) = google.mint_auth_code(fake_google::MintCode {
+        sub: sub.to_string(),
+        ..Default::default()
+    }) else {
+        return false;
+    };
+    match http
+        .post(format!("{intake}/authcode"))
+        .form(&[("authCode", code)])
+        .send()
+        .await
+    {
+        Ok(r) => r.status() == 200,
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_sigkills_during_sign_ins_and_syncs_lose_nothing_acknowledged() {
+    let dir = crate::helpers::test_dir();
+    let google = crate::helpers::google().await;
+    google.emulator().set_faults(Faults {
+        jwks: None,
+        token: None,
+        drive: Some(Fault {
+            latency_ms: 5,
+            jitter_ms: 25,
+            ..Default::default()
+        }),
+    });
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("kill moments seeded with {seed}");
+    let mut rng = seed | 1;
+    let mut next = move || {
+        // xorshift: reproducible from the printed seed.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let acknowledged = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let port = free_port();
+    let config = write_config(dir.path(), &google, &format!("127.0.0.1:{port}"), "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "[sync]\nschedule = \"* * * * * *\"\nmax_requests_per_second = 1000\nconcurrency = 8\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    for round in 0..20 {
+        let mut daemon = Daemon::start_with_config(dir.path(), &config, port, &[]).await;
+        // Drive changes under the syncs; new users and returning users sign in meanwhile.
+        for sub in acknowledged.lock().iter().take(5) {
+            google
+                .emulator()
+                .put_file(sub, "state", format!("{sub} round {round}"), None)
+                .unwrap();
+        }
+        let signins = {
+            let (google, ack, intake) = (
+                google.emulator().clone(),
+                acknowledged.clone(),
+                daemon.intake.clone(),
+            );
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for i in 0..10 {
+                    let sub = format!("kill{round:02}-{i}");
+                    let _ = google.create_user(fake_google::NewUser {
+                        sub: sub.clone(),
+                        ..Default::default()
+                    });
+                    for f in 0..3 {
+                        let _ = google.put_file(
+                            &sub,
+                            &format!("f{f}"),
+                            format!("{sub}:{f}:").repeat(200),
+                            None,
+                        );
+                    }
+                    if try_sign_in(&google, &http, &intake, &sub).await {
+                        ack.lock().push(sub);
+                    }
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100 + next() % 1400)).await;
+        daemon.signal(libc::SIGKILL);
+        daemon.kill();
+        signins.abort();
+        let _ = signins.await;
+    }
+    google.emulator().clear_faults();
+    let daemon = start(dir.path(), &google).await;
+    let socket = daemon.socket.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::helpers::ctl(&socket, &["resync", "--all", "--wait"])
+    })
+    .await
+    .unwrap();
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    let pool = crate::helpers::db_pool(dir.path()).await;
+    if !crate::helpers::on_postgres() {
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(integrity, "ok");
+    }
+    let acknowledged = acknowledged.lock().clone();
+    assert!(
+        acknowledged.len() >= 20,
+        "only {} sign-ins got through",
+        acknowledged.len()
+    );
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT u.sub FROM users u JOIN credentials c ON c.sub = u.sub")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for sub in &acknowledged {
+        assert!(stored.contains(sub), "acknowledged sign-in of {sub} lost");
+    }
+    for sub in &stored {
         assert_converged(dir.path(), &google, &pool, sub).await;
     }
     let leftovers = std::fs::read_dir(dir.path().join("mirror/.tmp"))

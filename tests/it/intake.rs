@@ -269,6 +269,7 @@ async fn google_failing_gives_502_and_stores_nothing() {
     let app = spawn_app().await;
     let before = app.db_snapshot().await;
     app.google.emulator().set_faults(Faults {
+        jwks: None,
         token: Some(Fault {
             error_rate: 1.0,
             error_status: Some(500),
@@ -291,6 +292,7 @@ async fn google_timing_out_gives_504_and_stores_nothing() {
         spawn_app_with(|c| c.google.request_timeout = std::time::Duration::from_millis(500)).await;
     let before = app.db_snapshot().await;
     app.google.emulator().set_faults(Faults {
+        jwks: None,
         token: Some(Fault {
             latency_ms: 3000,
             ..Default::default()
@@ -359,5 +361,152 @@ async fn health_and_readiness_answer() {
             .unwrap();
         assert_eq!(resp.status(), 200, "{path}");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn codes_minted_for_another_client_or_project_are_refused() {
+    let app = spawn_app().await;
+    let before = app.db_snapshot().await;
+    // Issued to the web client, not to one of our Android apps: the ID token's azp says so.
+    let web = app.google.emulator().clients().web_client_id;
+    let code = app.mint(MintCode {
+        sub: "elsewhere".into(),
+        client_id: Some(web),
+        ..Default::default()
+    });
+    let (status, body) = app.post_code(&code).await;
+    assert_eq!(status, 401, "{body}");
+    // Issued by another project's Google: our client cannot redeem it.
+    let other = crate::helpers::google().await;
+    other
+        .emulator()
+        .create_user(fake_google::NewUser {
+            sub: "elsewhere".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let code = other
+        .emulator()
+        .mint_auth_code(MintCode {
+            sub: "elsewhere".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let (status, body) = app.post_code(&code).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert_eq!(app.db_snapshot().await, before);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_sign_ins_fifty_of_them_one_user_all_land_once() {
+    // Google's own deadline (the suite's is 2 s): the emulator signs 500 ID tokens on the
+    // same two cores.
+    let app =
+        spawn_app_with(|c| c.google.request_timeout = std::time::Duration::from_secs(10)).await;
+    let mut codes: Vec<String> = (0..450)
+        .map(|i| app.auth_code(&format!("crowd{i:03}")))
+        .collect();
+    codes.extend((0..50).map(|_| {
+        app.mint(MintCode {
+            sub: "popular".into(),
+            prompt_consent: true,
+            ..Default::default()
+        })
+    }));
+    let results = futures::future::join_all(codes.iter().map(|c| app.post_code(c))).await;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+    }
+    let pool = app.store.pool();
+    let count = |sql: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM users").await, 451);
+    assert_eq!(count("SELECT COUNT(*) FROM credentials").await, 451);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM credentials WHERE sub = 'popular'").await,
+        1
+    );
+    // The refresh token kept is one Google issued and still honours: the user syncs.
+    let out = app.cycle().await;
+    assert_eq!(out.ok, 451, "{out:?}");
+    app.stop().await;
+}
+
+/// Sends `head` and then `trickle` a byte every 300 ms; returns what the server answered
+/// (empty when it just closed) and how long it let the client take.
+async fn trickle(addr: &str, head: &str, trickle: &[u8]) -> (String, std::time::Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = {
+        let trickle = trickle.to_vec();
+        tokio::spawn(async move {
+            for b in trickle {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                if write.write_all(&[b]).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        read.read_to_end(&mut answer),
+    )
+    .await;
+    writer.abort();
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_the_intake_keeps_serving() {
+    let app = spawn_app().await;
+    let addr = app.intake.trim_start_matches("http://").to_string();
+    let body = format!("authCode={}", app.auth_code("trickled"));
+    let headers = "POST /authcode HTTP/1.1\r\nHost: x\r\n";
+    let body_head = format!(
+        "POST /authcode HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let endless_headers = "X-Slow: ".to_string() + &"a".repeat(200);
+    let (slow_headers, slow_body, _) = tokio::join!(
+        trickle(&addr, headers, endless_headers.as_bytes()),
+        trickle(&addr, &body_head, body.as_bytes()),
+        // Meanwhile others are served.
+        app.sign_in("meanwhile"),
+    );
+    let limit = std::time::Duration::from_secs(25);
+    assert!(
+        slow_headers.1 < limit,
+        "headers trickled for {:?}",
+        slow_headers.1
+    );
+    assert!(
+        !slow_headers.0.contains("200 OK"),
+        "trickled headers: {}",
+        slow_headers.0
+    );
+    assert!(slow_body.1 < limit, "body trickled for {:?}", slow_body.1);
+    assert!(
+        slow_body.0.starts_with("HTTP/1.1 408"),
+        "trickled body: {}",
+        slow_body.0
+    );
+    assert!(slow_body.0.contains("request_timeout"), "{}", slow_body.0);
+    assert_eq!(app.user_state("trickled").await, None);
     app.stop().await;
 }

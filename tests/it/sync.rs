@@ -200,6 +200,7 @@ async fn bursts_of_500_503_and_429_converge_with_bounded_retries() {
     }
     for status in [500u16, 503, 429] {
         app.google.emulator().set_faults(Faults {
+            jwks: None,
             token: None,
             drive: Some(Fault {
                 error_rate: 0.4,
@@ -217,6 +218,12 @@ async fn bursts_of_500_503_and_429_converge_with_bounded_retries() {
         assert!(calls <= 4 * 6 * 4, "retries are bounded: {calls} calls");
     }
     app.google.emulator().clear_faults();
+    // A user whose sync failed in the last burst waits out its backoff (a minute or more);
+    // let that time pass.
+    sqlx::query("UPDATE users SET next_sync_at = 0")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
     app.cycle().await;
     for i in 0..4 {
         app.assert_mirror_matches(&format!("flaky{i}")).await;
