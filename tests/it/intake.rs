@@ -307,22 +307,52 @@ async fn google_timing_out_gives_504_and_stores_nothing() {
 }
 
 #[tokio::test]
-async fn no_refresh_token_is_stored_in_plaintext() {
+async fn no_token_is_in_plaintext_in_the_database_its_wal_or_the_mirror() {
     let app = spawn_app().await;
+    // Short-lived access tokens: the cycle refreshes and caches new ones too.
+    app.google.emulator().set_access_token_lifetime(60);
     for i in 0..5 {
-        app.sign_in(&format!("plain{i}")).await;
+        let sub = format!("plain{i}");
+        app.google_user(&sub);
+        app.google
+            .emulator()
+            .create_file(&sub, "settings.json", format!("{{\"user\": {i}}}"), None)
+            .unwrap();
+        app.sign_in(&sub).await;
     }
-    let bytes = crate::helpers::raw_database_bytes(app.dir.path()).await;
+    assert_eq!(app.cycle().await.ok, 5);
+    let mut bytes = crate::helpers::raw_database_bytes(app.dir.path()).await;
     assert!(bytes.len() > 1000, "the database holds the users");
+    let mut mirrored = 0;
+    for entry in walk(&app.data_dir()) {
+        bytes.extend(std::fs::read(entry).unwrap());
+        mirrored += 1;
+    }
+    assert_eq!(mirrored, 5, "the mirror holds the files");
     let secrets = app.google.emulator().issued_secrets();
     assert!(secrets.iter().any(|s| s.starts_with("1//")));
+    assert!(secrets.iter().any(|s| s.starts_with("ya29.")));
     for secret in secrets {
         assert!(
             !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-            "a secret issued by Google is in the database file in plaintext"
+            "a secret issued by Google is on disk in plaintext"
         );
     }
     app.stop().await;
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 #[tokio::test]
