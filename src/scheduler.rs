@@ -346,7 +346,9 @@ impl Scheduler {
     /// after they expire. Instance ids are `HOST-PID` by default.
     pub async fn reclaim_dead_local_instances(&self) -> Result<(), sqlx::Error> {
         let me = &self.engine.instance;
-        let Some((host, _)) = me.rsplit_once('-') else {
+        // Only the default ids (hostname-pid) say where an instance runs; with ids set in the
+        // config, "worker-0" would read as a dead pid 0. Those wait for their leases to expire.
+        let Some(host) = me.strip_suffix(&format!("-{}", std::process::id())) else {
             return Ok(());
         };
         let mut tx = self.store.begin_write().await?;

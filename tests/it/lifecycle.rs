@@ -254,3 +254,54 @@ async fn metrics_move_after_a_sync() {
         "{text}"
     );
 }
+
+/// Gives `sub` a live lease held by instance `owner`, as a process that died would leave it.
+async fn leased_by(app: &crate::helpers::TestApp, sub: &str, owner: &str) {
+    let far = appdata_syncd::store::now_ms() + 3_600_000;
+    sqlx::query("UPDATE users SET lease_owner = $1, lease_expires_at = $2 WHERE sub = $3")
+        .bind(owner)
+        .bind(far)
+        .bind(sub)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO instances (id, version, started_at, last_seen_at) VALUES ($1, 'x', 0, 0)",
+    )
+    .bind(owner)
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+}
+
+async fn lease_owner(app: &crate::helpers::TestApp, sub: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT lease_owner FROM users WHERE sub = $1")
+        .bind(sub)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn leases_of_a_dead_process_on_this_host_are_taken_back_and_configured_ids_are_left_alone() {
+    // Default ids (hostname-pid): a pid that cannot exist on this host is dead.
+    let app = crate::helpers::spawn_app().await;
+    app.sign_in("orphan").await;
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    leased_by(&app, "orphan", &format!("{host}-4194305")).await;
+    app.scheduler.reclaim_dead_local_instances().await.unwrap();
+    assert_eq!(lease_owner(&app, "orphan").await, None);
+    app.stop().await;
+
+    // Configured ids say nothing about pids: "worker-0" may be alive on another machine.
+    let app =
+        crate::helpers::spawn_app_with(|c| c.sync.instance_id = Some("worker-1".into())).await;
+    app.sign_in("elsewhere").await;
+    leased_by(&app, "elsewhere", "worker-0").await;
+    app.scheduler.reclaim_dead_local_instances().await.unwrap();
+    assert_eq!(
+        lease_owner(&app, "elsewhere").await.as_deref(),
+        Some("worker-0")
+    );
+    app.stop().await;
+}
