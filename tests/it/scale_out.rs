@@ -52,6 +52,12 @@ async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
+/// The last lines of a log, for a failure message.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
 async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done().await {
@@ -178,15 +184,29 @@ async fn three_instances_share_the_users(
         chrono::Utc::now() < tick,
         "the daemons took more than 12 s to start; the test needs them up before the tick"
     );
-    wait_for("the first cycle", Duration::from_secs(120), async || {
-        count(
-            &pool,
-            "SELECT COUNT(DISTINCT sub) FROM syncs WHERE outcome = 'ok'",
-        )
-        .await
-            >= USERS as i64
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let synced = count(&pool, "SELECT COUNT(DISTINCT sub) FROM syncs").await;
+        if synced >= USERS as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first cycle synced {synced} users in 2 minutes; logs: {}",
+            daemons
+                .iter()
+                .map(|d| tail(&d.logs()))
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let failed: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT sub, error FROM syncs WHERE outcome <> 'ok' LIMIT 5")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(failed.is_empty(), "syncs failed: {failed:?}");
     // Every user exactly once in that cycle, by one of the instances.
     assert_eq!(
         count(&pool, "SELECT COUNT(*) FROM syncs").await,
