@@ -33,7 +33,8 @@ pub fn candidates(text: &str) -> Vec<String> {
             let len = tail
                 .find(|c: char| !(c.is_ascii_alphanumeric() || "._~-/%+".contains(c)))
                 .unwrap_or(tail.len());
-            let value = tail[..len]
+            // Tokens are a few hundred bytes; a longer run is data, and its head is enough.
+            let value = tail[..len.min(1024)]
                 .replace("%2F", "/")
                 .replace("%2f", "/")
                 .replace("%2B", "+");
@@ -41,7 +42,8 @@ pub fn candidates(text: &str) -> Vec<String> {
             if value.len() >= 12 {
                 found.push(value);
             }
-            rest = &tail[prefix.len()..];
+            // Past the whole run: a long run full of "4/" (base64 data) stays linear.
+            rest = &tail[len.max(prefix.len())..];
         }
     }
     found
@@ -92,7 +94,10 @@ impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
         if PREFIXES.iter().any(|p| text.contains(p)) {
-            SEEN.lock().extend(candidates(&text));
+            let found = candidates(&text);
+            if !found.is_empty() {
+                SEEN.lock().extend(found);
+            }
         }
         if self.echo {
             eprint!("{text}");
