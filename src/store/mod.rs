@@ -156,8 +156,16 @@ impl Store {
         Ok(WriteTx { tx, _writer: guard })
     }
 
+    /// Closes the pool, waiting a few seconds at most for connections still in use: every
+    /// commit is already durable, and a connection someone forgot to give back must not
+    /// keep the process from exiting.
     pub async fn close(&self) {
-        self.pool.close().await;
+        if tokio::time::timeout(Duration::from_secs(5), self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still in use after 5 s; closing anyway");
+        }
     }
 }
 

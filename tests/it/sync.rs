@@ -96,6 +96,7 @@ async fn duplicate_and_hostile_names_get_safe_unique_paths() {
         .unwrap();
     assert_eq!(rows.iter().filter(|r| r.name == "same").count(), 2);
     assert!(rows.iter().any(|r| r.name == "../../etc/passwd"));
+    drop(conn);
     app.stop().await;
 }
 
