@@ -196,6 +196,11 @@ impl Tokens {
             return Ok(false);
         }
         let was = users::get(tx.conn(), sub).await?.map(|u| u.state);
+        if matches!(was, Some(UserState::Paused | UserState::Forgotten)) {
+            // An admin paused (or forgot) the user while this sync ran: that decision stands;
+            // resuming will meet the refused token again and park the user then.
+            return Ok(true);
+        }
         let reason = format!("Google refused the refresh token: {why}");
         users::set_state(
             tx.conn(),
