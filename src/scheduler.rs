@@ -325,6 +325,7 @@ impl Scheduler {
         let mut tx = self.store.begin_write().await?;
         schedule::renew_leases(
             tx.conn(),
+            self.store.backend(),
             &self.engine.instance,
             now,
             now + self.lease.as_millis() as i64,

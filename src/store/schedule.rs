@@ -109,16 +109,27 @@ pub async fn release_unstarted(
     Ok(())
 }
 
-/// Extends every live lease `owner` holds; returns how many.
+/// Extends every live lease `owner` holds; returns how many. On PostgreSQL the rows are
+/// locked in sub order first, the order claims and the recorder use, so renewal and a batch
+/// of outcomes of this same instance do not deadlock.
 pub async fn renew_leases(
     conn: &mut Conn,
+    backend: Backend,
     owner: &str,
     now: i64,
     lease_until: i64,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE users SET lease_expires_at = $2 WHERE lease_owner = $1 AND lease_expires_at >= $3",
-    )
+    let ordered = match backend {
+        Backend::Postgres => {
+            " AND sub IN (SELECT sub FROM users WHERE lease_owner = $1 AND lease_expires_at >= $3 \
+                          ORDER BY sub FOR UPDATE)"
+        }
+        Backend::Sqlite => "",
+    };
+    let done = sqlx::query(&format!(
+        "UPDATE users SET lease_expires_at = $2 \
+         WHERE lease_owner = $1 AND lease_expires_at >= $3{ordered}"
+    ))
     .bind(owner)
     .bind(lease_until)
     .bind(now)

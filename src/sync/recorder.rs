@@ -40,9 +40,10 @@ impl Recorder {
                         Err(_) => break,
                     }
                 }
-                let result = commit(&store, &owner, &batch)
-                    .await
-                    .map_err(|e| e.to_string());
+                // Row locks in one order everywhere this batch goes (sub order, as claims
+                // take them): fewer deadlocks with other transactions on PostgreSQL.
+                batch.sort_by(|a, b| a.0.record.sub.cmp(&b.0.record.sub));
+                let result = commit_with_retries(&store, &owner, &batch).await;
                 for (_, reply) in batch {
                     let _ = reply.send(result.clone());
                 }
@@ -61,6 +62,29 @@ impl Recorder {
         answer
             .await
             .unwrap_or_else(|_| Err("the recorder has stopped".into()))
+    }
+}
+
+/// Commits a batch, retrying a few times: on PostgreSQL a batch can lose a deadlock against
+/// this instance's lease renewal (PostgreSQL aborts one of the two), and a lost batch would
+/// leave its users leased and unrecorded until the lease expires.
+async fn commit_with_retries(
+    store: &Store,
+    owner: &str,
+    batch: &[(Outcome, oneshot::Sender<Result<(), String>>)],
+) -> Result<(), String> {
+    const ATTEMPTS: u32 = 4;
+    let mut attempt = 1;
+    loop {
+        match commit(store, owner, batch).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, outcomes = batch.len(), "cannot commit sync outcomes; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 
