@@ -379,7 +379,7 @@ async fn postgres_dropping_every_connection_is_survived() {
     let subs = users_with_two_files(&app, "pgdown").await;
     app.cycle().await;
     // What a server restart looks like to us: every connection of this database cut.
-    let db: String = sqlx::query_scalar("SELECT current_database()")
+    let db: String = sqlx::query_scalar("SELECT current_database()::text")
         .fetch_one(app.store.pool())
         .await
         .unwrap();
