@@ -57,6 +57,34 @@ async fn assert_converged(dir: &Path, google: &FakeGoogle, pool: &sqlx::AnyPool,
     assert_eq!(on_disk, remote, "files on disk of {sub}");
 }
 
+/// After the crashes: faults cleared, a daemon started and every user resynced to the end;
+/// the database passes its integrity check. Returns the daemon and a pool on its database.
+async fn recover(dir: &Path, google: &FakeGoogle) -> (Daemon, sqlx::AnyPool) {
+    google.emulator().clear_faults();
+    let daemon = start(dir, google).await;
+    let socket = daemon.socket.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::helpers::ctl(&socket, &["resync", "--all", "--wait"])
+    })
+    .await
+    .unwrap();
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    let pool = crate::helpers::db_pool(dir).await;
+    if !crate::helpers::on_postgres() {
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(integrity, "ok");
+    }
+    (daemon, pool)
+}
+
+fn assert_no_temporary_files(dir: &Path) {
+    let leftovers = std::fs::read_dir(dir.join("mirror/.tmp")).unwrap().count();
+    assert_eq!(leftovers, 0, "temporary files left behind");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_sync_loses_nothing_and_mirrors_converge() {
     let dir = crate::helpers::test_dir();
@@ -109,23 +137,7 @@ async fn sigkill_mid_sync_loses_nothing_and_mirrors_converge() {
         daemon.signal(libc::SIGKILL);
         daemon.kill();
     }
-    google.emulator().clear_faults();
-    let daemon = start(dir.path(), &google).await;
-    let socket = daemon.socket.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        crate::helpers::ctl(&socket, &["resync", "--all", "--wait"])
-    })
-    .await
-    .unwrap();
-    assert!(out.ok, "{}{}", out.stdout, out.stderr);
-    let pool = crate::helpers::db_pool(dir.path()).await;
-    if !crate::helpers::on_postgres() {
-        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        assert_eq!(integrity, "ok");
-    }
+    let (_daemon, pool) = recover(dir.path(), &google).await;
     let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
         .fetch_one(&pool)
         .await
@@ -138,10 +150,7 @@ async fn sigkill_mid_sync_loses_nothing_and_mirrors_converge() {
     for sub in &subs {
         assert_converged(dir.path(), &google, &pool, sub).await;
     }
-    let leftovers = std::fs::read_dir(dir.path().join("mirror/.tmp"))
-        .unwrap()
-        .count();
-    assert_eq!(leftovers, 0, "temporary files left behind");
+    assert_no_temporary_files(dir.path());
 }
 
 /// Posts a fresh code for `sub`; true when the daemon acknowledged the sign-in (200).
@@ -249,23 +258,7 @@ async fn twenty_sigkills_during_sign_ins_and_syncs_lose_nothing_acknowledged() {
         signins.abort();
         let _ = signins.await;
     }
-    google.emulator().clear_faults();
-    let daemon = start(dir.path(), &google).await;
-    let socket = daemon.socket.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        crate::helpers::ctl(&socket, &["resync", "--all", "--wait"])
-    })
-    .await
-    .unwrap();
-    assert!(out.ok, "{}{}", out.stdout, out.stderr);
-    let pool = crate::helpers::db_pool(dir.path()).await;
-    if !crate::helpers::on_postgres() {
-        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        assert_eq!(integrity, "ok");
-    }
+    let (_daemon, pool) = recover(dir.path(), &google).await;
     let acknowledged = acknowledged.lock().clone();
     assert!(
         acknowledged.len() >= 20,
@@ -283,8 +276,5 @@ async fn twenty_sigkills_during_sign_ins_and_syncs_lose_nothing_acknowledged() {
     for sub in &stored {
         assert_converged(dir.path(), &google, &pool, sub).await;
     }
-    let leftovers = std::fs::read_dir(dir.path().join("mirror/.tmp"))
-        .unwrap()
-        .count();
-    assert_eq!(leftovers, 0, "temporary files left behind");
+    assert_no_temporary_files(dir.path());
 }
