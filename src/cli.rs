@@ -7,9 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::crypto::Purpose;
 use crate::lifecycle::{run_with_signals, App};
-use crate::store::{credentials, Store};
+use crate::store::Store;
 use crate::telemetry;
 
 const DEFAULT_CONFIG: &str = "/etc/appdata-syncd/config.toml";
@@ -79,15 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
         Command::RotateKey(a) => runtime()?.block_on(rotate_key(&a.config)),
-        Command::Serve(a) => {
-            let config = Config::load(Some(&a.config))?.resolve()?;
-            let log = telemetry::init(&config.raw.log)?;
-            runtime()?.block_on(async {
-                let app = App::build(config, Some(log)).await?;
-                run_with_signals(app).await?;
-                Ok(ExitCode::SUCCESS)
-            })
-        }
+        Command::Serve(a) => serve(&a.config),
         Command::Dev(args) => runtime()?.block_on(crate::cli::dev::run(args)),
         Command::Ctl(args) => ctl::run(args),
     }
@@ -103,7 +94,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(Some(path))?.resolve()?;
     println!("{}: OK", path.display());
-    for (key, value) in config.redacted_summary() {
+    for (key, value) in config.settings() {
         println!("  {key:<32} {value}");
     }
     Ok(ExitCode::SUCCESS)
@@ -113,45 +104,44 @@ async fn rotate_key(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(Some(path))?.resolve()?;
     let store = Store::connect(&config.store_url, 1).await?;
     store.migrate().await?;
-    let ring = &config.keyring;
-    let mut tx = store.begin_write().await?;
-    let all = credentials::all_sealed(tx.conn()).await?;
-    let mut resealed = 0;
-    for (sub, cred) in &all {
-        if cred.refresh_token.key_id == ring.current_id()
-            && cred
-                .access_token
-                .as_ref()
-                .is_none_or(|(a, _)| a.key_id == ring.current_id())
-        {
-            continue;
-        }
-        let refresh = ring
-            .open(
-                sub,
-                Purpose::RefreshToken,
-                &cred.refresh_token.key_id,
-                &cred.refresh_token.bytes,
-            )
-            .with_context(|| format!("user {sub}: cannot decrypt the refresh token"))?;
-        // A cached access token that no longer opens is simply dropped: it can be refreshed.
-        let access = cred.access_token.as_ref().and_then(|(a, _)| {
-            ring.open(sub, Purpose::AccessToken, &a.key_id, &a.bytes)
-                .ok()
-                .map(|t| ring.seal(sub, Purpose::AccessToken, &t))
-        });
-        let refresh = ring.seal(sub, Purpose::RefreshToken, &refresh);
-        credentials::reseal(tx.conn(), sub, &refresh, access.as_ref()).await?;
-        resealed += 1;
-    }
-    tx.commit().await?;
+    let done = crate::tokens::reseal_all(&store, &config.keyring).await?;
     println!(
-        "re-encrypted {resealed} of {} credentials under key {}",
-        all.len(),
-        ring.current_id()
+        "re-encrypted {} of {} credentials under key {}",
+        done.resealed,
+        done.total,
+        config.keyring.current_id()
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// `serve`: the daemon under systemd (or any supervisor).
+fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(Some(path))?.resolve()?;
+    let log = telemetry::init(&config.raw.log)?;
+    runtime()?.block_on(async {
+        let app = App::build(config, Some(log)).await?;
+        abort_a_task_if_asked(&app);
+        run_with_signals(app).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Test builds only: `APPDATA_SYNCD_TEST_ABORT_TASK=NAME` aborts the essential task NAME half
+/// a second after start, as if it had crashed, to prove that supervision stops the daemon.
+#[cfg(debug_assertions)]
+fn abort_a_task_if_asked(app: &App) {
+    if let Ok(name) = std::env::var("APPDATA_SYNCD_TEST_ABORT_TASK") {
+        let tasks = app.tasks();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            tracing::warn!(task = %name, "aborting a task, as APPDATA_SYNCD_TEST_ABORT_TASK asks");
+            tasks.abort_for_test(&name);
+        });
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn abort_a_task_if_asked(_: &App) {}
 
 pub mod ctl;
 pub mod dev;

@@ -15,6 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::crypto::Keyring;
+use crate::scheduler::schedule::Schedule;
+pub use crate::sync::mirror::MirrorLocation;
 
 /// Prefix of the environment variables that override config.toml keys.
 pub const ENV_PREFIX: &str = "APPDATA_SYNCD_";
@@ -22,7 +24,7 @@ pub const ENV_PREFIX: &str = "APPDATA_SYNCD_";
 /// The drive.appdata scope: the only one sync needs.
 pub const DRIVE_APPDATA_SCOPE: &str = "https://www.googleapis.com/auth/drive.appdata";
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub google: GoogleConfig,
@@ -37,7 +39,7 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GoogleConfig {
     /// Google's client_secret.json for the web (server) client. Default:
@@ -80,7 +82,7 @@ impl Default for GoogleConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntakeConfig {
     pub listen: SocketAddr,
@@ -99,7 +101,7 @@ impl Default for IntakeConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Where state lives. Default: `$STATE_DIRECTORY` (systemd's StateDirectory), else
@@ -115,7 +117,7 @@ pub struct StoreConfig {
     pub max_connections: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncConfig {
     /// Where mirrors are written: `DATA_DIR/SUB/FILE_ID`. Default: `STATE_DIR/mirror`.
@@ -156,7 +158,7 @@ impl Default for SyncConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub socket: PathBuf,
@@ -177,14 +179,14 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Where Prometheus scrapes `GET /metrics`. Unset: no metrics endpoint.
     pub listen: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// tracing filter, e.g. "info" or "appdata_syncd=debug,info". RUST_LOG wins when set.
@@ -373,73 +375,8 @@ pub struct ResolvedConfig {
     /// Where mirror contents live: `data_dir`, or what `[sync] mirror_url` names.
     pub mirror: MirrorLocation,
     pub keyring: Keyring,
-}
-
-/// Where mirror contents live (see [`crate::sync::mirror`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MirrorLocation {
-    /// A local or shared network directory: `DIR/SUB/FILE_ID`.
-    Directory(PathBuf),
-    /// S3-compatible object storage: objects `PREFIX/SUB/FILE_ID` of `BUCKET`. `prefix` has no
-    /// leading or trailing '/' and may be empty.
-    S3 { bucket: String, prefix: String },
-}
-
-impl MirrorLocation {
-    /// Parses `[sync] mirror_url`: `s3://BUCKET[/PREFIX]` or `file:///PATH`.
-    pub fn parse(value: &str) -> anyhow::Result<MirrorLocation> {
-        let url = url::Url::parse(value).with_context(|| {
-            format!("[sync] mirror_url = {value:?} is not a URL (expected s3://BUCKET/PREFIX or file:///PATH)")
-        })?;
-        if !url.username().is_empty() || url.password().is_some() {
-            bail!("[sync] mirror_url must not hold credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment instead");
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            bail!("[sync] mirror_url = {value:?}: no query or fragment allowed; the endpoint and region come from AWS_ENDPOINT_URL and AWS_REGION");
-        }
-        match url.scheme() {
-            "s3" => {
-                let bucket = url.host_str().unwrap_or_default();
-                let valid_bucket = (3..=63).contains(&bucket.len())
-                    && bucket
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-                if !valid_bucket {
-                    bail!("[sync] mirror_url = {value:?}: {bucket:?} is not a valid S3 bucket name (3 to 63 characters: a-z, 0-9, '-', '.')");
-                }
-                if url.port().is_some() {
-                    bail!("[sync] mirror_url = {value:?}: an s3:// URL names a bucket, not a server; set the endpoint in AWS_ENDPOINT_URL");
-                }
-                // The URL parser already resolved any '.' and '..' segments.
-                let segments: Vec<&str> = url.path().split('/').filter(|s| !s.is_empty()).collect();
-                Ok(MirrorLocation::S3 {
-                    bucket: bucket.to_string(),
-                    prefix: segments.join("/"),
-                })
-            }
-            "file" => match url.to_file_path() {
-                Ok(path) if matches!(url.host_str(), None | Some("")) => {
-                    Ok(MirrorLocation::Directory(path))
-                }
-                _ => bail!("[sync] mirror_url = {value:?}: expected file:///ABSOLUTE/PATH"),
-            },
-            other => bail!(
-                "[sync] mirror_url = {value:?}: unsupported scheme {other:?}; use s3://BUCKET/PREFIX (S3-compatible object storage) or file:///PATH, or leave it unset for data_dir"
-            ),
-        }
-    }
-}
-
-impl std::fmt::Display for MirrorLocation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MirrorLocation::Directory(path) => write!(f, "{}", path.display()),
-            MirrorLocation::S3 { bucket, prefix } if prefix.is_empty() => {
-                write!(f, "s3://{bucket}")
-            }
-            MirrorLocation::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
-        }
-    }
+    /// `[sync] schedule`, parsed.
+    pub schedule: Schedule,
 }
 
 impl Config {
@@ -512,13 +449,7 @@ impl Config {
             _ => bail!("[intake] tls_cert and tls_key must be set together"),
         }
 
-        tokio_cron_scheduler::Job::new_async(self.sync.schedule.as_str(), |_, _| Box::pin(async {}))
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "[sync] schedule = {:?} is not a valid cron expression (sec min hour day month weekday): {e}",
-                    self.sync.schedule
-                )
-            })?;
+        let schedule = Schedule::parse(&self.sync.schedule)?;
         if self.sync.concurrency == 0 {
             bail!("[sync] concurrency must be at least 1");
         }
@@ -546,6 +477,7 @@ impl Config {
             }
         }
         Ok(ResolvedConfig {
+            schedule,
             raw: self,
             client,
             token_uri,
@@ -570,46 +502,34 @@ impl ResolvedConfig {
         })
     }
 
-    /// What `check-config` prints: every effective value, secrets replaced by `[redacted]`.
-    pub fn redacted_summary(&self) -> BTreeMap<&'static str, String> {
-        let g = &self.raw.google;
+    /// What `check-config` prints and what a reload compares: every key of the file (derived
+    /// from the serialised [`Config`], so a new key needs no code here), then the values
+    /// derived from files and the environment. Secrets never appear: the client secret is
+    /// `[redacted]` (see [`ResolvedConfig::changed_keys`]), a key shows as its key id.
+    pub fn settings(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
-        m.insert("google.client_id", self.client.client_id.clone());
-        m.insert(
+        if let Ok(toml::Value::Table(root)) = toml::Value::try_from(&self.raw) {
+            flatten("", &toml::Value::Table(root), &mut m);
+        }
+        let mut derived = |key: &str, value: String| {
+            m.insert(key.to_string(), value);
+        };
+        derived("google.client_id", self.client.client_id.clone());
+        derived(
             "google.client_secret",
             redact(self.client.client_secret.expose_secret()),
         );
-        m.insert("google.token_uri", self.token_uri.clone());
-        m.insert(
-            "google.auth_uri",
-            g.auth_uri
-                .clone()
-                .unwrap_or_else(|| self.client.auth_uri.clone()),
-        );
-        m.insert("google.jwks_uri", g.jwks_uri.clone());
-        m.insert("google.revoke_uri", g.revoke_uri.clone());
-        m.insert("google.drive_api_base", g.drive_api_base.clone());
-        m.insert(
-            "google.android_client_ids",
-            format!("{:?}", g.android_client_ids),
-        );
-        m.insert("google.redirect_uri", format!("{:?}", g.redirect_uri));
-        m.insert("google.required_scopes", format!("{:?}", g.required_scopes));
-        m.insert(
-            "google.request_timeout",
-            humantime::format_duration(g.request_timeout).to_string(),
-        );
-        m.insert("intake.listen", self.raw.intake.listen.to_string());
-        m.insert(
+        derived("google.token_uri", self.token_uri.clone());
+        derived(
             "intake.tls",
             match &self.raw.intake.tls_cert {
                 Some(c) => format!("on ({})", c.display()),
                 None => "off (plain HTTP: put a TLS-terminating proxy in front)".into(),
             },
         );
-        m.insert("store.url", crate::store::redact_url(&self.store_url));
-        m.insert("store.state_dir", self.state_dir.display().to_string());
-        m.insert(
+        derived("store.url", crate::store::redact_url(&self.store_url));
+        derived("store.state_dir", self.state_dir.display().to_string());
+        derived(
             "store.encryption_key",
             format!(
                 "[redacted] (key id {}, {} previous)",
@@ -617,48 +537,65 @@ impl ResolvedConfig {
                 self.keyring.len() - 1
             ),
         );
-        m.insert("sync.data_dir", self.data_dir.display().to_string());
-        m.insert(
-            "sync.mirror",
-            match &self.mirror {
-                MirrorLocation::Directory(dir) => format!("directory {}", dir.display()),
-                s3 @ MirrorLocation::S3 { .. } => format!(
-                    "{s3} (endpoint: {}; credentials and region from AWS_*)",
-                    std::env::var("AWS_ENDPOINT_URL")
-                        .or_else(|_| std::env::var("AWS_ENDPOINT"))
-                        .unwrap_or_else(|_| "AWS S3".into())
-                ),
-            },
-        );
-        m.insert("sync.schedule", self.raw.sync.schedule.clone());
-        m.insert("sync.concurrency", self.raw.sync.concurrency.to_string());
-        m.insert(
-            "sync.max_requests_per_second",
-            self.raw.sync.max_requests_per_second.to_string(),
-        );
-        m.insert(
-            "sync.shutdown_grace",
-            humantime::format_duration(self.raw.sync.shutdown_grace).to_string(),
-        );
-        m.insert("sync.instance_id", self.instance_id());
-        m.insert(
-            "sync.lease",
-            humantime::format_duration(self.raw.sync.lease).to_string(),
-        );
-        m.insert("admin.socket", self.raw.admin.socket.display().to_string());
-        m.insert(
-            "metrics.listen",
-            self.raw
-                .metrics
-                .listen
-                .map_or_else(|| "off".into(), |a| a.to_string()),
-        );
-        m.insert("log.level", self.raw.log.level.clone());
-        m.insert(
-            "log.format",
-            format!("{:?}", self.raw.log.format).to_lowercase(),
-        );
+        derived("sync.data_dir", self.data_dir.display().to_string());
+        derived("sync.mirror", self.mirror_description());
+        derived("sync.instance_id", self.instance_id());
         m
+    }
+
+    /// Keys whose value differs between `self` and `new`, as [`ResolvedConfig::settings`]
+    /// names them (and `google.client_secret` when only the secret changed).
+    pub fn changed_keys(&self, new: &ResolvedConfig) -> Vec<String> {
+        let (old_map, new_map) = (self.settings(), new.settings());
+        let mut keys: Vec<String> = old_map
+            .keys()
+            .chain(new_map.keys())
+            .filter(|k| old_map.get(*k) != new_map.get(*k))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        if self.client.client_secret.expose_secret() != new.client.client_secret.expose_secret()
+            && !keys.iter().any(|k| k == "google.client_secret")
+        {
+            keys.push("google.client_secret".into());
+        }
+        keys
+    }
+
+    fn mirror_description(&self) -> String {
+        match &self.mirror {
+            MirrorLocation::Directory(dir) => format!("directory {}", dir.display()),
+            s3 @ MirrorLocation::S3 { .. } => format!(
+                "{s3} (endpoint: {}; credentials and region from AWS_*)",
+                std::env::var("AWS_ENDPOINT_URL")
+                    .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                    .unwrap_or_else(|_| "AWS S3".into())
+            ),
+        }
+    }
+}
+
+/// `{"sync": {"concurrency": 32}}` → `sync.concurrency = "32"`; strings unquoted, the rest
+/// as TOML writes it.
+fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        toml::Value::Table(t) if prefix.matches('.').count() < 1 => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        toml::Value::String(s) => {
+            out.insert(prefix.to_string(), s.clone());
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
     }
 }
 

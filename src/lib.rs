@@ -1,20 +1,23 @@
 //! appdata-syncd: gives an app's backend offline, server-side access to its users' Google data.
 //!
-//! Reading order:
+//! Reading order, from the bottom layer up:
 //! - [`config`]: the configuration tree (TOML + `APPDATA_SYNCD_SECTION__KEY` overrides).
-//! - [`telemetry`]: logging set-up and the run-time filter handle.
-//! - [`crypto`]: AES-256-GCM sealing of tokens at rest, key ring and rotation.
+//! - [`telemetry`], [`metrics`], [`notify`]: logging, Prometheus metrics, systemd's notify
+//!   protocol; leaves that know nothing of the rest.
+//! - [`crypto`]: AES-256-GCM sealing of tokens at rest, key ring.
 //! - [`store`]: the database (SQLite or PostgreSQL): the only place with SQL.
-//! - [`google`]: Google's OAuth, ID-token and (later) Drive endpoints; knows no database.
-//! - [`intake`]: `POST /authcode`: auth code in, verified user and sealed refresh token stored.
-//! - [`scheduler`] and [`sync`]: cycles over users; one user's sync; [`tokens`] for access.
-//! - [`admin`]: the Unix admin socket and the `ctl` client.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`lifecycle`]: build, run, signals, reload, sd_notify, shutdown.
-//! - [`cli`]: the `appdata-syncd` command line, including `dev` mode.
+//! - [`google`]: Google's OAuth, ID-token and Drive endpoints; knows no database.
+//! - [`tokens`]: access tokens for sync (cache, single-flight refresh), grant revocation and
+//!   key rotation.
+//! - [`sync`]: one user's sync (full listing, changes feed, mirror writes, pushes).
+//! - [`scheduler`]: cron cycles, resyncs, concurrency, leases between instances.
+//! - [`services`]: the one handle the front doors share; every admin operation has its home.
+//! - [`intake`] and [`admin`]: the front doors (`POST /authcode`; the Unix admin socket).
+//! - [`lifecycle`]: build, run, supervision, signals, shutdown.
+//! - [`cli`]: the `appdata-syncd` command line, including `ctl` and `dev`.
 //!
-//! Data flows one way: intake, scheduler and admin call sync/tokens, which call google and
-//! store; nothing below calls up.
+//! Data flows one way: front doors call services; services, the scheduler and sync call
+//! tokens, google and store; nothing below calls up (checked by `tests/layers.rs`).
 
 pub mod admin;
 pub mod cli;
@@ -24,7 +27,9 @@ pub mod google;
 pub mod intake;
 pub mod lifecycle;
 pub mod metrics;
+pub mod notify;
 pub mod scheduler;
+pub mod services;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

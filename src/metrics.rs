@@ -2,6 +2,7 @@
 //! `[metrics] listen` by [`serve`]. Metric names live here, in one place, so the dashboard
 //! contract is visible at a glance; the rest of the code calls the small helpers below.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -9,24 +10,21 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{users, Store};
-
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the recorder (once per process) and returns its handle.
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
+            const BUCKETS: &[f64] = &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ];
+            let full = |name: &str| metrics_exporter_prometheus::Matcher::Full(name.into());
             let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Full(
-                        "appdata_syncd_sync_duration_seconds".into(),
-                    ),
-                    &[
-                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                        300.0,
-                    ],
-                )
+                .set_buckets_for_metric(full("appdata_syncd_sync_duration_seconds"), BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(full("appdata_syncd_rate_limit_wait_seconds"), BUCKETS)
+                })
                 .map(|b| b.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();
@@ -56,10 +54,16 @@ pub fn token_refresh(outcome: &'static str) {
     metrics::counter!("appdata_syncd_token_refreshes_total", "outcome" => outcome).increment(1);
 }
 
+/// A call that had to wait for the rate limiter. The wait is a histogram: its `_sum` is the
+/// total in (fractional) seconds, which a counter of whole seconds would round to nothing.
 pub fn rate_limit_wait(waited: Duration) {
     metrics::counter!("appdata_syncd_rate_limit_waits_total").increment(1);
-    metrics::counter!("appdata_syncd_rate_limit_wait_seconds_total")
-        .increment(waited.as_micros() as u64 / 1_000_000);
+    metrics::histogram!("appdata_syncd_rate_limit_wait_seconds").record(waited.as_secs_f64());
+}
+
+/// How many users are in `state` (fed by the caller before each scrape).
+pub fn set_users(state: &'static str, n: i64) {
+    metrics::gauge!("appdata_syncd_users", "state" => state).set(n as f64);
 }
 
 /// outcome: "ok" or the error code answered.
@@ -67,14 +71,18 @@ pub fn intake_request(outcome: &'static str) {
     metrics::counter!("appdata_syncd_intake_requests_total", "outcome" => outcome).increment(1);
 }
 
-/// Serves `GET /metrics` on `listener` until `stop`. The users-by-state gauge is read from
-/// the database at each scrape (one grouped count), so it is never stale.
-pub async fn serve(
+/// Serves `GET /metrics` on `listener` until `stop`. `before_scrape` runs before each
+/// render, so gauges read from elsewhere (users by state, from the database) are never stale.
+pub async fn serve<F, Fut>(
     listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
-    store: Store,
+    before_scrape: F,
     stop: CancellationToken,
-) {
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let handle = Arc::new(handle);
     let upkeep = {
         let handle = handle.clone();
@@ -91,9 +99,9 @@ pub async fn serve(
     let router = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (handle, store) = (handle.clone(), store.clone());
+            let (handle, before_scrape) = (handle.clone(), before_scrape.clone());
             async move {
-                update_user_gauge(&store).await;
+                before_scrape().await;
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
@@ -106,24 +114,7 @@ pub async fn serve(
     );
     let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
     let (_, served) = tokio::join!(upkeep, server);
-    if let Err(e) = served {
-        tracing::warn!(error = %e, "metrics endpoint failed");
-    }
-}
-
-async fn update_user_gauge(store: &Store) {
-    let Ok(mut conn) = store.pool().acquire().await else {
-        return;
-    };
-    if let Ok(counts) = users::counts_by_state(&mut conn).await {
-        for state in ["active", "reauth_required", "paused", "forgotten"] {
-            let n = counts
-                .iter()
-                .find(|(s, _)| s == state)
-                .map_or(0, |(_, n)| *n);
-            metrics::gauge!("appdata_syncd_users", "state" => state).set(n as f64);
-        }
-    }
+    served.map_err(|e| anyhow::anyhow!("metrics endpoint failed: {e}"))
 }
 
 /// Binds the metrics listener (at build time, so a taken port fails start-up).

@@ -61,8 +61,31 @@ impl Tokens {
         }
     }
 
-    pub fn oauth(&self) -> &OAuthClient {
-        &self.oauth
+    /// Revokes the user's grant at Google: the refresh token, and with it every token of the
+    /// grant. `Ok(false)` when there is nothing to revoke (no credential, or one that no
+    /// longer decrypts, which is logged); a failure to reach Google is an error.
+    /// <https://developers.google.com/identity/protocols/oauth2/web-server#tokenrevoke>
+    pub async fn revoke_grant(&self, sub: &str) -> Result<bool, TokenError> {
+        let mut conn = self.store.pool().acquire().await?;
+        let Some(cred) = credentials::get(&mut conn, sub).await? else {
+            return Ok(false);
+        };
+        drop(conn);
+        let refresh = match self.keyring.open(
+            sub,
+            Purpose::RefreshToken,
+            &cred.refresh_token.key_id,
+            &cred.refresh_token.bytes,
+        ) {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::warn!(user = %sub, error = %e,
+                    "the stored refresh token does not decrypt, so it cannot be revoked");
+                return Ok(false);
+            }
+        };
+        self.oauth.revoke(&refresh).await?;
+        Ok(true)
     }
 
     /// Opens a cached, sealed access token if it is still good for at least the margin.
@@ -221,4 +244,54 @@ impl Tokens {
         }
         Ok(true)
     }
+}
+
+/// What [`reseal_all`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Resealed {
+    pub resealed: usize,
+    pub total: usize,
+}
+
+/// Key rotation: re-encrypts every stored token not sealed under the keyring's current key
+/// (the old key must still be in the ring, as a previous key), in one transaction. A cached
+/// access token that no longer opens is dropped: it can be refreshed.
+pub async fn reseal_all(store: &Store, keyring: &Keyring) -> anyhow::Result<Resealed> {
+    use anyhow::Context;
+    let current = keyring.current_id();
+    let mut tx = store.begin_write().await?;
+    let all = credentials::all_sealed(tx.conn()).await?;
+    let mut resealed = 0;
+    for (sub, cred) in &all {
+        let up_to_date = cred.refresh_token.key_id == current
+            && cred
+                .access_token
+                .as_ref()
+                .is_none_or(|(a, _)| a.key_id == current);
+        if up_to_date {
+            continue;
+        }
+        let refresh = keyring
+            .open(
+                sub,
+                Purpose::RefreshToken,
+                &cred.refresh_token.key_id,
+                &cred.refresh_token.bytes,
+            )
+            .with_context(|| format!("user {sub}: cannot decrypt the refresh token"))?;
+        let access = cred.access_token.as_ref().and_then(|(a, _)| {
+            keyring
+                .open(sub, Purpose::AccessToken, &a.key_id, &a.bytes)
+                .ok()
+                .map(|t| keyring.seal(sub, Purpose::AccessToken, &t))
+        });
+        let refresh = keyring.seal(sub, Purpose::RefreshToken, &refresh);
+        credentials::reseal(tx.conn(), sub, &refresh, access.as_ref()).await?;
+        resealed += 1;
+    }
+    tx.commit().await?;
+    Ok(Resealed {
+        resealed,
+        total: all.len(),
+    })
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use appdata_syncd::config::Config;
 use appdata_syncd::lifecycle::App;
-use appdata_syncd::scheduler::{CycleOutcome, Scheduler};
+use appdata_syncd::scheduler::{CycleOutcome, Scheduler, SyncPhase};
+use appdata_syncd::services::Services;
 use appdata_syncd::store::Store;
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -62,6 +63,7 @@ pub struct Daemon {
     pub intake: String,
     pub store: Store,
     pub scheduler: Arc<Scheduler>,
+    services: Arc<Services>,
     /// Cancelled by [`Daemon::stop`]; `run_until_stopped` then drains and returns.
     shutdown: CancellationToken,
     running: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -112,12 +114,14 @@ impl Daemon {
         let intake = format!("http://{}", app.intake_addr());
         let store = app.store().clone();
         let scheduler = app.scheduler().clone();
+        let services = app.services().clone();
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         Ok(Daemon {
             intake,
             store,
             scheduler,
+            services,
             shutdown,
             running,
         })
@@ -126,18 +130,14 @@ impl Daemon {
     /// Changes concurrency and the rate limit the way a config reload does.
     pub async fn tune(&self, t: Tuning) {
         self.scheduler.set_concurrency(t.concurrency);
-        self.scheduler
-            .engine()
-            .limit
-            .set_rate(t.max_requests_per_second);
+        self.services.set_request_rate(t.max_requests_per_second);
         // Lowering concurrency retires permits from a spawned task; let it run.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     /// One full cycle over every due user.
     pub async fn cycle(&self) -> CycleOutcome {
-        let never = CancellationToken::new();
-        self.scheduler.run_once(&never, &never).await
+        self.scheduler.run_once().await
     }
 
     /// One full cycle stamped `cycle` (daemons given the same stamp share its users), also
@@ -163,7 +163,7 @@ impl Daemon {
                         },
                     };
                     match event {
-                        Ok(e) if e.phase == "started" => {
+                        Ok(e) if e.phase == SyncPhase::Started => {
                             started.insert(e.sub, Instant::now());
                         }
                         Ok(e) => {
@@ -180,12 +180,9 @@ impl Daemon {
         };
         // Its own task, so that several daemons' claim loops run on all cores at once.
         let scheduler = self.scheduler.clone();
-        let outcome = tokio::spawn(async move {
-            let never = CancellationToken::new();
-            scheduler.run_cycle(cycle, &never, &never).await
-        })
-        .await
-        .context("the cycle task panicked");
+        let outcome = tokio::spawn(async move { scheduler.run_cycle(cycle).await })
+            .await
+            .context("the cycle task panicked");
         done.cancel();
         let (durations, missed) = timer.await.unwrap_or_default();
         Ok((outcome?, durations, missed))

@@ -31,6 +31,7 @@ use appdata_syncd::admin::client::AdminClient;
 use appdata_syncd::admin::protocol::{Command, Response};
 use appdata_syncd::config::Config;
 use appdata_syncd::lifecycle::{run_with_signals, App};
+use appdata_syncd::store::users::UserState;
 use appdata_syncd::store::Store;
 use base64::Engine;
 use futures::StreamExt;
@@ -807,9 +808,13 @@ async fn admin(soak: Arc<Soak>, stop: CancellationToken) -> anyhow::Result<()> {
                 soak.admin_counted("status", &Command::Status).await;
             }
             15..=17 => {
-                let state = ["active", "reauth_required", "paused"]
-                    .choose(&mut rand::thread_rng())
-                    .map(|s| s.to_string());
+                let state = [
+                    UserState::Active,
+                    UserState::ReauthRequired,
+                    UserState::Paused,
+                ]
+                .choose(&mut rand::thread_rng())
+                .copied();
                 soak.admin_counted("users", &Command::Users { state }).await;
             }
             18..=32 => {

@@ -1,6 +1,6 @@
 //! The admin socket: a Unix socket (mode 0660) that only root, the daemon's own uid and the
 //! uids/groups in `[admin] allow` may use (checked per connection with SO_PEERCRED), speaking
-//! [`protocol`]. [`commands`] runs each request against the daemon's [`Services`];
+//! [`protocol`]. [`commands`] runs each request through the daemon's [`Services`];
 //! [`client`] is the other end, used by `appdata-syncd ctl` and tests.
 
 pub mod client;
@@ -18,7 +18,7 @@ use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AdminConfig;
-use crate::lifecycle::Services;
+use crate::services::Services;
 use protocol::{parse_request, ErrorCode, Response, MAX_LINE};
 
 /// A connection with no request for this long is closed.
@@ -85,14 +85,13 @@ impl AdminServer {
     }
 
     /// Serves connections until `stop`; removes the socket file on the way out.
-    pub async fn serve(self, services: Arc<Services>, stop: CancellationToken) {
-        let listener = match tokio::net::UnixListener::from_std(self.listener) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "admin socket unusable");
-                return;
-            }
-        };
+    pub async fn serve(
+        self,
+        services: Arc<Services>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let listener = tokio::net::UnixListener::from_std(self.listener)
+            .context("the admin socket is unusable")?;
         let allowed = Arc::new(self.allowed);
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
@@ -120,6 +119,7 @@ impl AdminServer {
             });
         }
         let _ = std::fs::remove_file(&self.path);
+        Ok(())
     }
 }
 

@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::store::users::UserState;
+
 /// Longest request line accepted.
 pub const MAX_LINE: usize = 64 * 1024;
 
@@ -14,7 +16,7 @@ pub enum Command {
     Status,
     Users {
         #[serde(default)]
-        state: Option<String>,
+        state: Option<UserState>,
     },
     User {
         sub: String,

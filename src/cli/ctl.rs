@@ -11,6 +11,13 @@ use serde_json::Value;
 
 use crate::admin::client::AdminClient;
 use crate::admin::protocol::Command;
+use crate::scheduler::resync::ResyncReport;
+use crate::scheduler::{SyncEvent, SyncPhase};
+use crate::services::reports::{
+    FileList, Forgotten, LogFilter, PushQueued, ReloadReport, ResyncQueued, StateChanged, Status,
+    UserDetail, UserList,
+};
+use crate::store::users::UserState;
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
@@ -96,7 +103,14 @@ pub enum CtlCommand {
 pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
     let command = match args.command {
         CtlCommand::Status => Command::Status,
-        CtlCommand::Users { state } => Command::Users { state },
+        CtlCommand::Users { state } => match state.map(|s| s.parse::<UserState>()).transpose() {
+            Ok(state) => Command::Users { state },
+            Err(e) => {
+                // The same shape as the daemon's own refusals.
+                eprintln!("appdata-syncd ctl: bad_request: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
         CtlCommand::User { sub } => Command::User { sub },
         CtlCommand::Files { sub } => Command::Files { sub },
         CtlCommand::Resync {
@@ -152,10 +166,9 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         let mut client = AdminClient::connect(&args.socket).await?;
         client
             .request(&command, |event| {
-                if json {
-                    println!("{event}");
-                } else {
-                    println!("{}", describe_event(event));
+                match (json, serde_json::from_value::<SyncEvent>(event.clone())) {
+                    (false, Ok(e)) => println!("{}", describe_event(&e)),
+                    _ => println!("{event}"),
                 }
             })
             .await
@@ -165,7 +178,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{result}");
             } else {
-                print!("{}", render(&command, &result));
+                print!("{}", render(&command, result)?);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -187,36 +200,31 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn describe_event(e: &Value) -> String {
-    let sub = e["sub"].as_str().unwrap_or("?");
-    match e["phase"].as_str() {
-        Some("started") => format!("{sub}: sync started"),
-        _ => format!(
-            "{sub}: sync finished: {} (+{} ~{} -{} files, {} uploaded){}",
-            e["outcome"].as_str().unwrap_or("?"),
-            e["added"],
-            e["updated"],
-            e["removed"],
-            e["uploaded"],
-            e["error"]
-                .as_str()
+fn describe_event(e: &SyncEvent) -> String {
+    match e.phase {
+        SyncPhase::Started => format!("{}: sync started", e.sub),
+        SyncPhase::Finished => format!(
+            "{}: sync finished: {} (+{} ~{} -{} files, {} uploaded){}",
+            e.sub,
+            e.outcome.map_or("?", |o| o.as_str()),
+            e.added,
+            e.updated,
+            e.removed,
+            e.uploaded,
+            e.error
+                .as_deref()
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default()
         ),
     }
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), T::to_string)
 }
 
-fn time(v: &Value) -> String {
-    v.as_i64()
-        .filter(|ms| *ms > 0)
+fn time(ms: Option<i64>) -> String {
+    ms.filter(|ms| *ms > 0)
         .and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".into())
@@ -255,190 +263,191 @@ fn pairs(rows: &[(&str, String)]) -> String {
         .collect()
 }
 
-fn render(command: &Command, r: &Value) -> String {
-    match command {
-        Command::Status => {
-            let states = r["users_by_state"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default();
-            let last = &r["last_cycle"];
-            let last = if last.is_null() {
-                "none yet".to_string()
-            } else {
-                format!(
-                    "{} .. {}: {} users, {} ok, {} failed, {} reauth_required",
-                    time(&last["started_at"]),
-                    time(&last["finished_at"]),
-                    last["users"],
-                    last["ok"],
-                    last["failed"],
-                    last["reauth_required"]
-                )
-            };
-            pairs(&[
-                ("version", text(&r["version"])),
-                ("uptime", format!("{}s", r["uptime_s"])),
-                ("database", text(&r["database"])),
-                (
-                    "users",
-                    if states.is_empty() {
-                        "none".into()
-                    } else {
-                        states
-                    },
-                ),
-                ("syncs running", text(&r["syncs_running"])),
-                ("syncs queued", text(&r["syncs_queued"])),
-                ("last cycle", last),
-                ("next cycle", time(&r["next_cycle_at"])),
-                (
-                    "rate limit",
-                    format!(
-                        "{}/s, {} waits ({} ms)",
-                        r["rate_limit"]["per_second"],
-                        r["rate_limit"]["waits"],
-                        r["rate_limit"]["waited_ms"]
-                    ),
-                ),
-            ])
+/// The result of `command`, read back into the type the daemon sent, as text.
+fn render(command: &Command, result: Value) -> anyhow::Result<String> {
+    fn read<T: serde::de::DeserializeOwned>(v: Value) -> anyhow::Result<T> {
+        serde_json::from_value(v).context("the daemon's answer does not have the expected shape")
+    }
+    Ok(match command {
+        Command::Status => render_status(&read(result)?),
+        Command::Users { .. } => render_users(&read(result)?),
+        Command::User { .. } => render_user(&read(result)?),
+        Command::Files { .. } => render_files(&read(result)?),
+        Command::Resync { wait: true, .. } => {
+            let r: ResyncReport = read(result)?;
+            format!("done: {} synced, {} failed\n", r.synced, r.failed)
         }
-        Command::Users { .. } => {
-            let rows = r["users"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|u| {
-                            vec![
-                                text(&u["sub"]),
-                                text(&u["email"]),
-                                text(&u["state"]),
-                                time(&u["last_sync_at"]),
-                                text(&u["files"]),
-                                text(&u["bytes"]),
-                                text(&u["last_error"]),
-                            ]
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            table(
-                &[
-                    "sub",
-                    "email",
-                    "state",
-                    "last sync",
-                    "files",
-                    "bytes",
-                    "last error",
-                ],
-                rows,
+        Command::Resync { .. } => {
+            let r: ResyncQueued = read(result)?;
+            let full = if r.full { "full " } else { "" };
+            format!("queued {} user(s) for {full}resync\n", r.queued)
+        }
+        Command::Pause { .. } | Command::Resume { .. } => {
+            let r: StateChanged = read(result)?;
+            format!("{} is now {}\n", r.user, r.state)
+        }
+        Command::Push { .. } => {
+            let r: PushQueued = read(result)?;
+            format!(
+                "push {} queued: {} bytes as {:?} for {} (uploaded on the next sync)\n",
+                r.push, r.bytes, r.name, r.user
             )
         }
-        Command::User { .. } => {
-            let u = &r["user"];
-            let mut out = pairs(&[
-                ("sub", text(&u["sub"])),
-                ("email", text(&u["email"])),
-                ("name", text(&u["name"])),
-                ("state", text(&u["state"])),
-                ("last error", text(&u["last_error"])),
-                ("created", time(&u["created_at"])),
-                ("last sync", time(&r["sync"]["last_sync_at"])),
-                ("failures", text(&r["sync"]["failures"])),
-                ("syncing now", text(&r["sync"]["syncing_now"])),
-                ("files", format!("{} ({} bytes)", r["files"], r["bytes"])),
-                ("scopes", text(&r["credentials"]["scopes"])),
-            ]);
-            out.push_str("\nrecent syncs:\n");
-            let rows = r["recent_syncs"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|s| {
-                            vec![
-                                time(&s["started_at"]),
-                                text(&s["kind"]),
-                                text(&s["outcome"]),
-                                format!("+{} ~{} -{}", s["added"], s["updated"], s["removed"]),
-                                text(&s["api_calls"]),
-                                text(&s["error"]),
-                            ]
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push_str(&table(
-                &["started", "kind", "outcome", "files", "calls", "error"],
-                rows,
-            ));
-            out
+        Command::Forget { .. } => {
+            let r: Forgotten = read(result)?;
+            format!("{} forgotten (grant revoked: {})\n", r.user, r.revoked)
         }
-        Command::Files { .. } => {
-            let rows = r["files"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|f| {
-                            vec![
-                                text(&f["file_id"]),
-                                text(&f["name"]),
-                                text(&f["size"]),
-                                text(&f["md5"]),
-                                text(&f["modified_time"]),
-                                text(&f["local_path"]),
-                            ]
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            table(&["id", "name", "size", "md5", "modified", "path"], rows)
+        Command::LogLevel { .. } => {
+            let r: LogFilter = read(result)?;
+            format!("log filter is now {}\n", r.filter)
         }
-        Command::Resync { wait: true, .. } => {
-            format!("done: {} synced, {} failed\n", r["synced"], r["failed"])
-        }
-        Command::Resync { .. } => format!(
-            "queued {} user(s) for {}resync\n",
-            r["queued"],
-            if r["full"] == Value::Bool(true) {
-                "full "
-            } else {
-                ""
-            }
-        ),
-        Command::Pause { .. } | Command::Resume { .. } => {
-            format!("{} is now {}\n", text(&r["user"]), text(&r["state"]))
-        }
-        Command::Push { .. } => format!(
-            "push {} queued: {} bytes as {:?} for {} (uploaded on the next sync)\n",
-            r["push"],
-            r["bytes"],
-            text(&r["name"]),
-            text(&r["user"])
-        ),
-        Command::Forget { .. } => format!(
-            "{} forgotten (grant revoked: {})\n",
-            text(&r["user"]),
-            r["revoked"]
-        ),
-        Command::LogLevel { .. } => format!("log filter is now {}\n", text(&r["filter"])),
         Command::Reload => {
-            let list = |v: &Value| {
-                v.as_array()
-                    .map(|a| a.iter().map(text).collect::<Vec<_>>().join(", "))
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "nothing".into())
+            let r: ReloadReport = read(result)?;
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    v.join(", ")
+                }
             };
             format!(
                 "applied: {}\nneeds a restart: {}\n",
-                list(&r["applied"]),
-                list(&r["needs_restart"])
+                list(&r.applied),
+                list(&r.needs_restart)
             )
         }
-    }
+    })
+}
+
+fn render_status(r: &Status) -> String {
+    let states = r
+        .users_by_state
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let last = match &r.last_cycle {
+        None => "none yet".to_string(),
+        Some(c) => format!(
+            "{} .. {}: {} users, {} ok, {} failed, {} reauth_required",
+            time(Some(c.started_at)),
+            time(Some(c.finished_at)),
+            c.users,
+            c.ok,
+            c.failed,
+            c.reauth_required
+        ),
+    };
+    pairs(&[
+        ("version", r.version.clone()),
+        ("uptime", format!("{}s", r.uptime_s)),
+        ("database", r.database.clone()),
+        (
+            "users",
+            if states.is_empty() {
+                "none".into()
+            } else {
+                states
+            },
+        ),
+        ("syncs running", r.syncs_running.to_string()),
+        ("syncs queued", r.syncs_queued.to_string()),
+        ("last cycle", last),
+        ("next cycle", time(r.next_cycle_at)),
+        (
+            "rate limit",
+            format!(
+                "{}/s, {} waits ({} ms)",
+                r.rate_limit.per_second, r.rate_limit.waits, r.rate_limit.waited_ms
+            ),
+        ),
+    ])
+}
+
+fn render_users(r: &UserList) -> String {
+    let rows = r
+        .users
+        .iter()
+        .map(|u| {
+            vec![
+                u.sub.clone(),
+                opt(&u.email),
+                u.state.to_string(),
+                time(u.last_sync_at),
+                u.files.to_string(),
+                u.bytes.to_string(),
+                opt(&u.last_error),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "sub",
+            "email",
+            "state",
+            "last sync",
+            "files",
+            "bytes",
+            "last error",
+        ],
+        rows,
+    )
+}
+
+fn render_user(r: &UserDetail) -> String {
+    let u = &r.user;
+    let mut out = pairs(&[
+        ("sub", u.profile.sub.clone()),
+        ("email", opt(&u.profile.email)),
+        ("name", opt(&u.profile.name)),
+        ("state", u.state.to_string()),
+        ("last error", opt(&u.last_error)),
+        ("created", time(Some(u.created_at))),
+        ("last sync", time(r.sync.last_sync_at)),
+        ("failures", r.sync.failures.to_string()),
+        ("syncing now", r.sync.syncing_now.to_string()),
+        ("files", format!("{} ({} bytes)", r.files, r.bytes)),
+        (
+            "scopes",
+            opt(&r.credentials.as_ref().map(|c| c.scopes.clone())),
+        ),
+    ]);
+    out.push_str("\nrecent syncs:\n");
+    let rows = r
+        .recent_syncs
+        .iter()
+        .map(|s| {
+            vec![
+                time(Some(s.started_at)),
+                s.kind.to_string(),
+                s.outcome.to_string(),
+                format!("+{} ~{} -{}", s.added, s.updated, s.removed),
+                s.api_calls.to_string(),
+                opt(&s.error),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["started", "kind", "outcome", "files", "calls", "error"],
+        rows,
+    ));
+    out
+}
+
+fn render_files(r: &FileList) -> String {
+    let rows = r
+        .files
+        .iter()
+        .map(|f| {
+            vec![
+                f.file_id.clone(),
+                f.name.clone(),
+                opt(&f.size),
+                opt(&f.md5),
+                opt(&f.modified_time),
+                f.local_path.clone(),
+            ]
+        })
+        .collect();
+    table(&["id", "name", "size", "md5", "modified", "path"], rows)
 }

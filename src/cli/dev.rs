@@ -3,6 +3,7 @@
 //! starts the daemon, and signs demo users in through the real intake exactly as the Android
 //! app would (form-encoded `authCode`).
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -10,8 +11,11 @@ use fake_google::{FakeGoogle, MintCode, NewUser};
 use rand::RngCore;
 
 use super::DevArgs;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, ResolvedConfig};
 use crate::lifecycle::{run_with_signals, App};
+use crate::scheduler::resync::ResyncTarget;
+use crate::scheduler::{SyncEvent, SyncPhase};
+use crate::store::schedule::Resync;
 use crate::telemetry;
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -30,7 +34,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             scratch.path().to_path_buf()
         }
     };
-
     // Prefer the documented port so the README's curl lines work; fall back to any free one.
     let google = match FakeGoogle::start_with(fake_google::Options {
         listen: args.google_listen,
@@ -41,9 +44,35 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         Ok(g) => g,
         Err(_) => FakeGoogle::start().await?,
     };
-    let base = google.base_url();
-    let clients = google.clients();
+    let config = dev_config(&dir, &google, args.listen)?;
+    let log = telemetry::init(&config.raw.log)?;
+    let app = build_app(config, log, args.listen).await?;
+    let intake = format!("http://{}", app.intake_addr());
+    let socket = app.admin_socket();
+    let services = app.services().clone();
+    let running = tokio::spawn(run_with_signals(app));
 
+    sign_in_demo_users(&google, &intake, args.users).await?;
+    // Show the first syncs now rather than at the next tick.
+    let first_syncs = services
+        .resync_and_wait(&ResyncTarget::All, Resync::Incremental, print_first_sync)
+        .await;
+    if let Err(e) = first_syncs {
+        println!("first syncs: {e}");
+    }
+    print_banner(&dir, &google, &intake, &socket);
+
+    running.await.context("the daemon task panicked")??;
+    google.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A config for `dir` against the in-process `google`, with a throw-away key.
+fn dev_config(
+    dir: &Path,
+    google: &FakeGoogle,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<ResolvedConfig> {
     let secret_path = dir.join("client_secret.json");
     std::fs::write(
         &secret_path,
@@ -55,43 +84,48 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         rand::rngs::OsRng.fill_bytes(&mut key);
         write_private(&key_path, &key)?;
     }
-
+    let base = google.base_url();
     let mut config = Config::default();
     config.google.client_secret_file = Some(secret_path);
     config.google.jwks_uri = format!("{base}/oauth2/v3/certs");
     config.google.revoke_uri = format!("{base}/revoke");
     config.google.drive_api_base = base.clone();
-    config.google.android_client_ids = vec![clients.android_client_id.clone()];
-    config.intake.listen = args.listen;
-    config.store.state_dir = Some(dir.clone());
+    config.google.android_client_ids = vec![google.clients().android_client_id];
+    config.intake.listen = listen;
+    config.store.state_dir = Some(dir.to_path_buf());
     config.store.encryption_key_file = Some(key_path);
     config.admin.socket = dir.join("admin.sock");
     config.log.format = LogFormat::Human;
     config.log.level = "info".into();
     // Short cycles so a change on the emulator shows up within seconds.
     config.sync.schedule = "*/10 * * * * *".into();
-    let config = config.resolve()?;
-    let log = telemetry::init(&config.raw.log)?;
+    config.resolve()
+}
 
-    let app = match App::build(config.clone(), Some(log.clone())).await {
-        Ok(app) => app,
-        Err(e) if args.listen.port() != 0 => {
-            tracing::warn!(error = %format!("{e:#}"), "cannot use {}; picking a free port", args.listen);
+/// Builds the daemon; when the documented intake port is taken, on any free port.
+async fn build_app(
+    config: ResolvedConfig,
+    log: telemetry::LogHandle,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<App> {
+    match App::build(config.clone(), Some(log.clone())).await {
+        Ok(app) => Ok(app),
+        Err(e) if listen.port() != 0 => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot use {listen}; picking a free port");
             let mut config = config;
             config.raw.intake.listen.set_port(0);
-            App::build(config, Some(log)).await?
+            App::build(config, Some(log)).await
         }
-        Err(e) => return Err(e),
-    };
-    let intake = format!("http://{}", app.intake_addr());
-    let socket = app.admin_socket();
-    let services = app.services().clone();
-    let mut events = services.scheduler.subscribe();
-    let running = tokio::spawn(run_with_signals(app));
+        Err(e) => Err(e),
+    }
+}
 
+/// Demo users with a settings file each, signed in through the intake exactly as the Android
+/// sample does (HttpPost + UrlEncodedFormEntity).
+async fn sign_in_demo_users(google: &FakeGoogle, intake: &str, users: usize) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let emulator = google.emulator();
-    for i in 1..=args.users {
+    for i in 1..=users {
         let sub = format!("1000000000000000000{i:02}");
         emulator
             .create_user(NewUser {
@@ -115,7 +149,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             })
             .map_err(|e| anyhow::anyhow!("minting an auth code: {e}"))?;
-        // Exactly what the Android sample does: HttpPost + UrlEncodedFormEntity.
         let resp = http
             .post(format!("{intake}/authcode"))
             .form(&[("authCode", code)])
@@ -125,31 +158,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let body = resp.text().await.unwrap_or_default();
         println!("POST {intake}/authcode for demo user {i}: {status} {body}");
     }
+    Ok(())
+}
 
-    // Show the first syncs now rather than at the next tick.
-    {
-        let mut tx = services.store.begin_write().await?;
-        let subs = crate::store::schedule::request_resync_all(tx.conn(), false).await?;
-        tx.commit().await?;
-        services.scheduler.poke();
-        let mut left = subs.len();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        while left > 0 {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Ok(e)) if e.phase == "finished" => {
-                    left -= 1;
-                    println!(
-                        "first sync of {}: {} ({} file(s) mirrored)",
-                        e.sub,
-                        e.outcome.unwrap_or("?"),
-                        e.added
-                    );
-                }
-                Ok(Ok(_)) => {}
-                _ => break,
-            }
-        }
+fn print_first_sync(e: &SyncEvent) {
+    if e.phase == SyncPhase::Finished {
+        let outcome = e.outcome.map_or("?", |o| o.as_str());
+        println!(
+            "first sync of {}: {outcome} ({} file(s) mirrored)",
+            e.sub, e.added
+        );
     }
+}
+
+fn print_banner(dir: &Path, google: &FakeGoogle, intake: &str, socket: &Path) {
+    let base = google.base_url();
+    let clients = google.clients();
     let ctl = format!(
         "{} ctl --socket {}",
         std::env::current_exe()
@@ -175,13 +199,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         web = clients.web_client_id,
         android = clients.android_client_id,
     );
-
-    running.await.context("the daemon task panicked")??;
-    google.shutdown().await;
-    Ok(ExitCode::SUCCESS)
 }
 
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -1,8 +1,6 @@
 //! `credentials`: each user's sealed refresh token and cached access token. Values arrive and
 //! leave sealed ([`crate::crypto::Sealed`]); this module never sees a plaintext token.
 
-use sqlx::Row;
-
 use super::Conn;
 use crate::crypto::Sealed;
 
@@ -14,31 +12,73 @@ pub struct StoredCredential {
     pub access_token: Option<(Sealed, i64)>,
 }
 
+/// The sealed refresh token columns of `credentials`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SealedRefresh {
+    pub refresh_token: Vec<u8>,
+    pub key_id: String,
+}
+
+impl From<&SealedRefresh> for Sealed {
+    fn from(r: &SealedRefresh) -> Sealed {
+        Sealed {
+            key_id: r.key_id.clone(),
+            bytes: r.refresh_token.clone(),
+        }
+    }
+}
+
+/// The cached access token columns of `credentials` (all three set, or none).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SealedAccess {
+    pub access_token: Option<Vec<u8>>,
+    pub access_key_id: Option<String>,
+    pub access_expires_at: Option<i64>,
+}
+
+impl SealedAccess {
+    /// The sealed token and its expiry (unix ms), when one is cached.
+    pub fn get(&self) -> Option<(Sealed, i64)> {
+        match (
+            &self.access_token,
+            &self.access_key_id,
+            self.access_expires_at,
+        ) {
+            (Some(bytes), Some(key_id), Some(expires)) => Some((
+                Sealed {
+                    key_id: key_id.clone(),
+                    bytes: bytes.clone(),
+                },
+                expires,
+            )),
+            _ => None,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CredentialRow {
+    #[sqlx(flatten)]
+    refresh: SealedRefresh,
+    scopes: String,
+    obtained_at: i64,
+    #[sqlx(flatten)]
+    access: SealedAccess,
+}
+
 pub async fn get(conn: &mut Conn, sub: &str) -> Result<Option<StoredCredential>, sqlx::Error> {
-    let row = sqlx::query(
+    let row: Option<CredentialRow> = sqlx::query_as(
         "SELECT refresh_token, key_id, scopes, obtained_at, access_token, access_key_id, \
                 access_expires_at FROM credentials WHERE sub = $1",
     )
     .bind(sub)
     .fetch_optional(conn)
     .await?;
-    let Some(r) = row else { return Ok(None) };
-    let access = match (
-        r.try_get::<Option<Vec<u8>>, _>("access_token")?,
-        r.try_get::<Option<String>, _>("access_key_id")?,
-        r.try_get::<Option<i64>, _>("access_expires_at")?,
-    ) {
-        (Some(bytes), Some(key_id), Some(expires)) => Some((Sealed { key_id, bytes }, expires)),
-        _ => None,
-    };
-    Ok(Some(StoredCredential {
-        refresh_token: Sealed {
-            key_id: r.try_get("key_id")?,
-            bytes: r.try_get("refresh_token")?,
-        },
-        scopes: r.try_get("scopes")?,
-        obtained_at: r.try_get("obtained_at")?,
-        access_token: access,
+    Ok(row.map(|r| StoredCredential {
+        refresh_token: Sealed::from(&r.refresh),
+        scopes: r.scopes,
+        obtained_at: r.obtained_at,
+        access_token: r.access.get(),
     }))
 }
 
@@ -108,12 +148,9 @@ pub async fn put_access_token(
 
 /// Every sealed value with its owner, for `rotate-key`.
 pub async fn all_sealed(conn: &mut Conn) -> Result<Vec<(String, StoredCredential)>, sqlx::Error> {
-    let subs: Vec<String> = sqlx::query("SELECT sub FROM credentials ORDER BY sub")
+    let subs: Vec<String> = sqlx::query_scalar("SELECT sub FROM credentials ORDER BY sub")
         .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>("sub"))
-        .collect::<Result<_, _>>()?;
+        .await?;
     let mut out = Vec::with_capacity(subs.len());
     for sub in subs {
         if let Some(c) = get(conn, &sub).await? {

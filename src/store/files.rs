@@ -3,12 +3,11 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
-use sqlx::Row;
+use serde::{Deserialize, Serialize};
 
 use super::Conn;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct FileRow {
     pub file_id: String,
     pub name: String,
@@ -22,27 +21,13 @@ pub struct FileRow {
 
 const COLUMNS: &str = "file_id, name, mime_type, size, md5, version, modified_time, local_path";
 
-fn from_row(r: &sqlx::any::AnyRow) -> Result<FileRow, sqlx::Error> {
-    Ok(FileRow {
-        file_id: r.try_get("file_id")?,
-        name: r.try_get("name")?,
-        mime_type: r.try_get("mime_type")?,
-        size: r.try_get("size")?,
-        md5: r.try_get("md5")?,
-        version: r.try_get("version")?,
-        modified_time: r.try_get("modified_time")?,
-        local_path: r.try_get("local_path")?,
-    })
-}
-
 pub async fn list(conn: &mut Conn, sub: &str) -> Result<Vec<FileRow>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM files WHERE sub = $1 ORDER BY name, file_id"
     ))
     .bind(sub)
     .fetch_all(conn)
-    .await?;
-    rows.iter().map(from_row).collect()
+    .await
 }
 
 pub async fn by_id(conn: &mut Conn, sub: &str) -> Result<HashMap<String, FileRow>, sqlx::Error> {
@@ -58,14 +43,13 @@ pub async fn get(
     sub: &str,
     file_id: &str,
 ) -> Result<Option<FileRow>, sqlx::Error> {
-    let row = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM files WHERE sub = $1 AND file_id = $2"
     ))
     .bind(sub)
     .bind(file_id)
     .fetch_optional(conn)
-    .await?;
-    row.as_ref().map(from_row).transpose()
+    .await
 }
 
 /// The first file of that name (Drive allows several).
@@ -74,14 +58,13 @@ pub async fn by_name(
     sub: &str,
     name: &str,
 ) -> Result<Option<FileRow>, sqlx::Error> {
-    let row = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM files WHERE sub = $1 AND name = $2 ORDER BY file_id LIMIT 1"
     ))
     .bind(sub)
     .bind(name)
     .fetch_optional(conn)
-    .await?;
-    row.as_ref().map(from_row).transpose()
+    .await
 }
 
 pub async fn upsert(conn: &mut Conn, sub: &str, f: &FileRow) -> Result<(), sqlx::Error> {
@@ -116,13 +99,19 @@ pub async fn delete(conn: &mut Conn, sub: &str, file_id: &str) -> Result<(), sql
     Ok(())
 }
 
-/// (files, bytes) mirrored for a user.
-pub async fn totals(conn: &mut Conn, sub: &str) -> Result<(i64, i64), sqlx::Error> {
-    let r = sqlx::query(
-        "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes FROM files WHERE sub = $1",
+/// How much is mirrored for one user.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Totals {
+    pub files: i64,
+    pub bytes: i64,
+}
+
+pub async fn totals(conn: &mut Conn, sub: &str) -> Result<Totals, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT COUNT(*) AS files, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes \
+         FROM files WHERE sub = $1",
     )
     .bind(sub)
     .fetch_one(conn)
-    .await?;
-    Ok((r.try_get("n")?, r.try_get("bytes")?))
+    .await
 }

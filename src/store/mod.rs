@@ -7,6 +7,9 @@
 //! in-process writer lock, so a busy database makes a writer wait (busy_timeout) instead of
 //! failing half-way, and our own writers queue in memory rather than spinning on the file lock.
 
+#[macro_use]
+mod text_enum;
+
 pub mod credentials;
 pub mod files;
 pub mod pushes;
@@ -200,5 +203,30 @@ pub fn redact_url(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_string(),
+    }
+}
+
+/// A boolean column: 0/1 in our tables (SQLite has no boolean type), a real boolean where
+/// PostgreSQL computes one (`EXISTS`). Decodes from either.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Flag(pub bool);
+
+impl sqlx::Type<Any> for Flag {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <i64 as sqlx::Type<Any>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+        <i64 as sqlx::Type<Any>>::compatible(ty) || <bool as sqlx::Type<Any>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Any> for Flag {
+    fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        match <i64 as sqlx::Decode<Any>>::decode(value.clone()) {
+            Ok(n) => Ok(Flag(n != 0)),
+            Err(_) => <bool as sqlx::Decode<Any>>::decode(value).map(Flag),
+        }
     }
 }

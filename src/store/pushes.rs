@@ -1,12 +1,24 @@
 //! `pushes`: files an admin queued (`ctl push`) to be written into a user's appDataFolder on
 //! the user's next sync.
 
-use serde::Serialize;
-use sqlx::Row;
+use serde::{Deserialize, Serialize};
 
 use super::Conn;
 
-#[derive(Debug, Clone, Serialize)]
+text_enum! {
+    /// Where a queued upload stands.
+    pub enum PushState {
+        /// Waiting for the user's next sync (also after a failed attempt).
+        Pending = "pending",
+        Done = "done",
+        /// The file changed on Drive since the push was queued: reported, never forced.
+        Conflict = "conflict",
+        /// Given up after too many failed attempts.
+        Failed = "failed",
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Push {
     pub id: i64,
     pub name: String,
@@ -15,37 +27,42 @@ pub struct Push {
     pub content: Vec<u8>,
     pub base_file_id: Option<String>,
     pub base_version: Option<i64>,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: PushState,
     pub attempts: i64,
     pub error: Option<String>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A push to queue: what to write, and which version of which file it replaces (none: a
+/// file of that name did not exist).
+pub struct NewPush<'a> {
+    pub name: &'a str,
+    pub mime_type: &'a str,
+    pub content: &'a [u8],
+    pub base_file_id: Option<&'a str>,
+    pub base_version: Option<i64>,
+}
+
 pub async fn enqueue(
     conn: &mut Conn,
     sub: &str,
-    name: &str,
-    mime_type: &str,
-    content: &[u8],
-    base_file_id: Option<&str>,
-    base_version: Option<i64>,
+    push: &NewPush<'_>,
     now: i64,
 ) -> Result<i64, sqlx::Error> {
-    let id: i64 = sqlx::query_scalar(
+    sqlx::query_scalar(
         "INSERT INTO pushes (sub, name, mime_type, content, base_file_id, base_version, state, \
                              created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) RETURNING id",
     )
     .bind(sub)
-    .bind(name)
-    .bind(mime_type)
-    .bind(content)
-    .bind(base_file_id)
-    .bind(base_version)
+    .bind(push.name)
+    .bind(push.mime_type)
+    .bind(push.content)
+    .bind(push.base_file_id)
+    .bind(push.base_version)
     .bind(now)
     .fetch_one(conn)
-    .await?;
-    Ok(id)
+    .await
 }
 
 pub async fn pending(conn: &mut Conn, sub: &str) -> Result<Vec<Push>, sqlx::Error> {
@@ -57,36 +74,20 @@ pub async fn all(conn: &mut Conn, sub: &str) -> Result<Vec<Push>, sqlx::Error> {
 }
 
 async fn list_where(conn: &mut Conn, sub: &str, filter: &str) -> Result<Vec<Push>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "SELECT id, name, mime_type, content, base_file_id, base_version, state, attempts, error \
          FROM pushes WHERE sub = $1 {filter} ORDER BY id"
     ))
     .bind(sub)
     .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Push {
-                id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                mime_type: r.try_get("mime_type")?,
-                content: r.try_get("content")?,
-                base_file_id: r.try_get("base_file_id")?,
-                base_version: r.try_get("base_version")?,
-                state: r.try_get("state")?,
-                attempts: r.try_get("attempts")?,
-                error: r.try_get("error")?,
-            })
-        })
-        .collect()
+    .await
 }
 
-/// Moves a push to `state` ("done", "conflict", "failed", or back to "pending" after a
-/// failed attempt), counting the attempt.
+/// Moves a push to `state` (back to `Pending` after a failed attempt), counting the attempt.
 pub async fn set_state(
     conn: &mut Conn,
     id: i64,
-    state: &str,
+    state: PushState,
     error: Option<&str>,
     now: i64,
 ) -> Result<(), sqlx::Error> {
@@ -95,7 +96,7 @@ pub async fn set_state(
          WHERE id = $1",
     )
     .bind(id)
-    .bind(state)
+    .bind(state.as_str())
     .bind(error)
     .bind(now)
     .execute(conn)

@@ -1,22 +1,72 @@
 //! The scheduling columns of `users`: who is due, their page token, backoff, resync requests.
 
-use sqlx::Row;
+use serde::{Deserialize, Serialize};
 
-use super::{Backend, Conn};
-use crate::crypto::Sealed;
+use super::credentials::{SealedAccess, SealedRefresh};
+use super::{Backend, Conn, Flag};
+
+/// An admin's request to sync a user ahead of schedule (`ctl resync`), stored as 0, 1, 2 so
+/// that the stronger request wins with `MAX`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resync {
+    #[default]
+    None = 0,
+    /// As soon as possible, from the saved page token.
+    Incremental = 1,
+    /// As soon as possible, dropping the page token: a full re-listing.
+    Full = 2,
+}
+
+impl TryFrom<i64> for Resync {
+    type Error = String;
+
+    fn try_from(n: i64) -> Result<Self, String> {
+        match n {
+            0 => Ok(Resync::None),
+            1 => Ok(Resync::Incremental),
+            2 => Ok(Resync::Full),
+            other => Err(format!("unknown resync request level {other}")),
+        }
+    }
+}
 
 /// A user ready to sync, with everything the sync needs loaded in the same query.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DueUser {
     pub sub: String,
     pub page_token: Option<String>,
     pub failures: i64,
-    /// 0 none, 1 resync, 2 full resync (admin request).
-    pub resync_requested: i64,
-    pub refresh_token: Sealed,
-    pub access_token: Option<(Sealed, i64)>,
+    #[sqlx(try_from = "i64", rename = "resync_requested")]
+    pub resync: Resync,
+    #[sqlx(flatten)]
+    pub refresh_token: SealedRefresh,
+    #[sqlx(flatten)]
+    pub access: SealedAccess,
     /// Uploads are queued for this user.
+    #[sqlx(try_from = "Flag")]
     pub has_pushes: bool,
+}
+
+/// The scheduling view of one user, for `ctl user`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, sqlx::FromRow)]
+pub struct SyncState {
+    pub page_token: Option<String>,
+    pub next_sync_at: i64,
+    pub failures: i64,
+    pub last_sync_at: Option<i64>,
+    #[sqlx(try_from = "i64", rename = "resync_requested")]
+    pub resync: Resync,
+}
+
+pub async fn sync_state(conn: &mut Conn, sub: &str) -> Result<Option<SyncState>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT page_token, next_sync_at, failures, last_sync_at, resync_requested \
+         FROM users WHERE sub = $1",
+    )
+    .bind(sub)
+    .fetch_optional(conn)
+    .await
 }
 
 /// What a claim is for.
@@ -82,12 +132,11 @@ pub async fn claim(
          FROM users u JOIN credentials c ON c.sub = u.sub WHERE u.sub IN ({}) ORDER BY u.sub",
         placeholders.join(", ")
     );
-    let mut q = sqlx::query(&query);
+    let mut q = sqlx::query_as(&query);
     for sub in &claimed {
         q = q.bind(sub);
     }
-    let rows = q.fetch_all(conn).await?;
-    rows.iter().map(due_user_from_row).collect()
+    q.fetch_all(conn).await
 }
 
 /// Gives back leases of users claimed but not synced (shutting down): others may take them
@@ -99,7 +148,8 @@ pub async fn release_unstarted(
 ) -> Result<(), sqlx::Error> {
     for sub in subs {
         sqlx::query(
-            "UPDATE users SET lease_owner = NULL, lease_expires_at = NULL, last_cycle = 0              WHERE sub = $1 AND lease_owner = $2",
+            "UPDATE users SET lease_owner = NULL, lease_expires_at = NULL, last_cycle = 0 \
+             WHERE sub = $1 AND lease_owner = $2",
         )
         .bind(sub)
         .bind(owner)
@@ -147,7 +197,9 @@ pub async fn heartbeat(
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO instances (id, version, started_at, last_seen_at) VALUES ($1, $2, $3, $4)          ON CONFLICT (id) DO UPDATE SET version = excluded.version,              started_at = excluded.started_at, last_seen_at = excluded.last_seen_at",
+        "INSERT INTO instances (id, version, started_at, last_seen_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (id) DO UPDATE SET version = excluded.version, \
+             started_at = excluded.started_at, last_seen_at = excluded.last_seen_at",
     )
     .bind(id)
     .bind(version)
@@ -166,7 +218,7 @@ pub async fn remove_instance(conn: &mut Conn, id: &str) -> Result<(), sqlx::Erro
     Ok(())
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Instance {
     pub id: String,
     pub version: String,
@@ -176,22 +228,13 @@ pub struct Instance {
 
 /// Instances seen since `since`.
 pub async fn live_instances(conn: &mut Conn, since: i64) -> Result<Vec<Instance>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, version, started_at, last_seen_at FROM instances          WHERE last_seen_at >= $1 ORDER BY id",
+    sqlx::query_as(
+        "SELECT id, version, started_at, last_seen_at FROM instances \
+         WHERE last_seen_at >= $1 ORDER BY id",
     )
     .bind(since)
     .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Instance {
-                id: r.try_get("id")?,
-                version: r.try_get("version")?,
-                started_at: r.try_get("started_at")?,
-                last_seen_at: r.try_get("last_seen_at")?,
-            })
-        })
-        .collect()
+    .await
 }
 
 /// The newest sync record id of a user (0 when none), to tell a new sync from old ones.
@@ -201,31 +244,6 @@ pub async fn last_sync_id(conn: &mut Conn, sub: &str) -> Result<i64, sqlx::Error
         .fetch_one(conn)
         .await?;
     Ok(id.unwrap_or(0))
-}
-
-fn due_user_from_row(r: &sqlx::any::AnyRow) -> Result<DueUser, sqlx::Error> {
-    let access = match (
-        r.try_get::<Option<Vec<u8>>, _>("access_token")?,
-        r.try_get::<Option<String>, _>("access_key_id")?,
-        r.try_get::<Option<i64>, _>("access_expires_at")?,
-    ) {
-        (Some(bytes), Some(key_id), Some(exp)) => Some((Sealed { key_id, bytes }, exp)),
-        _ => None,
-    };
-    Ok(DueUser {
-        sub: r.try_get("sub")?,
-        page_token: r.try_get("page_token")?,
-        failures: r.try_get("failures")?,
-        resync_requested: r.try_get("resync_requested")?,
-        refresh_token: Sealed {
-            key_id: r.try_get("key_id")?,
-            bytes: r.try_get("refresh_token")?,
-        },
-        access_token: access,
-        has_pushes: r
-            .try_get::<bool, _>("has_pushes")
-            .or_else(|_| r.try_get::<i64, _>("has_pushes").map(|n| n != 0))?,
-    })
 }
 
 pub async fn set_page_token(
@@ -241,15 +259,14 @@ pub async fn set_page_token(
     Ok(())
 }
 
-/// `ctl resync`: 1 = as soon as possible, 2 = also drop the page token and re-list.
-pub async fn request_resync(conn: &mut Conn, sub: &str, full: bool) -> Result<bool, sqlx::Error> {
-    let level: i64 = if full { 2 } else { 1 };
+/// Asks for a sync of `sub` ahead of schedule; a stronger request already pending stays.
+pub async fn request_resync(conn: &mut Conn, sub: &str, kind: Resync) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE users SET resync_requested = CASE WHEN resync_requested > $2 \
                 THEN resync_requested ELSE $2 END WHERE sub = $1",
     )
     .bind(sub)
-    .bind(level)
+    .bind(kind as i64)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -267,20 +284,25 @@ pub async fn take_resync_request(conn: &mut Conn, sub: &str) -> Result<(), sqlx:
     Ok(())
 }
 
-/// `ctl resync --all`: every active user. Returns their subs.
-pub async fn request_resync_all(conn: &mut Conn, full: bool) -> Result<Vec<String>, sqlx::Error> {
-    let level: i64 = if full { 2 } else { 1 };
+/// Asks for a sync of every active user ahead of schedule. Returns their subs.
+pub async fn request_resync_all(conn: &mut Conn, kind: Resync) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query(
         "UPDATE users SET resync_requested = CASE WHEN resync_requested > $1 \
                 THEN resync_requested ELSE $1 END WHERE state = 'active'",
     )
-    .bind(level)
+    .bind(kind as i64)
     .execute(&mut *conn)
     .await?;
-    let rows = sqlx::query("SELECT sub FROM users WHERE state = 'active' ORDER BY sub")
+    sqlx::query_scalar("SELECT sub FROM users WHERE state = 'active' ORDER BY sub")
         .fetch_all(conn)
-        .await?;
-    rows.iter().map(|r| r.try_get("sub")).collect()
+        .await
+}
+
+/// Every active user, in sub order.
+pub async fn active_subs(conn: &mut Conn) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT sub FROM users WHERE state = 'active' ORDER BY sub")
+        .fetch_all(conn)
+        .await
 }
 
 /// Every instance ever seen (live or not).
@@ -302,8 +324,18 @@ pub async fn release_all(conn: &mut Conn, owner: &str) -> Result<u64, sqlx::Erro
     Ok(done.rows_affected())
 }
 
+/// What a finished sync does to the user's `last_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastError<'a> {
+    /// Leave it as it is (a cancelled sync says nothing new).
+    Keep,
+    /// A success clears it.
+    Clear,
+    Set(&'a str),
+}
+
 /// What a finished sync changes on the user, in one statement: next sync time, failure count,
-/// last success, last error (`Some(None)` clears it, `None` keeps it), and the lease given back.
+/// last success, last error, and the lease given back.
 pub async fn finish_sync(
     conn: &mut Conn,
     sub: &str,
@@ -311,8 +343,13 @@ pub async fn finish_sync(
     next_sync_at: i64,
     failures: i64,
     last_ok: Option<i64>,
-    last_error: Option<Option<&str>>,
+    last_error: LastError<'_>,
 ) -> Result<(), sqlx::Error> {
+    let (change_error, error) = match last_error {
+        LastError::Keep => (false, None),
+        LastError::Clear => (true, None),
+        LastError::Set(e) => (true, Some(e)),
+    };
     sqlx::query(
         "UPDATE users SET next_sync_at = $3, failures = $4, \
                 last_sync_at = COALESCE($5, last_sync_at), \
@@ -326,8 +363,8 @@ pub async fn finish_sync(
     .bind(next_sync_at)
     .bind(failures)
     .bind(last_ok)
-    .bind(last_error.is_some() as i64)
-    .bind(last_error.flatten())
+    .bind(change_error as i64)
+    .bind(error)
     .execute(conn)
     .await?;
     Ok(())

@@ -1,19 +1,41 @@
 //! `syncs`: one row per sync of a user, for `ctl user` and the metrics.
 
-use serde::Serialize;
-use sqlx::Row;
+use serde::{Deserialize, Serialize};
 
 use super::Conn;
 
-#[derive(Debug, Clone, Default, Serialize)]
+text_enum! {
+    /// How a sync ended.
+    pub enum SyncOutcome {
+        Ok = "ok",
+        Failed = "failed",
+        /// Google refused the refresh token: the user waits for a new sign-in.
+        ReauthRequired = "reauth_required",
+        /// Stopped by shutdown at a checkpoint; nothing committed is lost.
+        Cancelled = "cancelled",
+    }
+}
+
+text_enum! {
+    /// What a sync walked: the whole listing, or the changes feed from the saved page token.
+    pub enum SyncKind {
+        Full = "full",
+        Incremental = "incremental",
+    }
+}
+
+/// One sync as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 pub struct SyncRecord {
+    #[serde(skip)]
+    #[sqlx(default)]
     pub sub: String,
-    /// "full" or "incremental".
-    pub kind: &'static str,
+    #[sqlx(try_from = "String")]
+    pub kind: SyncKind,
     pub started_at: i64,
     pub finished_at: i64,
-    /// "ok", "failed", "reauth_required" or "cancelled".
-    pub outcome: &'static str,
+    #[sqlx(try_from = "String")]
+    pub outcome: SyncOutcome,
     pub added: i64,
     pub updated: i64,
     pub removed: i64,
@@ -31,10 +53,10 @@ pub async fn insert(conn: &mut Conn, r: &SyncRecord) -> Result<(), sqlx::Error> 
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(&r.sub)
-    .bind(r.kind)
+    .bind(r.kind.as_str())
     .bind(r.started_at)
     .bind(r.finished_at)
-    .bind(r.outcome)
+    .bind(r.outcome.as_str())
     .bind(r.added)
     .bind(r.updated)
     .bind(r.removed)
@@ -48,50 +70,19 @@ pub async fn insert(conn: &mut Conn, r: &SyncRecord) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
-/// A sync as read back (outcome and kind as stored strings).
-#[derive(Debug, Clone, Serialize)]
-pub struct StoredSync {
-    pub kind: String,
-    pub started_at: i64,
-    pub finished_at: i64,
-    pub outcome: String,
-    pub added: i64,
-    pub updated: i64,
-    pub removed: i64,
-    pub uploaded: i64,
-    pub bytes_down: i64,
-    pub api_calls: i64,
-    pub error: Option<String>,
-}
-
+/// The last `limit` syncs of a user, newest first.
 pub async fn recent(
     conn: &mut Conn,
     sub: &str,
     limit: i64,
-) -> Result<Vec<StoredSync>, sqlx::Error> {
-    let rows = sqlx::query(
+) -> Result<Vec<SyncRecord>, sqlx::Error> {
+    sqlx::query_as(
         "SELECT kind, started_at, finished_at, outcome, added, updated, removed, uploaded, \
-                bytes_down, api_calls, error FROM syncs WHERE sub = $1 ORDER BY id DESC LIMIT $2",
+                bytes_down, bytes_up, api_calls, error FROM syncs WHERE sub = $1 \
+         ORDER BY id DESC LIMIT $2",
     )
     .bind(sub)
     .bind(limit)
     .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(StoredSync {
-                kind: r.try_get("kind")?,
-                started_at: r.try_get("started_at")?,
-                finished_at: r.try_get("finished_at")?,
-                outcome: r.try_get("outcome")?,
-                added: r.try_get("added")?,
-                updated: r.try_get("updated")?,
-                removed: r.try_get("removed")?,
-                uploaded: r.try_get("uploaded")?,
-                bytes_down: r.try_get("bytes_down")?,
-                api_calls: r.try_get("api_calls")?,
-                error: r.try_get("error")?,
-            })
-        })
-        .collect()
+    .await
 }

@@ -4,9 +4,12 @@
 //! outcome waiting in its queue and commits them in one transaction, then answers each caller,
 //! so a sync still returns only once its outcome is durable.
 
-use tokio::sync::{mpsc, oneshot};
+use std::future::Future;
 
-use crate::store::syncs::SyncRecord;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::syncs::{SyncOutcome, SyncRecord};
 use crate::store::{schedule, syncs, Store};
 
 /// Outcomes committed in one transaction at most.
@@ -22,34 +25,22 @@ pub struct Outcome {
 /// Hands outcomes to the recorder task; cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
-    /// To the recorder task; closing (all senders dropped) ends it.
-    queue: mpsc::Sender<(Outcome, oneshot::Sender<Result<(), String>>)>,
+    /// To the recorder task, which answers each outcome once it is committed.
+    queue: mpsc::Sender<Queued>,
 }
 
+type Queued = (Outcome, oneshot::Sender<Result<(), String>>);
+
 impl Recorder {
-    /// Starts the recorder task; it writes leases in the name of `owner`.
-    pub fn spawn(store: Store, owner: String) -> Recorder {
-        let (queue, mut rx) =
-            mpsc::channel::<(Outcome, oneshot::Sender<Result<(), String>>)>(MAX_BATCH * 2);
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-                // Row locks in one order everywhere this batch goes (sub order, as claims
-                // take them): fewer deadlocks with other transactions on PostgreSQL.
-                batch.sort_by(|a, b| a.0.record.sub.cmp(&b.0.record.sub));
-                let result = commit_with_retries(&store, &owner, &batch).await;
-                for (_, reply) in batch {
-                    let _ = reply.send(result.clone());
-                }
-            }
-        });
-        Recorder { queue }
+    /// The recorder and its task, which writes leases in the name of `owner` and runs until
+    /// `done` is cancelled (after the last sync ended), committing what is still queued first.
+    pub fn new(
+        store: Store,
+        owner: String,
+        done: CancellationToken,
+    ) -> (Recorder, impl Future<Output = anyhow::Result<()>>) {
+        let (queue, rx) = mpsc::channel::<Queued>(MAX_BATCH * 2);
+        (Recorder { queue }, run(rx, store, owner, done))
     }
 
     /// Records `outcome`; returns once it is committed.
@@ -65,14 +56,41 @@ impl Recorder {
     }
 }
 
+async fn run(
+    mut rx: mpsc::Receiver<Queued>,
+    store: Store,
+    owner: String,
+    done: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let first = tokio::select! {
+            next = rx.recv() => next,
+            _ = done.cancelled() => rx.try_recv().ok(),
+        };
+        let Some(first) = first else {
+            return Ok(());
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        // Row locks in one order everywhere this batch goes (sub order, as claims take
+        // them): fewer deadlocks with other transactions on PostgreSQL.
+        batch.sort_by(|a, b| a.0.record.sub.cmp(&b.0.record.sub));
+        let result = commit_with_retries(&store, &owner, &batch).await;
+        for (_, reply) in batch {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
 /// Commits a batch, retrying a few times: on PostgreSQL a batch can lose a deadlock against
 /// this instance's lease renewal (PostgreSQL aborts one of the two), and a lost batch would
 /// leave its users leased and unrecorded until the lease expires.
-async fn commit_with_retries(
-    store: &Store,
-    owner: &str,
-    batch: &[(Outcome, oneshot::Sender<Result<(), String>>)],
-) -> Result<(), String> {
+async fn commit_with_retries(store: &Store, owner: &str, batch: &[Queued]) -> Result<(), String> {
     const ATTEMPTS: u32 = 4;
     let mut attempt = 1;
     loop {
@@ -88,15 +106,11 @@ async fn commit_with_retries(
     }
 }
 
-async fn commit(
-    store: &Store,
-    owner: &str,
-    batch: &[(Outcome, oneshot::Sender<Result<(), String>>)],
-) -> Result<(), sqlx::Error> {
+async fn commit(store: &Store, owner: &str, batch: &[Queued]) -> Result<(), sqlx::Error> {
     let mut tx = store.begin_write().await?;
     for (o, _) in batch {
         syncs::insert(tx.conn(), &o.record).await?;
-        let ok = o.record.outcome == "ok";
+        let ok = o.record.outcome == SyncOutcome::Ok;
         schedule::finish_sync(
             tx.conn(),
             &o.record.sub,
@@ -104,12 +118,7 @@ async fn commit(
             o.next_sync_at,
             o.failures,
             ok.then_some(o.record.finished_at),
-            // A success clears the last error; a failure sets it; anything else keeps it.
-            match (&o.record.error, ok) {
-                (Some(e), _) => Some(Some(e.as_str())),
-                (None, true) => Some(None),
-                (None, false) => None,
-            },
+            super::last_error(&o.record),
         )
         .await?;
     }

@@ -9,6 +9,7 @@
 
 use appdata_syncd::admin::protocol::{parse_request, Command, ErrorCode, Response, MAX_LINE};
 use appdata_syncd::admin::{read_line, Line};
+use appdata_syncd::store::users::UserState;
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
@@ -82,7 +83,8 @@ fn command() -> impl Strategy<Value = Command> {
     let s = || ".{0,40}";
     prop_oneof![
         Just(Command::Status),
-        option::of(s()).prop_map(|state| Command::Users { state }),
+        option::of(proptest::sample::select(UserState::ALL))
+            .prop_map(|state| Command::Users { state }),
         s().prop_map(|sub| Command::User { sub }),
         s().prop_map(|sub| Command::Files { sub }),
         (option::of(s()), any::<[bool; 3]>()).prop_map(|(sub, [all, full, wait])| {

@@ -352,8 +352,7 @@ impl TestApp {
 
     /// Runs one sync cycle to the end.
     pub async fn cycle(&self) -> CycleOutcome {
-        let never = CancellationToken::new();
-        self.scheduler.run_once(&never, &never).await
+        self.scheduler.run_once().await
     }
 
     /// Asserts the mirror of `sub` equals the emulator's appDataFolder: same file ids, names,

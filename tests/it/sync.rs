@@ -265,18 +265,16 @@ async fn queue_push(app: &TestApp, sub: &str, name: &str, content: &[u8]) -> i64
     let base = appdata_syncd::store::files::by_name(tx.conn(), sub, name)
         .await
         .unwrap();
-    let id = pushes::enqueue(
-        tx.conn(),
-        sub,
+    let push = pushes::NewPush {
         name,
-        "application/octet-stream",
+        mime_type: "application/octet-stream",
         content,
-        base.as_ref().map(|b| b.file_id.as_str()),
-        base.as_ref().and_then(|b| b.version),
-        now_ms(),
-    )
-    .await
-    .unwrap();
+        base_file_id: base.as_ref().map(|b| b.file_id.as_str()),
+        base_version: base.as_ref().and_then(|b| b.version),
+    };
+    let id = pushes::enqueue(tx.conn(), sub, &push, now_ms())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     id
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 
-use crate::config::MirrorLocation;
+use anyhow::{bail, Context};
 use local::LocalMirror;
 use s3::ObjectMirror;
 
@@ -35,6 +35,73 @@ pub enum MirrorError {
     Io(#[from] std::io::Error),
     #[error("mirror object storage error: {0}")]
     ObjectStore(#[from] object_store::Error),
+}
+
+/// Where mirror contents live: `[sync] data_dir`, or what `[sync] mirror_url` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MirrorLocation {
+    /// A local or shared network directory: `DIR/SUB/FILE_ID`.
+    Directory(PathBuf),
+    /// S3-compatible object storage: objects `PREFIX/SUB/FILE_ID` of `BUCKET`. `prefix` has no
+    /// leading or trailing '/' and may be empty.
+    S3 { bucket: String, prefix: String },
+}
+
+impl MirrorLocation {
+    /// Parses `[sync] mirror_url`: `s3://BUCKET[/PREFIX]` or `file:///PATH`.
+    pub fn parse(value: &str) -> anyhow::Result<MirrorLocation> {
+        let url = url::Url::parse(value).with_context(|| {
+            format!("[sync] mirror_url = {value:?} is not a URL (expected s3://BUCKET/PREFIX or file:///PATH)")
+        })?;
+        if !url.username().is_empty() || url.password().is_some() {
+            bail!("[sync] mirror_url must not hold credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment instead");
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            bail!("[sync] mirror_url = {value:?}: no query or fragment allowed; the endpoint and region come from AWS_ENDPOINT_URL and AWS_REGION");
+        }
+        match url.scheme() {
+            "s3" => {
+                let bucket = url.host_str().unwrap_or_default();
+                let valid_bucket = (3..=63).contains(&bucket.len())
+                    && bucket
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+                if !valid_bucket {
+                    bail!("[sync] mirror_url = {value:?}: {bucket:?} is not a valid S3 bucket name (3 to 63 characters: a-z, 0-9, '-', '.')");
+                }
+                if url.port().is_some() {
+                    bail!("[sync] mirror_url = {value:?}: an s3:// URL names a bucket, not a server; set the endpoint in AWS_ENDPOINT_URL");
+                }
+                // The URL parser already resolved any '.' and '..' segments.
+                let segments: Vec<&str> = url.path().split('/').filter(|s| !s.is_empty()).collect();
+                Ok(MirrorLocation::S3 {
+                    bucket: bucket.to_string(),
+                    prefix: segments.join("/"),
+                })
+            }
+            "file" => match url.to_file_path() {
+                Ok(path) if matches!(url.host_str(), None | Some("")) => {
+                    Ok(MirrorLocation::Directory(path))
+                }
+                _ => bail!("[sync] mirror_url = {value:?}: expected file:///ABSOLUTE/PATH"),
+            },
+            other => bail!(
+                "[sync] mirror_url = {value:?}: unsupported scheme {other:?}; use s3://BUCKET/PREFIX (S3-compatible object storage) or file:///PATH, or leave it unset for data_dir"
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for MirrorLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MirrorLocation::Directory(path) => write!(f, "{}", path.display()),
+            MirrorLocation::S3 { bucket, prefix } if prefix.is_empty() => {
+                write!(f, "s3://{bucket}")
+            }
+            MirrorLocation::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -1,0 +1,321 @@
+//! Build, then run. [`App::build`] opens and migrates the database, wires the parts into
+//! [`Services`] and binds every listener (so tests pass port 0 and a temp socket and read the
+//! real addresses back); [`App::run_until_stopped`] starts every long-lived task under
+//! supervision ([`tasks`]) and serves until asked to stop or until an essential task ends,
+//! then drains.
+//!
+//! Shutdown is one cancellation tree ([`Shutdown`]): `stop` ends intake, admin, new syncs and
+//! cycles; running syncs get `[sync] shutdown_grace`, then `abort` interrupts them at their next
+//! checkpoint. Dropping the app (or the future of `run_until_stopped`) cancels the whole tree,
+//! so nothing it started outlives it. Signals are in [`signals`]; systemd's notify protocol in
+//! [`crate::notify`].
+
+mod listeners;
+pub mod signals;
+pub mod tasks;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ResolvedConfig;
+use crate::google::drive::DriveClient;
+use crate::google::http_client;
+use crate::google::id_token::IdTokenVerifier;
+use crate::google::oauth::OAuthClient;
+use crate::google::RateLimit;
+use crate::intake::signin::SignIn;
+use crate::intake::{self, IntakeState};
+use crate::scheduler::{Scheduler, Shutdown};
+use crate::services::{Parts, Services};
+use crate::store::Store;
+use crate::sync::mirror::Mirror;
+use crate::sync::recorder::Recorder;
+use crate::sync::SyncEngine;
+use crate::telemetry::LogHandle;
+use crate::tokens::Tokens;
+use listeners::Listeners;
+pub use signals::run_with_signals;
+use tasks::Tasks;
+
+/// How long in-flight intake requests get to finish once shutdown starts.
+const INTAKE_DRAIN: Duration = Duration::from_secs(10);
+/// After the grace period and `abort`, how long syncs get to reach their next checkpoint.
+const ABORT_DRAIN: Duration = Duration::from_secs(10);
+
+type BoxedTask = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
+pub struct App {
+    services: Arc<Services>,
+    signin: Arc<SignIn>,
+    listeners: Listeners,
+    shutdown: Shutdown,
+    /// Ends the recorder once the last sync has recorded its outcome (after `abort`).
+    recorder_done: CancellationToken,
+    recorder: BoxedTask,
+    tasks: Tasks,
+}
+
+impl App {
+    pub async fn build(config: ResolvedConfig, log: Option<LogHandle>) -> anyhow::Result<App> {
+        let store = Store::connect(&config.store_url, config.raw.store.max_connections).await?;
+        store.migrate().await?;
+        let shutdown = Shutdown::new();
+        let recorder_done = CancellationToken::new();
+        let g = &config.raw.google;
+        let http = http_client(g.request_timeout);
+        let oauth = OAuthClient::new(
+            http.clone(),
+            config.token_uri.clone(),
+            g.revoke_uri.clone(),
+            config.client.client_id.clone(),
+            config.client.client_secret.clone(),
+            g.redirect_uri.clone(),
+        );
+        let verifier = Arc::new(IdTokenVerifier::new(
+            http.clone(),
+            g.jwks_uri.clone(),
+            config.client.client_id.clone(),
+            g.android_client_ids.clone(),
+        ));
+        let limit = Arc::new(RateLimit::new(config.raw.sync.max_requests_per_second));
+        let mirror = Mirror::open_location(&config.mirror)
+            .with_context(|| format!("cannot open the mirror at {}", config.mirror))?;
+        let tokens = Arc::new(Tokens::new(
+            oauth.clone(),
+            store.clone(),
+            config.keyring.clone(),
+        ));
+        let (recorder, recorder_task) =
+            Recorder::new(store.clone(), config.instance_id(), recorder_done.clone());
+        let engine = Arc::new(SyncEngine {
+            recorder,
+            instance: config.instance_id(),
+            drive: DriveClient::new(http, &g.drive_api_base),
+            tokens: tokens.clone(),
+            store: store.clone(),
+            mirror: mirror.clone(),
+            limit: limit.clone(),
+        });
+        let scheduler = Scheduler::new(
+            engine,
+            store.clone(),
+            config.raw.sync.concurrency,
+            config.raw.sync.lease,
+            shutdown.clone(),
+        );
+        let signin = Arc::new(SignIn {
+            oauth,
+            verifier: verifier.clone(),
+            store: store.clone(),
+            keyring: config.keyring.clone(),
+            required_scopes: g.required_scopes.clone(),
+        });
+        let listeners = Listeners::bind(&config).await?;
+        let services = Services::new(Parts {
+            config,
+            store,
+            scheduler,
+            tokens,
+            verifier,
+            limit,
+            mirror,
+            log,
+        });
+        Ok(App {
+            services,
+            signin,
+            listeners,
+            tasks: Tasks::new(shutdown.stop.clone()),
+            shutdown,
+            recorder_done,
+            recorder: Box::pin(recorder_task),
+        })
+    }
+
+    /// Where `GET /metrics` is served, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.listeners.metrics_addr()
+    }
+
+    pub fn intake_addr(&self) -> SocketAddr {
+        self.listeners.intake_addr
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.listeners.admin.path().to_path_buf()
+    }
+
+    pub fn store(&self) -> &Store {
+        self.services.store()
+    }
+
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        self.services.scheduler()
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// The supervised tasks (for the supervision test).
+    #[doc(hidden)]
+    pub fn tasks(&self) -> Tasks {
+        self.tasks.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled or an essential task ends, then stops accepting and
+    /// drains. An essential task that ended is the error returned.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Dropping this future stops everything it started.
+        let stop_everything = (
+            self.shutdown.abort.clone().drop_guard(),
+            self.recorder_done.clone().drop_guard(),
+        );
+        let services = self.services.clone();
+        let scheduler = services.scheduler().clone();
+        let (tasks, stop) = (self.tasks.clone(), self.shutdown.clone());
+        if let Err(e) = scheduler.reclaim_dead_local_instances().await {
+            tracing::warn!(error = %e, "cannot check for dead instances' leases");
+        }
+        let intake = self.start_tasks();
+        crate::notify::ready(&services.summary());
+        let failure = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            failed = tasks.failure() => Some(failed),
+        };
+        drain(&services, &stop, intake).await;
+        drop(stop_everything);
+        if !tasks.wait(INTAKE_DRAIN + ABORT_DRAIN).await {
+            tracing::warn!("some tasks did not end in time; exiting anyway");
+        }
+        scheduler.deregister().await;
+        services.store().close().await;
+        match failure.or_else(|| tasks.failed()) {
+            Some(failed) => {
+                tracing::error!(task = failed.task, reason = %failed.why, "stopped because an essential task ended");
+                Err(failed.into())
+            }
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts every long-lived task; returns the intake server's handle, for its drain.
+    fn start_tasks(self) -> axum_server::Handle {
+        let App {
+            services,
+            signin,
+            listeners,
+            shutdown,
+            recorder,
+            tasks,
+            ..
+        } = self;
+        let scheduler = services.scheduler().clone();
+        let config = services.config();
+        listeners.log_serving(&config);
+        let router = intake::router(IntakeState {
+            signin,
+            store: services.store().clone(),
+        });
+        let (intake, admin, metrics) = listeners.into_parts();
+        let handle = axum_server::Handle::new();
+        tasks.spawn(
+            "intake",
+            intake.serve(router, handle.clone(), shutdown.abort.clone()),
+        );
+        tasks.spawn(
+            "admin",
+            admin.serve(services.clone(), shutdown.stop.clone()),
+        );
+        tasks.spawn("recorder", recorder);
+        tasks.spawn("resync", scheduler.clone().resync_loop());
+        tasks.spawn("heartbeat", scheduler.clone().heartbeat_loop());
+        tasks.spawn(
+            "schedule",
+            run_schedule(scheduler, config.schedule, shutdown.stop.clone()),
+        );
+        tasks.spawn(
+            "watchdog",
+            watchdog(services.clone(), shutdown.stop.clone()),
+        );
+        if let Some(metrics) = metrics {
+            tasks.spawn("metrics", serve_metrics(metrics, services, shutdown.stop));
+        }
+        handle
+    }
+}
+
+/// Stop intake and new work, let running syncs finish within the grace period, then abort
+/// them at their next checkpoint and let the recorder commit their outcomes.
+async fn drain(services: &Services, shutdown: &Shutdown, intake: axum_server::Handle) {
+    shutdown.stop.cancel();
+    crate::notify::stopping();
+    let scheduler = services.scheduler();
+    let grace = services.shutdown_grace();
+    tracing::info!(
+        running_syncs = scheduler.running(),
+        grace_s = grace.as_secs(),
+        "shutting down: no new sign-ins or syncs; letting running syncs finish"
+    );
+    intake.graceful_shutdown(Some(INTAKE_DRAIN));
+    if !scheduler.wait_for_syncs(grace).await {
+        tracing::warn!(
+            running_syncs = scheduler.running(),
+            "grace period over: stopping running syncs at their next checkpoint"
+        );
+        shutdown.abort.cancel();
+        scheduler.wait_for_syncs(ABORT_DRAIN).await;
+    }
+}
+
+/// Fires cycles on the schedule until `stop`.
+async fn run_schedule(
+    scheduler: Arc<Scheduler>,
+    schedule: crate::scheduler::schedule::Schedule,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    scheduler.start_schedule(schedule).await?;
+    stop.cancelled().await;
+    scheduler.stop_schedule().await;
+    Ok(())
+}
+
+/// Pings systemd's watchdog (when it asks for pings) with a fresh STATUS line.
+async fn watchdog(services: Arc<Services>, stop: CancellationToken) -> anyhow::Result<()> {
+    let period = crate::notify::watchdog_period();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period.unwrap_or(Duration::from_secs(30))) => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+        crate::notify::alive(&services.summary(), period.is_some());
+    }
+}
+
+/// `GET /metrics`, with the users-by-state gauge read from the database before each scrape.
+async fn serve_metrics(
+    listener: std::net::TcpListener,
+    services: Arc<Services>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let refresh_users = move || {
+        let services = services.clone();
+        async move {
+            if let Ok(counts) = services.users_by_state().await {
+                for (state, n) in counts {
+                    crate::metrics::set_users(state.as_str(), n);
+                }
+            }
+        }
+    };
+    crate::metrics::serve(listener, crate::metrics::install(), refresh_users, stop).await
+}

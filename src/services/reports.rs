@@ -1,0 +1,134 @@
+//! What the operations of [`super::Services`] answer: typed, serialisable results shared by
+//! the admin socket (which sends them as JSON, see docs/admin-protocol.md) and `ctl` (which
+//! reads them back into these same types), so a renamed field cannot print `-` silently.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::scheduler::CycleOutcome;
+use crate::store::files::FileRow;
+use crate::store::pushes::Push;
+use crate::store::schedule::Instance;
+use crate::store::syncs::SyncRecord;
+use crate::store::users::{User, UserState, UserSummary};
+
+/// `ctl status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub uptime_s: u64,
+    /// The store URL, password redacted.
+    pub database: String,
+    pub instance: String,
+    pub instances: Vec<Instance>,
+    pub users_by_state: BTreeMap<UserState, i64>,
+    pub syncs_running: usize,
+    pub syncs_queued: usize,
+    pub last_cycle: Option<CycleOutcome>,
+    pub next_cycle_at: Option<i64>,
+    pub rate_limit: RateLimitStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RateLimitStatus {
+    pub per_second: u32,
+    pub waits: u64,
+    pub waited_ms: u64,
+}
+
+/// `ctl users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<UserSummary>,
+}
+
+/// `ctl user SUB`: everything about one user, never a token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserDetail {
+    pub user: User,
+    pub sync: SyncView,
+    pub credentials: Option<CredentialView>,
+    pub files: i64,
+    pub bytes: i64,
+    pub recent_syncs: Vec<SyncRecord>,
+    pub pushes: Vec<Push>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncView {
+    pub has_page_token: bool,
+    pub next_sync_at: i64,
+    pub failures: i64,
+    pub last_sync_at: Option<i64>,
+    pub resync_requested: bool,
+    pub syncing_now: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialView {
+    pub scopes: String,
+    pub obtained_at: i64,
+    /// Which key sealed the refresh token (for key rotation).
+    pub key_id: String,
+    pub access_token_expires_at: Option<i64>,
+}
+
+/// `ctl files SUB`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileList {
+    pub files: Vec<FileRow>,
+}
+
+/// `ctl resync` without `--wait`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResyncQueued {
+    pub queued: usize,
+    pub full: bool,
+}
+
+/// `ctl pause` / `ctl resume`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateChanged {
+    pub user: String,
+    pub state: UserState,
+}
+
+/// `ctl push`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushQueued {
+    pub push: i64,
+    pub user: String,
+    pub name: String,
+    pub bytes: usize,
+    /// The file the push replaces, and its version then; `None` creates a file.
+    pub replaces: Option<Replaces>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Replaces {
+    pub file_id: String,
+    pub version: Option<i64>,
+}
+
+/// `ctl forget`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Forgotten {
+    pub user: String,
+    /// Whether Google revoked a grant (false: there was no usable refresh token).
+    pub revoked: bool,
+    pub deleted: bool,
+}
+
+/// `ctl log-level`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogFilter {
+    pub filter: String,
+}
+
+/// What a reload changed, and what it could not.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub applied: Vec<String>,
+    pub needs_restart: Vec<String>,
+}

@@ -1,0 +1,205 @@
+//! Operations on one user: read, pause and resume, queue a push, forget.
+
+use std::time::Duration;
+
+use super::reports::{
+    CredentialView, FileList, Forgotten, PushQueued, Replaces, StateChanged, SyncView, UserDetail,
+    UserList,
+};
+use super::{ServiceError, Services};
+use crate::store::pushes::{self, NewPush};
+use crate::store::users::{self, User, UserState};
+use crate::store::{self, credentials, files, schedule, syncs};
+
+/// `ctl users` lists at most this many.
+const MAX_LISTED_USERS: i64 = 100_000;
+/// How long `forget` waits for a sync of the user that is running to end.
+const FORGET_WAITS_FOR_SYNC: Duration = Duration::from_secs(60);
+
+/// What an admin wants of a user's syncing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    Pause,
+    Resume,
+}
+
+impl Services {
+    pub(super) async fn user_row(&self, sub: &str) -> Result<User, ServiceError> {
+        let mut conn = self.store.pool().acquire().await?;
+        users::get(&mut conn, sub)
+            .await?
+            .ok_or_else(|| ServiceError::UnknownUser(sub.to_string()))
+    }
+
+    pub async fn users(&self, state: Option<UserState>) -> Result<UserList, ServiceError> {
+        let mut conn = self.store.pool().acquire().await?;
+        let users = users::list_summary(&mut conn, state, MAX_LISTED_USERS).await?;
+        Ok(UserList { users })
+    }
+
+    pub async fn user(&self, sub: &str) -> Result<UserDetail, ServiceError> {
+        let user = self.user_row(sub).await?;
+        let mut conn = self.store.pool().acquire().await?;
+        let state = schedule::sync_state(&mut conn, sub)
+            .await?
+            .unwrap_or_default();
+        let totals = files::totals(&mut conn, sub).await?;
+        let credentials = credentials::get(&mut conn, sub)
+            .await?
+            .map(|c| CredentialView {
+                scopes: c.scopes,
+                obtained_at: c.obtained_at,
+                key_id: c.refresh_token.key_id,
+                access_token_expires_at: c.access_token.map(|(_, exp)| exp),
+            });
+        Ok(UserDetail {
+            user,
+            sync: SyncView {
+                has_page_token: state.page_token.is_some(),
+                next_sync_at: state.next_sync_at,
+                failures: state.failures,
+                last_sync_at: state.last_sync_at,
+                resync_requested: state.resync != schedule::Resync::None,
+                syncing_now: self.scheduler.is_running(sub),
+            },
+            credentials,
+            files: totals.files,
+            bytes: totals.bytes,
+            recent_syncs: syncs::recent(&mut conn, sub, 10).await?,
+            pushes: pushes::all(&mut conn, sub).await?,
+        })
+    }
+
+    pub async fn files(&self, sub: &str) -> Result<FileList, ServiceError> {
+        self.user_row(sub).await?;
+        let mut conn = self.store.pool().acquire().await?;
+        Ok(FileList {
+            files: files::list(&mut conn, sub).await?,
+        })
+    }
+
+    /// Pauses or resumes an active or paused user; other states need a sign-in, not an admin.
+    pub async fn set_paused(&self, sub: &str, want: Pause) -> Result<StateChanged, ServiceError> {
+        let mut tx = self.store.begin_write().await?;
+        let u = users::get(tx.conn(), sub)
+            .await?
+            .ok_or_else(|| ServiceError::UnknownUser(sub.to_string()))?;
+        let target = match (want, u.state) {
+            (Pause::Pause, UserState::Active | UserState::Paused) => UserState::Paused,
+            (Pause::Resume, UserState::Paused | UserState::Active) => UserState::Active,
+            (_, UserState::ReauthRequired) => {
+                return Err(ServiceError::InvalidState(format!(
+                    "user {sub} is reauth_required: it needs a new sign-in in the app, not an admin command"
+                )))
+            }
+            (_, state) => {
+                return Err(ServiceError::InvalidState(format!(
+                    "user {sub} is {state}: nothing to do"
+                )))
+            }
+        };
+        users::set_state(
+            tx.conn(),
+            sub,
+            target,
+            u.last_error.as_deref(),
+            store::now_ms(),
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(user = %sub, state = target.as_str(), "user state changed by admin");
+        Ok(StateChanged {
+            user: sub.to_string(),
+            state: target,
+        })
+    }
+
+    /// Queues `content` to be written as `name` into the user's appDataFolder on the next sync:
+    /// the file of that name if there is one (a conflict if Drive changes it meanwhile), else
+    /// a new file.
+    pub async fn push(
+        &self,
+        sub: &str,
+        name: &str,
+        mime_type: Option<&str>,
+        content: &[u8],
+    ) -> Result<PushQueued, ServiceError> {
+        if name.is_empty() {
+            return Err(ServiceError::BadRequest(
+                "the file name must not be empty".into(),
+            ));
+        }
+        let mut tx = self.store.begin_write().await?;
+        users::get(tx.conn(), sub)
+            .await?
+            .ok_or_else(|| ServiceError::UnknownUser(sub.to_string()))?;
+        let base = files::by_name(tx.conn(), sub, name).await?;
+        let push = NewPush {
+            name,
+            mime_type: mime_type.unwrap_or("application/octet-stream"),
+            content,
+            base_file_id: base.as_ref().map(|b| b.file_id.as_str()),
+            base_version: base.as_ref().and_then(|b| b.version),
+        };
+        let id = pushes::enqueue(tx.conn(), sub, &push, store::now_ms()).await?;
+        tx.commit().await?;
+        tracing::info!(user = %sub, push = id, name = %name, bytes = content.len(), "push queued by admin");
+        Ok(PushQueued {
+            push: id,
+            user: sub.to_string(),
+            name: name.to_string(),
+            bytes: content.len(),
+            replaces: base.map(|b| Replaces {
+                file_id: b.file_id,
+                version: b.version,
+            }),
+        })
+    }
+
+    /// Revokes the grant at Google, then deletes the mirror and every row of the user. If
+    /// Google cannot be reached, nothing is deleted and the user is as before.
+    pub async fn forget(&self, sub: &str) -> Result<Forgotten, ServiceError> {
+        let before = self.user_row(sub).await?;
+        // Stop new syncs first, and let a running one end.
+        self.set_state(sub, UserState::Forgotten, before.last_error.as_deref())
+            .await?;
+        self.scheduler
+            .wait_until_idle(sub, FORGET_WAITS_FOR_SYNC)
+            .await;
+        let revoked = match self.tokens.revoke_grant(sub).await {
+            Ok(revoked) => revoked,
+            Err(e) => {
+                self.set_state(sub, before.state, before.last_error.as_deref())
+                    .await?;
+                return Err(ServiceError::Unavailable(format!(
+                    "cannot revoke the grant at Google, nothing deleted: {e}"
+                )));
+            }
+        };
+        self.mirror
+            .remove_user(sub)
+            .await
+            .map_err(|e| ServiceError::Internal(format!("cannot delete the mirror: {e}")))?;
+        let mut tx = self.store.begin_write().await?;
+        users::delete(tx.conn(), sub).await?;
+        tx.commit().await?;
+        tracing::info!(user = %sub, revoked, "user forgotten by admin: grant revoked, mirror and rows deleted");
+        Ok(Forgotten {
+            user: sub.to_string(),
+            revoked,
+            deleted: true,
+        })
+    }
+
+    async fn set_state(
+        &self,
+        sub: &str,
+        state: UserState,
+        last_error: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        let mut tx = self.store.begin_write().await?;
+        users::set_state(tx.conn(), sub, state, last_error, store::now_ms()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
