@@ -264,6 +264,14 @@ impl Config {
     }
 }
 
+impl Config {
+    /// This configuration as config.toml text, for tests, benchmarks and tools that write the
+    /// config of a daemon they start. Unset optional keys are left out (their default).
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string(self).context("cannot write the configuration as TOML")
+    }
+}
+
 /// `APPDATA_SYNCD_GOOGLE__JWKS_URI=...` sets `[google] jwks_uri`. Values are read as TOML
 /// literals when they parse as one (numbers, booleans, arrays), else as plain strings.
 fn apply_env_overrides(
@@ -635,6 +643,21 @@ mod tests {
         assert_eq!(config.google.android_client_ids, vec!["a.apps", "b.apps"]);
         assert_eq!(config.sync.concurrency, 7);
         assert_eq!(config.intake.listen.port(), 9999);
+    }
+
+    #[test]
+    fn a_config_written_as_toml_reads_back_the_same() {
+        let mut config = Config::default();
+        config.sync.schedule = "*/5 * * * * *".into();
+        config.sync.shutdown_grace = Duration::from_millis(1500);
+        config.google.android_client_ids = vec!["a.apps".into(), "b.apps".into()];
+        config.intake.tls_cert = Some("/etc/cert.pem".into());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config.to_toml().unwrap()).unwrap();
+        let back = Config::load_with_env(Some(&path), []).unwrap();
+        assert_eq!(back.to_toml().unwrap(), config.to_toml().unwrap());
+        assert_eq!(back.sync.shutdown_grace, Duration::from_millis(1500));
     }
 
     #[test]
