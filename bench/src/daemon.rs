@@ -49,6 +49,22 @@ impl Tuning {
     }
 }
 
+/// The config every benchmark daemon starts from: [`Config::default`] with Google's endpoints
+/// on the emulator and the token key written to `dir/encryption.key`. Callers set the rest.
+pub fn emulator_config(dir: &Path, google: &FakeGoogle) -> anyhow::Result<Config> {
+    let key = dir.join("encryption.key");
+    std::fs::write(&key, [42u8; 32]).context("writing the encryption key")?;
+    let base = &google.base;
+    let mut config = Config::default();
+    config.google.client_secret_file = Some(google.client_secret_file.clone());
+    config.google.jwks_uri = format!("{base}/oauth2/v3/certs");
+    config.google.revoke_uri = format!("{base}/revoke");
+    config.google.drive_api_base = base.clone();
+    config.google.android_client_ids = vec![google.android_client_id.clone()];
+    config.store.encryption_key_file = Some(key);
+    Ok(config)
+}
+
 /// Which database a daemon uses and which of the daemons sharing it this one is.
 #[derive(Clone, Copy)]
 pub struct Placement<'a> {
@@ -78,17 +94,8 @@ impl Daemon {
         tuning: Tuning,
         place: Placement<'_>,
     ) -> anyhow::Result<Daemon> {
-        let key = dir.join("encryption.key");
-        std::fs::write(&key, [42u8; 32]).context("writing the encryption key")?;
-        let base = &google.base;
-        let mut config = Config::default();
-        config.google.client_secret_file = Some(google.client_secret_file.clone());
-        config.google.jwks_uri = format!("{base}/oauth2/v3/certs");
-        config.google.revoke_uri = format!("{base}/revoke");
-        config.google.drive_api_base = base.clone();
-        config.google.android_client_ids = vec![google.android_client_id.clone()];
+        let mut config = emulator_config(dir, google)?;
         config.intake.listen = "127.0.0.1:0".parse()?;
-        config.store.encryption_key_file = Some(key);
         config.sync.data_dir = Some(dir.join("mirror"));
         let state_dir = match place.database_url {
             None => dir.to_path_buf(),
