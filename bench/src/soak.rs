@@ -20,6 +20,7 @@
 //! kept ([`Model`]) with the database, the mirror directory and the emulator.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use appdata_syncd::admin::client::AdminClient;
 use appdata_syncd::admin::protocol::{Command, Response};
-use appdata_syncd::config::Config;
+use appdata_syncd::config::{Config, LogFormat};
 use appdata_syncd::lifecycle::{run_with_signals, App};
 use appdata_syncd::store::users::UserState;
 use appdata_syncd::store::Store;
@@ -44,6 +45,7 @@ use tokio::process::{Child, Command as Process};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::daemon::emulator_config;
 use crate::google::FakeGoogle;
 use crate::report::Report;
 use crate::scenarios::Env;
@@ -117,7 +119,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The state directory's parts.
+/// The state directory's parts, and the intake address the config fixes.
 struct Paths {
     dir: PathBuf,
     config: PathBuf,
@@ -125,6 +127,8 @@ struct Paths {
     mirror: PathBuf,
     socket: PathBuf,
     log: PathBuf,
+    /// The intake's address: fixed in the config, so it stays across restarts.
+    intake: SocketAddr,
 }
 
 struct Soak {
@@ -433,19 +437,11 @@ pub async fn soak(env: &Env, minutes: u64, users: usize) -> anyhow::Result<Repor
     };
     let google = FakeGoogle::spawn(dir.path()).await?;
     let paths = write_config(dir.path(), &google)?;
-    let port = {
-        let config = std::fs::read_to_string(&paths.config)?;
-        config
-            .lines()
-            .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
-            .and_then(|rest| rest.trim_end_matches('"').parse::<u16>().ok())
-            .context("no intake port in the soak config")?
-    };
     let daemon = DaemonProc::start(&paths).await?;
     let soak = Arc::new(Soak {
         google,
+        authcode_url: format!("http://{}/authcode", paths.intake),
         paths,
-        authcode_url: format!("http://127.0.0.1:{port}/authcode"),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()?,
@@ -509,9 +505,8 @@ pub async fn soak(env: &Env, minutes: u64, users: usize) -> anyhow::Result<Repor
     Ok(report)
 }
 
+/// Writes `dir/config.toml` (and the key it names) for the daemon child process.
 fn write_config(dir: &Path, google: &FakeGoogle) -> anyhow::Result<Paths> {
-    let key = dir.join("encryption.key");
-    std::fs::write(&key, [42u8; 32])?;
     // A free port now, kept across restarts as a real deployment's would be.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -523,45 +518,20 @@ fn write_config(dir: &Path, google: &FakeGoogle) -> anyhow::Result<Paths> {
         mirror: dir.join("mirror"),
         socket: dir.join("admin.sock"),
         log: dir.join("daemon.log"),
+        intake: SocketAddr::from(([127, 0, 0, 1], port)),
     };
-    // JSON strings are valid TOML basic strings.
-    let s = |v: &str| serde_json::to_string(v).unwrap_or_default();
-    let p = |v: &Path| s(&v.display().to_string());
-    let base = &google.base;
-    let config = format!(
-        "[google]\n\
-         client_secret_file = {}\n\
-         jwks_uri = {}\n\
-         revoke_uri = {}\n\
-         drive_api_base = {}\n\
-         android_client_ids = [{}]\n\
-         [intake]\n\
-         listen = \"127.0.0.1:{port}\"\n\
-         [store]\n\
-         state_dir = {}\n\
-         encryption_key_file = {}\n\
-         [admin]\n\
-         socket = {}\n\
-         [sync]\n\
-         schedule = {}\n\
-         concurrency = 64\n\
-         max_requests_per_second = 2000\n\
-         shutdown_grace = \"10s\"\n\
-         [log]\n\
-         level = {}\n\
-         format = \"json\"\n",
-        p(&google.client_secret_file),
-        s(&format!("{base}/oauth2/v3/certs")),
-        s(&format!("{base}/revoke")),
-        s(base),
-        s(&google.android_client_id),
-        p(dir),
-        p(&key),
-        p(&paths.socket),
-        s(SCHEDULE),
-        s(LOG_FILTER),
-    );
-    std::fs::write(&paths.config, config)?;
+    let mut config = emulator_config(dir, google)?;
+    config.intake.listen = paths.intake;
+    config.store.state_dir = Some(dir.to_path_buf());
+    config.admin.socket = paths.socket.clone();
+    config.sync.schedule = SCHEDULE.into();
+    config.sync.concurrency = 64;
+    config.sync.max_requests_per_second = 2000;
+    config.sync.shutdown_grace = Duration::from_secs(10);
+    config.log.level = LOG_FILTER.into();
+    config.log.format = LogFormat::Json;
+    std::fs::write(&paths.config, config.to_toml()?)
+        .with_context(|| format!("writing {}", paths.config.display()))?;
     Ok(paths)
 }
 
