@@ -31,6 +31,21 @@ pub struct Env {
     pub keep: bool,
 }
 
+impl Env {
+    /// A fresh state directory named `prefix...`, under `--dir` when given; deleted on drop.
+    pub fn scratch_dir(&self, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(prefix);
+        Ok(match &self.parent_dir {
+            Some(p) => {
+                std::fs::create_dir_all(p)?;
+                builder.tempdir_in(p)?
+            }
+            None => builder.tempdir()?,
+        })
+    }
+}
+
 /// One scenario's daemons, emulator and state directory.
 struct World {
     dir: tempfile::TempDir,
@@ -61,15 +76,7 @@ impl World {
         database_url: Option<&str>,
         instances: usize,
     ) -> anyhow::Result<World> {
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("appdata-syncd-bench-");
-        let dir = match &env.parent_dir {
-            Some(p) => {
-                std::fs::create_dir_all(p)?;
-                builder.tempdir_in(p)?
-            }
-            None => builder.tempdir()?,
-        };
+        let dir = env.scratch_dir("appdata-syncd-bench-")?;
         let google = FakeGoogle::spawn(dir.path()).await?;
         let place = |index| Placement {
             database_url,

@@ -426,15 +426,7 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
 }
 
 pub async fn soak(env: &Env, minutes: u64, users: usize) -> anyhow::Result<Report> {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("appdata-syncd-soak-");
-    let dir = match &env.parent_dir {
-        Some(p) => {
-            std::fs::create_dir_all(p)?;
-            builder.tempdir_in(p)?
-        }
-        None => builder.tempdir()?,
-    };
+    let dir = env.scratch_dir("appdata-syncd-soak-")?;
     let google = FakeGoogle::spawn(dir.path()).await?;
     let paths = write_config(dir.path(), &google)?;
     let daemon = DaemonProc::start(&paths).await?;
