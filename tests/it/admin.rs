@@ -5,16 +5,19 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
+use appdata_syncd::config::Config;
 use fake_google::FakeGoogle;
 
-use crate::helpers::{binary, sign_in_via, Daemon};
+use crate::helpers::{binary, free_port, sign_in_via, write_config, Daemon};
 
-const NEVER: &str = "[sync]\nschedule = \"0 0 0 1 1 *\"\nmax_requests_per_second = 1000\n";
+fn limit_1000(c: &mut Config) {
+    c.sync.max_requests_per_second = 1000;
+}
 
 async fn daemon_with_users(subs: &[&str]) -> (crate::helpers::TestDir, FakeGoogle, Daemon) {
     let dir = crate::helpers::test_dir();
     let google = crate::helpers::google().await;
-    let daemon = Daemon::start(dir.path(), &google, NEVER).await;
+    let daemon = Daemon::start(dir.path(), &google, limit_1000).await;
     for sub in subs {
         sign_in_via(&google, &daemon.intake, sub).await;
         google
@@ -32,9 +35,9 @@ async fn daemon_with_users(subs: &[&str]) -> (crate::helpers::TestDir, FakeGoogl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ctl_command_works_in_table_and_json_form() {
-    let (dir, google, daemon) = daemon_with_users(&["111", "222", "333"]).await;
+    let (dir, google, mut daemon) = daemon_with_users(&["111", "222", "333"]).await;
 
-    let out = daemon.ctl(&["resync", "--all", "--wait"]);
+    let out = daemon.ctl(&["resync", "--all", "--wait"]).await;
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     assert!(
         out.stdout.contains("111: sync finished: ok"),
@@ -42,20 +45,20 @@ async fn every_ctl_command_works_in_table_and_json_form() {
         out.stdout
     );
 
-    let status = daemon.ctl(&["status"]);
+    let status = daemon.ctl(&["status"]).await;
     assert!(
         status.ok && status.stdout.contains("active=3"),
         "{}",
         status.stdout
     );
-    let status = daemon.ctl(&["status", "--json"]).json();
+    let status = daemon.ctl(&["status", "--json"]).await.json();
     assert_eq!(status["users_by_state"]["active"], 3);
     assert!(status["version"].is_string() && status["rate_limit"]["per_second"] == 1000);
 
-    let users = daemon.ctl(&["users"]);
+    let users = daemon.ctl(&["users"]).await;
     assert!(users.stdout.starts_with("SUB"), "{}", users.stdout);
     assert!(users.stdout.contains("222@example.com"));
-    let users = daemon.ctl(&["users", "--json"]).json();
+    let users = daemon.ctl(&["users", "--json"]).await.json();
     assert_eq!(users["users"].as_array().unwrap().len(), 3);
     assert_eq!(users["users"][0]["files"], 1);
 
@@ -64,12 +67,12 @@ async fn every_ctl_command_works_in_table_and_json_form() {
         .emulator()
         .put_file("111", "notes.txt", "hello".to_string(), None)
         .unwrap();
-    let out = daemon.ctl(&["resync", "111", "--wait"]);
+    let out = daemon.ctl(&["resync", "111", "--wait"]).await;
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("+1"), "{}", out.stdout);
-    let files = daemon.ctl(&["files", "111"]);
+    let files = daemon.ctl(&["files", "111"]).await;
     assert!(files.stdout.contains("notes.txt"), "{}", files.stdout);
-    let files = daemon.ctl(&["files", "111", "--json"]).json();
+    let files = daemon.ctl(&["files", "111", "--json"]).await.json();
     let names: Vec<&str> = files["files"]
         .as_array()
         .unwrap()
@@ -78,40 +81,49 @@ async fn every_ctl_command_works_in_table_and_json_form() {
         .collect();
     assert_eq!(names, vec!["notes.txt", "settings.json"]);
 
-    let user = daemon.ctl(&["user", "111"]);
+    let user = daemon.ctl(&["user", "111"]).await;
     assert!(user.stdout.contains("recent syncs:"), "{}", user.stdout);
-    let user = daemon.ctl(&["user", "111", "--json"]).json();
+    let user = daemon.ctl(&["user", "111", "--json"]).await.json();
     assert_eq!(user["user"]["sub"], "111");
     assert_eq!(user["recent_syncs"][0]["outcome"], "ok");
 
     // Pause and resume.
-    assert!(daemon.ctl(&["pause", "222"]).stdout.contains("paused"));
-    let paused = daemon.ctl(&["users", "--state", "paused", "--json"]).json();
+    assert!(daemon
+        .ctl(&["pause", "222"])
+        .await
+        .stdout
+        .contains("paused"));
+    let paused = daemon
+        .ctl(&["users", "--state", "paused", "--json"])
+        .await
+        .json();
     assert_eq!(paused["users"][0]["sub"], "222");
     assert!(
-        !daemon.ctl(&["resync", "222"]).ok,
+        !daemon.ctl(&["resync", "222"]).await.ok,
         "a paused user does not sync"
     );
-    let resumed = daemon.ctl(&["resume", "222", "--json"]).json();
+    let resumed = daemon.ctl(&["resume", "222", "--json"]).await.json();
     assert_eq!(resumed["state"], "active");
 
     // Push: queued, uploaded on the next sync.
     let file = dir.path().join("upload.bin");
     std::fs::write(&file, b"pushed bytes").unwrap();
-    let pushed = daemon.ctl(&[
-        "push",
-        "333",
-        "--name",
-        "from-admin",
-        "--file",
-        file.to_str().unwrap(),
-    ]);
+    let pushed = daemon
+        .ctl(&[
+            "push",
+            "333",
+            "--name",
+            "from-admin",
+            "--file",
+            file.to_str().unwrap(),
+        ])
+        .await;
     assert!(
         pushed.ok && pushed.stdout.contains("queued"),
         "{}",
         pushed.stdout
     );
-    let out = daemon.ctl(&["resync", "333", "--wait", "--json"]);
+    let out = daemon.ctl(&["resync", "333", "--wait", "--json"]).await;
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     let remote = google.emulator().list_files("333").unwrap();
     let uploaded = remote.iter().find(|f| f.name == "from-admin").unwrap();
@@ -125,8 +137,8 @@ async fn every_ctl_command_works_in_table_and_json_form() {
     );
 
     // Log level: good and bad filters.
-    assert!(daemon.ctl(&["log-level", "debug"]).ok);
-    let bad = daemon.ctl(&["log-level", "not[a filter"]);
+    assert!(daemon.ctl(&["log-level", "debug"]).await.ok);
+    let bad = daemon.ctl(&["log-level", "not[a filter"]).await;
     assert!(
         !bad.ok && bad.stderr.contains("invalid_filter"),
         "{}",
@@ -134,36 +146,38 @@ async fn every_ctl_command_works_in_table_and_json_form() {
     );
 
     // Reload: change the concurrency in the file.
-    let text = std::fs::read_to_string(&daemon.config).unwrap();
-    std::fs::write(
-        &daemon.config,
-        text.replace("[sync]\n", "[sync]\nconcurrency = 5\n"),
-    )
-    .unwrap();
-    let reload = daemon.ctl(&["reload", "--json"]).json();
+    daemon.rewrite_config(|c| c.sync.concurrency = 5);
+    let reload = daemon.ctl(&["reload", "--json"]).await.json();
     assert_eq!(reload["applied"][0], "sync.concurrency = 5", "{reload}");
-    assert!(daemon.ctl(&["reload"]).stdout.contains("applied: nothing"));
+    assert!(daemon
+        .ctl(&["reload"])
+        .await
+        .stdout
+        .contains("applied: nothing"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_revokes_and_leaves_no_trace() {
     let (dir, google, daemon) = daemon_with_users(&["gone", "stays"]).await;
-    assert!(daemon.ctl(&["resync", "--all", "--wait"]).ok);
+    assert!(daemon.ctl(&["resync", "--all", "--wait"]).await.ok);
     assert!(dir.path().join("mirror/gone").exists());
-    let refused = daemon.ctl(&["forget", "gone"]);
+    let refused = daemon.ctl(&["forget", "gone"]).await;
     assert!(!refused.ok && refused.stderr.contains("--yes"));
     google.emulator().reset_stats();
-    let out = daemon.ctl(&["forget", "gone", "--yes", "--json"]).json();
+    let out = daemon
+        .ctl(&["forget", "gone", "--yes", "--json"])
+        .await
+        .json();
     assert_eq!(out["revoked"], true);
     assert_eq!(google.emulator().stats().count("revoke"), 1);
     assert!(!dir.path().join("mirror/gone").exists());
-    let user = daemon.ctl(&["user", "gone"]);
+    let user = daemon.ctl(&["user", "gone"]).await;
     assert!(
         !user.ok && user.stderr.contains("unknown_user"),
         "{}",
         user.stderr
     );
-    let users = daemon.ctl(&["users", "--json"]).json();
+    let users = daemon.ctl(&["users", "--json"]).await.json();
     assert_eq!(users["users"].as_array().unwrap().len(), 1);
     let pool = crate::helpers::db_pool(dir.path()).await;
     for table in ["users", "credentials", "files", "syncs", "pushes"] {
@@ -186,19 +200,19 @@ async fn errors_are_clear_and_exit_non_zero() {
         (vec!["users", "--state", "sleeping"], "bad_request"),
         (vec!["resume", "nobody"], "unknown_user"),
     ] {
-        let out = daemon.ctl(&args);
+        let out = daemon.ctl(&args).await;
         assert!(!out.ok, "{args:?} should fail");
         assert!(out.stderr.contains(want), "{args:?}: {}", out.stderr);
     }
-    let out = daemon.ctl(&["user"]);
+    let out = daemon.ctl(&["user"]).await;
     assert!(
         !out.ok && out.stderr.contains("SUB"),
         "missing argument: {}",
         out.stderr
     );
-    let out = daemon.ctl(&["resync"]);
+    let out = daemon.ctl(&["resync"]).await;
     assert!(!out.ok && out.stderr.contains("--all"), "{}", out.stderr);
-    let out = crate::helpers::ctl(&dir.path().join("nothing.sock"), &["status"]);
+    let out = crate::helpers::ctl(&dir.path().join("nothing.sock"), &["status"]).await;
     assert!(!out.ok);
     assert!(
         out.stderr.contains("is appdata-syncd running?"),
@@ -266,7 +280,7 @@ async fn garbage_huge_lines_half_lines_and_many_connections_leave_it_serving() {
     })
     .await
     .unwrap();
-    let out = daemon.ctl(&["status", "--json"]);
+    let out = daemon.ctl(&["status", "--json"]).await;
     assert!(out.ok, "{}", out.stderr);
 }
 
@@ -302,15 +316,15 @@ async fn a_uid_that_is_not_allowed_is_refused() {
     );
     assert!(daemon.logs().contains("refused an admin connection"));
     // Root still gets in.
-    assert!(daemon.ctl(&["status"]).ok);
+    assert!(daemon.ctl(&["status"]).await.ok);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_socket_refuses_to_start() {
-    let (dir, google, daemon) = daemon_with_users(&[]).await;
-    let port = crate::helpers::free_port();
-    let config =
-        crate::helpers::write_config(dir.path(), &google, &format!("127.0.0.1:{port}"), "");
+    let (dir, _google, daemon) = daemon_with_users(&[]).await;
+    let mut second = daemon.config.clone();
+    second.intake.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = write_config(dir.path(), &second);
     let out = std::process::Command::new(binary())
         .args(["serve", "--config"])
         .arg(&config)
@@ -319,5 +333,8 @@ async fn a_second_daemon_on_the_same_socket_refuses_to_start() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already running"), "{stderr}");
-    assert!(daemon.ctl(&["status"]).ok, "the first daemon is unharmed");
+    assert!(
+        daemon.ctl(&["status"]).await.ok,
+        "the first daemon is unharmed"
+    );
 }

@@ -1,9 +1,9 @@
 //! The real `appdata-syncd` binary: check-config, and logs that never carry a secret.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::helpers::{binary, free_port, wait_ready, write_config};
+use crate::helpers::{binary, test_config, write_config, Daemon};
 
 fn check_config(path: &std::path::Path) -> (bool, String) {
     let out = Command::new(binary())
@@ -24,7 +24,7 @@ fn check_config(path: &std::path::Path) -> (bool, String) {
 async fn check_config_accepts_a_good_config_and_redacts_secrets() {
     let google = crate::helpers::google().await;
     let dir = crate::helpers::test_dir();
-    let path = write_config(dir.path(), &google, "127.0.0.1:0", "");
+    let path = write_config(dir.path(), &test_config(dir.path(), &google));
     let (ok, text) = check_config(&path);
     assert!(ok, "{text}");
     assert!(text.contains("[redacted]"), "{text}");
@@ -39,7 +39,8 @@ async fn check_config_accepts_a_good_config_and_redacts_secrets() {
 async fn check_config_fails_clearly_on_each_problem() {
     let google = crate::helpers::google().await;
     let dir = crate::helpers::test_dir();
-    let path = write_config(dir.path(), &google, "127.0.0.1:0", "");
+    let config = test_config(dir.path(), &google);
+    let path = write_config(dir.path(), &config);
     let secret = dir.path().join("client_secret.json");
     let key = dir.path().join("encryption.key");
     let good_secret = std::fs::read(&secret).unwrap();
@@ -66,7 +67,12 @@ async fn check_config_fails_clearly_on_each_problem() {
     assert!(text.contains("exactly 32 bytes"), "{text}");
     std::fs::write(&key, [1u8; 32]).unwrap();
 
-    let path = write_config(dir.path(), &google, "127.0.0.1:0", "jwks_url = \"typo\"");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        good.replace("[google]\n", "[google]\njwks_url = \"typo\"\n"),
+    )
+    .unwrap();
     let (ok, text) = check_config(&path);
     assert!(!ok);
     assert!(
@@ -74,7 +80,7 @@ async fn check_config_fails_clearly_on_each_problem() {
         "{text}"
     );
 
-    let path = write_config(dir.path(), &google, "127.0.0.1:0", "");
+    let path = write_config(dir.path(), &config);
     assert!(check_config(&path).0, "back to a good config");
 }
 
@@ -82,19 +88,8 @@ async fn check_config_fails_clearly_on_each_problem() {
 async fn trace_logs_of_sign_ins_contain_no_token_code_or_client_secret() {
     let google = crate::helpers::google().await;
     let dir = crate::helpers::test_dir();
-    let port = free_port();
-    let path = write_config(dir.path(), &google, &format!("127.0.0.1:{port}"), "");
-    let log_path = dir.path().join("stderr.log");
-    let mut child = Command::new(binary())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let intake = format!("http://127.0.0.1:{port}");
-    wait_ready(&format!("{intake}/readyz")).await;
+    let mut daemon = Daemon::start(dir.path(), &google, |_| {}).await;
+    let intake = daemon.intake.clone();
 
     let http = reqwest::Client::new();
     let emulator = google.emulator();
@@ -121,15 +116,9 @@ async fn trace_logs_of_sign_ins_contain_no_token_code_or_client_secret() {
                 .unwrap();
         }
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    let status = daemon.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "daemon exited with {status}");
-
-    let mut logs = String::new();
-    std::fs::File::open(&log_path)
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
+    let logs = daemon.logs();
     assert!(logs.contains("sign-in stored"), "trace logs were captured");
     assert!(logs.lines().count() > 50, "trace level is on");
     let mut secrets = emulator.issued_secrets();
@@ -154,29 +143,25 @@ async fn trace_logs_of_sign_ins_contain_no_token_code_or_client_secret() {
 async fn rotate_key_reencrypts_everything_under_the_new_key() {
     let google = crate::helpers::google().await;
     let dir = crate::helpers::test_dir();
-    let mut daemon = crate::helpers::Daemon::start(dir.path(), &google, "").await;
+    let mut daemon = Daemon::start(dir.path(), &google, |_| {}).await;
     for sub in ["rot1", "rot2"] {
         crate::helpers::sign_in_via(&google, &daemon.intake, sub).await;
     }
+    daemon.terminate(Duration::from_secs(20)).await;
     let config = daemon.config.clone();
-    tokio::task::spawn_blocking(move || daemon.terminate(std::time::Duration::from_secs(20)))
-        .await
-        .unwrap();
+    drop(daemon);
 
     // New current key; the old one becomes a previous key.
     let key = dir.path().join("encryption.key");
     let old = dir.path().join("previous.key");
     std::fs::rename(&key, &old).unwrap();
     std::fs::write(&key, [7u8; 32]).unwrap();
-    let text = std::fs::read_to_string(&config).unwrap();
-    let with_previous = text.replace(
-        "[store]\n",
-        &format!("[store]\nprevious_key_files = [{old:?}]\n"),
-    );
-    std::fs::write(&config, &with_previous).unwrap();
+    let mut with_previous = config.clone();
+    with_previous.store.previous_key_files = vec![old.clone()];
+    let path = write_config(dir.path(), &with_previous);
     let out = Command::new(binary())
         .args(["rotate-key", "--config"])
-        .arg(&config)
+        .arg(&path)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -188,18 +173,10 @@ async fn rotate_key_reencrypts_everything_under_the_new_key() {
     assert!(stdout.contains("re-encrypted 2 of 2"), "{stdout}");
 
     // Without the old key the daemon still decrypts every token: a sync works.
-    std::fs::write(&config, &text).unwrap();
     std::fs::remove_file(&old).unwrap();
-    let port = free_port();
-    let config = write_config(dir.path(), &google, &format!("127.0.0.1:{port}"), "");
-    let daemon = crate::helpers::Daemon::start_with_config(dir.path(), &config, port, &[]).await;
+    let daemon = Daemon::run(dir.path(), config, &[]).await;
     google.emulator().expire_access_tokens(None);
-    let socket = daemon.socket.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        crate::helpers::ctl(&socket, &["resync", "--all", "--wait"])
-    })
-    .await
-    .unwrap();
+    let out = daemon.ctl(&["resync", "--all", "--wait"]).await;
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("2 synced"), "{}", out.stdout);
 }

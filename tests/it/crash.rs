@@ -7,18 +7,14 @@ use std::time::Duration;
 use fake_google::{FakeGoogle, Fault, Faults};
 use md5::{Digest, Md5};
 
-use crate::helpers::{free_port, sign_in_via, write_config, Daemon};
-
-const CONFIG: &str =
-    "[sync]\nschedule = \"0 0 0 1 1 *\"\nmax_requests_per_second = 1000\nconcurrency = 4\n";
+use crate::helpers::{free_port, sign_in_via, test_config, Daemon};
 
 async fn start(dir: &Path, google: &FakeGoogle) -> Daemon {
-    let port = free_port();
-    let config = write_config(dir, google, &format!("127.0.0.1:{port}"), "");
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(CONFIG);
-    std::fs::write(&config, text).unwrap();
-    Daemon::start_with_config(dir, &config, port, &[]).await
+    Daemon::start(dir, google, |c| {
+        c.sync.max_requests_per_second = 1000;
+        c.sync.concurrency = 4;
+    })
+    .await
 }
 
 /// Compares the database rows and the bytes on disk of `sub` with the emulator.
@@ -62,12 +58,7 @@ async fn assert_converged(dir: &Path, google: &FakeGoogle, pool: &sqlx::AnyPool,
 async fn recover(dir: &Path, google: &FakeGoogle) -> (Daemon, sqlx::AnyPool) {
     google.emulator().clear_faults();
     let daemon = start(dir, google).await;
-    let socket = daemon.socket.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        crate::helpers::ctl(&socket, &["resync", "--all", "--wait"])
-    })
-    .await
-    .unwrap();
+    let out = daemon.ctl(&["resync", "--all", "--wait"]).await;
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     let pool = crate::helpers::db_pool(dir).await;
     if !crate::helpers::on_postgres() {
@@ -114,10 +105,7 @@ async fn sigkill_mid_sync_loses_nothing_and_mirrors_converge() {
     });
     for (round, delay_ms) in [120u64, 260, 410, 90, 700, 330].into_iter().enumerate() {
         let mut daemon = start(dir.path(), &google).await;
-        let socket = daemon.socket.clone();
-        tokio::task::spawn_blocking(move || crate::helpers::ctl(&socket, &["resync", "--all"]))
-            .await
-            .unwrap();
+        assert!(daemon.ctl(&["resync", "--all"]).await.ok);
         // Drive keeps changing while we sync and crash.
         let sub = &subs[round % subs.len()];
         let files = google.emulator().list_files(sub).unwrap();
@@ -134,8 +122,7 @@ async fn sigkill_mid_sync_loses_nothing_and_mirrors_converge() {
             .create_file(sub, &format!("new{round}"), "n".repeat(3000), None)
             .unwrap();
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        daemon.signal(libc::SIGKILL);
-        daemon.kill();
+        daemon.kill().await;
     }
     let (_daemon, pool) = recover(dir.path(), &google).await;
     let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
@@ -208,15 +195,13 @@ async fn twenty_sigkills_during_sign_ins_and_syncs_lose_nothing_acknowledged() {
         rng
     };
     let acknowledged = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
-    let port = free_port();
-    let config = write_config(dir.path(), &google, &format!("127.0.0.1:{port}"), "");
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(
-        "[sync]\nschedule = \"* * * * * *\"\nmax_requests_per_second = 1000\nconcurrency = 8\n",
-    );
-    std::fs::write(&config, text).unwrap();
+    let mut config = test_config(dir.path(), &google);
+    config.intake.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    config.sync.schedule = "* * * * * *".into();
+    config.sync.max_requests_per_second = 1000;
+    config.sync.concurrency = 8;
     for round in 0..20 {
-        let mut daemon = Daemon::start_with_config(dir.path(), &config, port, &[]).await;
+        let mut daemon = Daemon::run(dir.path(), config.clone(), &[]).await;
         // Drive changes under the syncs; new users and returning users sign in meanwhile.
         for sub in acknowledged.lock().iter().take(5) {
             google
@@ -253,8 +238,7 @@ async fn twenty_sigkills_during_sign_ins_and_syncs_lose_nothing_acknowledged() {
             })
         };
         tokio::time::sleep(Duration::from_millis(100 + next() % 1400)).await;
-        daemon.signal(libc::SIGKILL);
-        daemon.kill();
+        daemon.kill().await;
         signins.abort();
         let _ = signins.await;
     }

@@ -2,17 +2,25 @@
 //! exactly one instance per cycle, and when an instance dies its users are taken over once
 //! their leases expire. Once with a shared mirror directory, once with the S3 backend.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fake_google::{FakeGoogle, Fault, Faults, MintCode, NewUser};
 use md5::{Digest, Md5};
 
-use crate::helpers::{free_port, postgres_or_skip, test_config, test_dir, Daemon};
+use appdata_syncd::config::Config;
+
+use crate::helpers::{free_port, postgres_or_skip, test_config, test_dir, Daemon, NEVER};
 
 const USERS: usize = 2000;
 /// Trace level for 6,000 syncs would be gigabytes of log; debug still feeds the secrets check.
 const QUIETER: &[(&str, &str)] = &[("RUST_LOG", "info,appdata_syncd=debug")];
+
+/// Where the instances keep the mirror they share.
+enum SharedMirror {
+    Directory(PathBuf),
+    S3(String),
+}
 
 /// The config of instance `i`: its own socket and state dir, the shared database and mirror.
 fn instance_config(
@@ -20,32 +28,27 @@ fn instance_config(
     google: &FakeGoogle,
     db: &str,
     i: usize,
-    port: u16,
-    mirror: &str,
+    mirror: &SharedMirror,
     schedule: &str,
-) -> std::path::PathBuf {
-    let base = test_config(dir, google);
+) -> Config {
     let own = dir.join(format!("instance{i}"));
     std::fs::create_dir_all(&own).unwrap();
-    let text = format!(
-        "[google]\nclient_secret_file = {secret:?}\njwks_uri = {jwks:?}\nrevoke_uri = {revoke:?}\n\
-         drive_api_base = {drive:?}\nandroid_client_ids = [{android:?}]\n\
-         [intake]\nlisten = \"127.0.0.1:{port}\"\n\
-         [store]\nurl = {db:?}\nstate_dir = {own:?}\nencryption_key_file = {key:?}\nmax_connections = 6\n\
-         [sync]\nschedule = {schedule:?}\nlease = \"5s\"\nconcurrency = 16\n\
-         max_requests_per_second = 100000\ninstance_id = \"instance{i}\"\n{mirror}\n\
-         [admin]\nsocket = {sock:?}\n",
-        secret = base.google.client_secret_file.unwrap(),
-        jwks = base.google.jwks_uri,
-        revoke = base.google.revoke_uri,
-        drive = base.google.drive_api_base,
-        android = base.google.android_client_ids[0],
-        key = base.store.encryption_key_file.unwrap(),
-        sock = own.join("admin.sock"),
-    );
-    let path = own.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let mut c = test_config(dir, google);
+    c.intake.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    c.store.url = Some(db.to_string());
+    c.store.state_dir = Some(own.clone());
+    c.store.max_connections = 6;
+    c.admin.socket = own.join("admin.sock");
+    c.sync.schedule = schedule.to_string();
+    c.sync.lease = Duration::from_secs(5);
+    c.sync.concurrency = 16;
+    c.sync.max_requests_per_second = 100_000;
+    c.sync.instance_id = Some(format!("instance{i}"));
+    match mirror {
+        SharedMirror::Directory(d) => c.sync.data_dir = Some(d.clone()),
+        SharedMirror::S3(url) => c.sync.mirror_url = Some(url.clone()),
+    }
+    c
 }
 
 async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
@@ -102,7 +105,7 @@ async fn mirrors_match(
 }
 
 async fn three_instances_share_the_users(
-    mirror: &str,
+    mirror: &SharedMirror,
     content: impl AsyncFn(&str, &str) -> Option<Vec<u8>>,
     dir: &crate::helpers::TestDir,
 ) {
@@ -113,10 +116,8 @@ async fn three_instances_share_the_users(
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
 
     // Seed through one instance on a far schedule, then stop it.
-    let port = free_port();
-    let config = instance_config(dir.path(), &google, &db, 0, port, mirror, "0 0 0 1 1 *");
-    let mut seeder =
-        Daemon::start_with_config(&dir.path().join("instance0"), &config, port, QUIETER).await;
+    let config = instance_config(dir.path(), &google, &db, 0, mirror, NEVER);
+    let mut seeder = Daemon::run(&dir.path().join("instance0"), config, QUIETER).await;
     let http = reqwest::Client::new();
     let intake = seeder.intake.clone();
     let signins = (0..USERS).map(|i| {
@@ -154,10 +155,9 @@ async fn three_instances_share_the_users(
         .buffer_unordered(16)
         .collect::<Vec<()>>()
         .await;
-    let status = tokio::task::spawn_blocking(move || seeder.terminate(Duration::from_secs(20)))
-        .await
-        .unwrap();
+    let status = seeder.terminate(Duration::from_secs(20)).await;
     assert!(status.success());
+    drop(seeder);
     google.emulator().reset_stats();
 
     // Three instances whose schedule fires once, a few seconds after they are all up: one
@@ -165,20 +165,9 @@ async fn three_instances_share_the_users(
     let tick = chrono::Utc::now() + chrono::Duration::seconds(12);
     let once = tick.format("%S %M %H %d %m *").to_string();
     let mut daemons = Vec::new();
-    let mut configs = Vec::new();
     for i in 0..3 {
-        let port = free_port();
-        let config = instance_config(dir.path(), &google, &db, i, port, mirror, &once);
-        daemons.push(
-            Daemon::start_with_config(
-                &dir.path().join(format!("instance{i}")),
-                &config,
-                port,
-                QUIETER,
-            )
-            .await,
-        );
-        configs.push(config);
+        let config = instance_config(dir.path(), &google, &db, i, mirror, &once);
+        daemons.push(Daemon::run(&dir.path().join(format!("instance{i}")), config, QUIETER).await);
     }
     assert!(
         chrono::Utc::now() < tick,
@@ -234,9 +223,8 @@ async fn three_instances_share_the_users(
         }),
     });
     // Cycles every 30 s from now on.
-    for (config, daemon) in configs.iter().zip(&daemons) {
-        let text = std::fs::read_to_string(config).unwrap();
-        std::fs::write(config, text.replace(&once, "*/30 * * * * *")).unwrap();
+    for daemon in &mut daemons {
+        daemon.rewrite_config(|c| c.sync.schedule = "*/30 * * * * *".into());
         daemon.signal(libc::SIGHUP);
     }
     let before = count(&pool, "SELECT COUNT(*) FROM syncs").await;
@@ -246,8 +234,7 @@ async fn three_instances_share_the_users(
         async || count(&pool, "SELECT COUNT(*) FROM syncs").await > before + 50,
     )
     .await;
-    daemons[1].signal(libc::SIGKILL);
-    daemons[1].kill();
+    daemons[1].kill().await;
     google.emulator().clear_faults();
     // Within lease expiry plus one cycle (and its run time), every mirror is current again.
     wait_for(
@@ -264,7 +251,7 @@ use futures::StreamExt;
 async fn three_instances_with_a_shared_directory() {
     let dir = test_dir();
     let mirror_dir = dir.path().join("shared-mirror");
-    let mirror = format!("data_dir = {mirror_dir:?}");
+    let mirror = SharedMirror::Directory(mirror_dir.clone());
     let read = async |sub: &str, id: &str| std::fs::read(mirror_dir.join(sub).join(id)).ok();
     three_instances_share_the_users(&mirror, read, &dir).await;
 }
@@ -275,7 +262,7 @@ async fn three_instances_with_the_s3_mirror() {
     let Some(bucket) = crate::s3::bucket().await else {
         return;
     };
-    let mirror = format!("mirror_url = {:?}", bucket.url("scale"));
+    let mirror = SharedMirror::S3(bucket.url("scale"));
     let read = async |sub: &str, id: &str| {
         bucket
             .get(&format!("scale/{sub}/{id}"))

@@ -1,6 +1,6 @@
 //! Sync against fake-google: first listing, the changes feed, tokens, faults, pushes.
 
-use appdata_syncd::store::{now_ms, pushes};
+use appdata_syncd::store::now_ms;
 use fake_google::{Fault, Faults};
 
 use crate::helpers::{spawn_app, TestApp};
@@ -261,22 +261,11 @@ async fn an_invalid_page_token_falls_back_to_a_full_listing() {
 }
 
 async fn queue_push(app: &TestApp, sub: &str, name: &str, content: &[u8]) -> i64 {
-    let mut tx = app.store.begin_write().await.unwrap();
-    let base = appdata_syncd::store::files::by_name(tx.conn(), sub, name)
+    app.services
+        .push(sub, name, None, content)
         .await
-        .unwrap();
-    let push = pushes::NewPush {
-        name,
-        mime_type: "application/octet-stream",
-        content,
-        base_file_id: base.as_ref().map(|b| b.file_id.as_str()),
-        base_version: base.as_ref().and_then(|b| b.version),
-    };
-    let id = pushes::enqueue(tx.conn(), sub, &push, now_ms())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    id
+        .unwrap()
+        .push
 }
 
 async fn push_state(app: &TestApp, id: i64) -> String {
