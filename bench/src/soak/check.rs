@@ -1,0 +1,231 @@
+//! The invariants, with the daemon stopped: the model against the database, the mirror against
+//! the emulator, the database's integrity, and (in [`super::secrets`]) no secret at rest.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use appdata_syncd::store::Store;
+use futures::StreamExt;
+use sqlx::Row;
+
+use super::config::sqlite_url;
+use super::secrets::scan_for_secrets;
+use super::state::{lock, Soak};
+
+/// Figures [`check`] gathers for the report.
+#[derive(Default)]
+pub(super) struct Checked {
+    pub(super) users_by_state: BTreeMap<String, i64>,
+    pub(super) syncs: BTreeMap<String, i64>,
+    pub(super) max_api_calls_per_sync: i64,
+    pub(super) files_mirrored: usize,
+    pub(super) secrets_scanned: usize,
+    pub(super) bytes_scanned: u64,
+    pub(super) cycles: usize,
+    pub(super) cycles_skipped: usize,
+}
+
+/// Every invariant, with the daemon stopped. Violations go to `soak.violations`.
+pub(super) async fn check(soak: &Soak) -> anyhow::Result<Checked> {
+    let mut out = Checked::default();
+    // Secrets first: opening the database ourselves may checkpoint and remove the WAL.
+    let (secrets, bytes) = scan_for_secrets(soak).await?;
+    out.secrets_scanned = secrets;
+    out.bytes_scanned = bytes;
+    let log_text = std::fs::read_to_string(&soak.paths.log).unwrap_or_default();
+    out.cycles = log_text.matches("sync cycle finished").count();
+    out.cycles_skipped = log_text.matches("previous cycle still running").count();
+
+    let store = Store::connect(&sqlite_url(&soak.paths.db), 1).await?;
+    let integrity: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_all(store.pool())
+        .await?;
+    if integrity != ["ok"] {
+        soak.violation(format!("PRAGMA integrity_check: {}", integrity.join("; ")));
+    }
+    let rows = sqlx::query(
+        "SELECT u.sub, u.state, u.last_error, \
+                (SELECT COUNT(*) FROM credentials c WHERE c.sub = u.sub) AS creds \
+         FROM users u",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    let mut db_users: HashMap<String, (String, Option<String>, i64)> = HashMap::new();
+    for r in rows {
+        db_users.insert(
+            r.try_get("sub")?,
+            (
+                r.try_get("state")?,
+                r.try_get("last_error")?,
+                r.try_get("creds")?,
+            ),
+        );
+    }
+    for (state, _, _) in db_users.values() {
+        *out.users_by_state.entry(state.clone()).or_default() += 1;
+    }
+    for r in sqlx::query("SELECT outcome, COUNT(*) AS n FROM syncs GROUP BY outcome")
+        .fetch_all(store.pool())
+        .await?
+    {
+        out.syncs.insert(r.try_get("outcome")?, r.try_get("n")?);
+    }
+    out.max_api_calls_per_sync =
+        sqlx::query_scalar("SELECT COALESCE(MAX(api_calls), 0) FROM syncs")
+            .fetch_one(store.pool())
+            .await?;
+
+    let (acked, revoked, forgotten, uncertain) = {
+        let m = lock(&soak.model);
+        (
+            m.acked.clone(),
+            m.revoked.clone(),
+            m.forgotten.clone(),
+            m.uncertain.clone(),
+        )
+    };
+    for sub in acked.difference(&uncertain) {
+        match db_users.get(sub) {
+            None => soak.violation(format!("acknowledged sign-in of {sub}: no user row")),
+            Some((_, _, 0)) => {
+                soak.violation(format!("acknowledged sign-in of {sub}: no credential"))
+            }
+            Some((state, _, _)) if state == "forgotten" => {
+                soak.violation(format!("acknowledged sign-in of {sub}: user is forgotten"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (sub, (state, last_error, _)) in &db_users {
+        if state == "reauth_required" && !revoked.contains(sub) && !uncertain.contains(sub) {
+            soak.violation(format!(
+                "{sub} is reauth_required but its grant was not revoked (last_error: {})",
+                last_error.as_deref().unwrap_or("none")
+            ));
+        }
+        if revoked.contains(sub) && !uncertain.contains(sub) && state != "reauth_required" {
+            soak.violation(format!("{sub}'s grant was revoked but it is {state}"));
+        }
+    }
+    for sub in forgotten.difference(&uncertain) {
+        if db_users.contains_key(sub) {
+            soak.violation(format!("{sub} was forgotten but still has a user row"));
+        }
+        if soak.paths.mirror.join(sub).exists() {
+            soak.violation(format!(
+                "{sub} was forgotten but its mirror directory remains"
+            ));
+        }
+    }
+
+    let active: Vec<String> = db_users
+        .iter()
+        .filter(|(_, (state, _, _))| state == "active")
+        .map(|(sub, _)| sub.clone())
+        .collect();
+    let results: Vec<anyhow::Result<usize>> = futures::stream::iter(active)
+        .map(|sub| {
+            let store = &store;
+            async move { check_mirror(soak, store, &sub).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for r in results {
+        out.files_mirrored += r?;
+    }
+    store.close().await;
+
+    let tmp = soak.paths.mirror.join(".tmp");
+    let leftovers = match std::fs::read_dir(&tmp) {
+        Ok(entries) => entries.count(),
+        Err(_) => 0,
+    };
+    if leftovers > 0 {
+        soak.violation(format!(
+            "{leftovers} temporary files left in {}",
+            tmp.display()
+        ));
+    }
+    Ok(out)
+}
+
+/// Emulator, `files` rows and mirror files of one active user agree: the same ids, names,
+/// md5s, and on disk the emulator's bytes. Returns the number of files.
+async fn check_mirror(soak: &Soak, store: &Store, sub: &str) -> anyhow::Result<usize> {
+    let emulator = soak.files_of(sub).await?;
+    let rows = sqlx::query("SELECT file_id, name, md5 FROM files WHERE sub = $1")
+        .bind(sub)
+        .fetch_all(store.pool())
+        .await?;
+    let mut db: HashMap<String, (String, Option<String>)> = HashMap::new();
+    for r in rows {
+        db.insert(
+            r.try_get("file_id")?,
+            (r.try_get("name")?, r.try_get("md5")?),
+        );
+    }
+    let dir = soak.paths.mirror.join(sub);
+    let on_disk: HashSet<String> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => HashSet::new(),
+    };
+    let mut wrong = Vec::new();
+    for f in &emulator {
+        match db.get(&f.id) {
+            None => wrong.push(format!("{} ({:?}) has no row", f.id, f.name)),
+            Some((name, md5)) => {
+                if *name != f.name {
+                    wrong.push(format!(
+                        "{} is named {name:?}, Drive says {:?}",
+                        f.id, f.name
+                    ));
+                }
+                if md5.as_deref() != Some(f.md5_checksum.as_str()) {
+                    wrong.push(format!(
+                        "{}: md5 {md5:?}, Drive says {}",
+                        f.id, f.md5_checksum
+                    ));
+                }
+            }
+        }
+        match std::fs::read(dir.join(&f.id)) {
+            Err(_) => wrong.push(format!("{} ({:?}) missing on disk", f.id, f.name)),
+            Ok(bytes) => {
+                let content = soak
+                    .control(
+                        reqwest::Method::GET,
+                        &format!("users/{sub}/appdata-content/{}", f.id),
+                        None,
+                    )
+                    .await?
+                    .bytes()
+                    .await?;
+                if bytes != content {
+                    wrong.push(format!(
+                        "{}: {} bytes on disk differ from Drive's {}",
+                        f.id,
+                        bytes.len(),
+                        content.len()
+                    ));
+                }
+            }
+        }
+    }
+    let ids: HashSet<&str> = emulator.iter().map(|f| f.id.as_str()).collect();
+    for id in db.keys().filter(|id| !ids.contains(id.as_str())) {
+        wrong.push(format!("{id} has a row but is not on Drive"));
+    }
+    for name in on_disk.iter().filter(|n| !ids.contains(n.as_str())) {
+        wrong.push(format!("{name} is on disk but not on Drive"));
+    }
+    if !wrong.is_empty() {
+        soak.violation(format!(
+            "mirror of {sub} differs from Drive: {}",
+            wrong.join("; ")
+        ));
+    }
+    Ok(emulator.len())
+}
