@@ -398,16 +398,39 @@ impl Config {
             .clone()
             .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("/var/lib/appdata-syncd"));
+        let (client, token_uri) = self.resolve_google(credentials_dir.as_deref())?;
+        let keyring = self.resolve_key(credentials_dir.as_deref())?;
+        let store_url = self.store.url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", state_dir.join("appdata-syncd.db").display())
+        });
+        if !(store_url.starts_with("sqlite:") || store_url.starts_with("postgres")) {
+            bail!("[store] url must start with sqlite:// or postgres://, got {store_url:?}");
+        }
+        self.check_intake()?;
+        let schedule = self.check_sync()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .with_context(|| format!("[log] level = {:?} is not a valid filter", self.log.level))?;
+        let (data_dir, mirror) = self.resolve_mirror(&state_dir)?;
+        Ok(ResolvedConfig {
+            schedule,
+            raw: self,
+            client,
+            token_uri,
+            store_url,
+            state_dir,
+            data_dir,
+            mirror,
+            keyring,
+        })
+    }
 
+    /// The client secret (read) and the effective token endpoint; every Google URL checked.
+    fn resolve_google(&self, credentials: Option<&Path>) -> anyhow::Result<(ClientSecret, String)> {
         let secret_path = self
             .google
             .client_secret_file
             .clone()
-            .or_else(|| {
-                credentials_dir
-                    .as_ref()
-                    .map(|d| d.join("client_secret.json"))
-            })
+            .or_else(|| credentials.map(|d| d.join("client_secret.json")))
             .context("[google] client_secret_file is not set (and no $CREDENTIALS_DIRECTORY)")?;
         let client = ClientSecret::read(&secret_path)?;
         let token_uri = self
@@ -430,33 +453,34 @@ impl Config {
         if self.google.required_scopes.is_empty() {
             bail!("[google] required_scopes must not be empty");
         }
+        Ok((client, token_uri))
+    }
 
+    fn resolve_key(&self, credentials: Option<&Path>) -> anyhow::Result<Keyring> {
         let key_path = self
             .store
             .encryption_key_file
             .clone()
-            .or_else(|| credentials_dir.as_ref().map(|d| d.join("encryption.key")))
+            .or_else(|| credentials.map(|d| d.join("encryption.key")))
             .context("[store] encryption_key_file is not set (and no $CREDENTIALS_DIRECTORY)")?;
-        let keyring = Keyring::from_files(&key_path, &self.store.previous_key_files)?;
+        Keyring::from_files(&key_path, &self.store.previous_key_files)
+    }
 
-        let store_url = self.store.url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", state_dir.join("appdata-syncd.db").display())
-        });
-        if !(store_url.starts_with("sqlite:") || store_url.starts_with("postgres")) {
-            bail!("[store] url must start with sqlite:// or postgres://, got {store_url:?}");
-        }
-
+    fn check_intake(&self) -> anyhow::Result<()> {
         match (&self.intake.tls_cert, &self.intake.tls_key) {
             (Some(cert), Some(key)) => {
                 for p in [cert, key] {
                     std::fs::metadata(p)
                         .with_context(|| format!("[intake] cannot read {}", p.display()))?;
                 }
+                Ok(())
             }
-            (None, None) => {}
+            (None, None) => Ok(()),
             _ => bail!("[intake] tls_cert and tls_key must be set together"),
         }
+    }
 
+    fn check_sync(&self) -> anyhow::Result<Schedule> {
         let schedule = Schedule::parse(&self.sync.schedule)?;
         if self.sync.concurrency == 0 {
             bail!("[sync] concurrency must be at least 1");
@@ -467,9 +491,11 @@ impl Config {
         if self.sync.max_requests_per_second == 0 {
             bail!("[sync] max_requests_per_second must be at least 1");
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .with_context(|| format!("[log] level = {:?} is not a valid filter", self.log.level))?;
+        Ok(schedule)
+    }
 
+    /// `[sync] data_dir` (default `STATE_DIR/mirror`) and where mirror contents live.
+    fn resolve_mirror(&self, state_dir: &Path) -> anyhow::Result<(PathBuf, MirrorLocation)> {
         let data_dir = self
             .sync
             .data_dir
@@ -484,17 +510,7 @@ impl Config {
                 bail!("[sync] data_dir and mirror_url = file://... name different directories: set only one");
             }
         }
-        Ok(ResolvedConfig {
-            schedule,
-            raw: self,
-            client,
-            token_uri,
-            store_url,
-            state_dir,
-            data_dir,
-            mirror,
-            keyring,
-        })
+        Ok((data_dir, mirror))
     }
 }
 

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto::{CryptoError, Keyring, Purpose, Sealed};
-use crate::google::oauth::OAuthClient;
+use crate::google::oauth::{OAuthClient, TokenResponse};
 use crate::google::GoogleError;
 use crate::store::users::UserState;
 use crate::store::{self, credentials, users, Store};
@@ -178,6 +178,17 @@ impl Tokens {
                 return Err(e.into());
             }
         };
+        self.store_refreshed(sub, resp, &cred.scopes).await
+    }
+
+    /// Seals and stores what a refresh returned; Google may rotate the refresh token, and the
+    /// new one replaces the old in the same commit.
+    async fn store_refreshed(
+        &self,
+        sub: &str,
+        resp: TokenResponse,
+        scopes_before: &str,
+    ) -> Result<(AccessToken, bool), TokenError> {
         let obtained = store::now_ms();
         let expires_at = resp.expires_at_ms(obtained);
         let access = self
@@ -186,14 +197,13 @@ impl Tokens {
         let mut tx = self.store.begin_write().await?;
         credentials::put_access_token(tx.conn(), sub, &access, expires_at, resp.scope.as_deref())
             .await?;
-        // Google may rotate the refresh token: the new one replaces the old in the same commit.
         if let Some(new_refresh) = &resp.refresh_token {
             let sealed = self.keyring.seal(sub, Purpose::RefreshToken, new_refresh);
             credentials::put_refresh_token(
                 tx.conn(),
                 sub,
                 &sealed,
-                resp.scope.as_deref().unwrap_or(&cred.scopes),
+                resp.scope.as_deref().unwrap_or(scopes_before),
                 obtained,
                 Some((&access, expires_at)),
             )

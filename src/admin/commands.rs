@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use super::protocol::{Command, ErrorBody, ErrorCode};
 use crate::scheduler::resync::ResyncTarget;
+use crate::scheduler::SyncEvent;
 use crate::services::reports::LogFilter;
 use crate::services::{Pause, ServiceError, Services};
 use crate::store::schedule::Resync;
@@ -44,7 +45,21 @@ fn reply<T: Serialize>(result: Result<T, ServiceError>) -> CmdResult {
     serde_json::to_value(value).map_err(|e| err(ErrorCode::Internal, e.to_string()))
 }
 
-/// Runs one command. Progress lines (for `resync --wait`) go to `events`.
+/// `resync SUB` or `resync --all`, never both, never neither.
+fn resync_target(sub: Option<String>, all: bool) -> Result<ResyncTarget, ErrorBody> {
+    match (sub, all) {
+        (Some(_), true) => Err(err(ErrorCode::BadRequest, "give a sub or --all, not both")),
+        (None, false) => Err(err(
+            ErrorCode::BadRequest,
+            "missing argument: sub (or --all)",
+        )),
+        (Some(sub), false) => Ok(ResyncTarget::User(sub)),
+        (None, true) => Ok(ResyncTarget::All),
+    }
+}
+
+/// Runs one command. Progress lines (for `resync --wait`) go to `events`. One arm per
+/// command of the protocol, each a call to [`Services`]: longer than a screen, but flat.
 pub async fn execute(
     services: &Services,
     command: Command,
@@ -61,19 +76,7 @@ pub async fn execute(
             full,
             wait,
         } => {
-            let target = match (sub, all) {
-                (Some(_), true) => {
-                    return Err(err(ErrorCode::BadRequest, "give a sub or --all, not both"))
-                }
-                (None, false) => {
-                    return Err(err(
-                        ErrorCode::BadRequest,
-                        "missing argument: sub (or --all)",
-                    ))
-                }
-                (Some(sub), false) => ResyncTarget::User(sub),
-                (None, true) => ResyncTarget::All,
-            };
+            let target = resync_target(sub, all)?;
             let kind = if full {
                 Resync::Full
             } else {
@@ -82,7 +85,7 @@ pub async fn execute(
             if !wait {
                 return reply(services.resync(&target, kind).await);
             }
-            let progress = |event: &crate::scheduler::SyncEvent| {
+            let progress = |event: &SyncEvent| {
                 if let Ok(v) = serde_json::to_value(event) {
                     // A slow client only misses progress lines; the result still comes.
                     let _ = events.try_send(v);

@@ -229,7 +229,7 @@ async fn handle_connection(
             n = tokio::time::timeout(IDLE_TIMEOUT, read_line(&mut reader)) => n,
             _ = stop.cancelled() => return,
         };
-        let line = match next {
+        let answered = match next {
             Err(_) | Ok(Err(_)) | Ok(Ok(Line::Closed)) => return, // idle, broken or closed
             Ok(Ok(Line::TooLong)) => {
                 let r = Response::error(
@@ -237,54 +237,51 @@ async fn handle_connection(
                     ErrorCode::LineTooLong,
                     format!("request lines are limited to {MAX_LINE} bytes"),
                 );
-                if write.write_all(r.to_line().as_bytes()).await.is_err() {
-                    return;
-                }
-                continue;
+                write.write_all(r.to_line().as_bytes()).await
             }
-            Ok(Ok(Line::Text(line))) => line,
+            Ok(Ok(Line::Text(line))) if line.trim().is_empty() => Ok(()),
+            Ok(Ok(Line::Text(line))) => answer(&services, &line, &mut write).await,
         };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let (id, command) = parse_request(&line);
-        let command = match command {
-            Ok(c) => c,
-            Err(e) => {
-                let r = Response::error(id, ErrorCode::BadRequest, e);
-                if write.write_all(r.to_line().as_bytes()).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-        };
-        let (events_tx, mut events_rx) = tokio::sync::mpsc::channel::<serde_json::Value>(64);
-        let run = commands::execute(&services, command, events_tx);
-        tokio::pin!(run);
-        let response = loop {
-            tokio::select! {
-                r = &mut run => break r,
-                Some(event) = events_rx.recv() => {
-                    let line = Response::event(id.clone(), event).to_line();
-                    if write.write_all(line.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        };
-        while let Ok(event) = events_rx.try_recv() {
-            let line = Response::event(id.clone(), event).to_line();
-            if write.write_all(line.as_bytes()).await.is_err() {
-                return;
-            }
-        }
-        let line = match response {
-            Ok(result) => Response::ok(id, result),
-            Err(e) => Response::error(id, e.code, e.message),
-        }
-        .to_line();
-        if write.write_all(line.as_bytes()).await.is_err() {
-            return;
+        if answered.is_err() {
+            return; // the client has gone
         }
     }
+}
+
+/// Runs one request line and writes its progress lines and final response.
+async fn answer(
+    services: &Services,
+    line: &str,
+    write: &mut (impl AsyncWriteExt + Unpin),
+) -> std::io::Result<()> {
+    let (id, command) = parse_request(line);
+    let command = match command {
+        Ok(c) => c,
+        Err(e) => {
+            let r = Response::error(id, ErrorCode::BadRequest, e);
+            return write.write_all(r.to_line().as_bytes()).await;
+        }
+    };
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel::<serde_json::Value>(64);
+    let run = commands::execute(services, command, events_tx);
+    tokio::pin!(run);
+    let response = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            Some(event) = events_rx.recv() => {
+                let line = Response::event(id.clone(), event).to_line();
+                write.write_all(line.as_bytes()).await?;
+            }
+        }
+    };
+    while let Ok(event) = events_rx.try_recv() {
+        let line = Response::event(id.clone(), event).to_line();
+        write.write_all(line.as_bytes()).await?;
+    }
+    let line = match response {
+        Ok(result) => Response::ok(id, result),
+        Err(e) => Response::error(id, e.code, e.message),
+    }
+    .to_line();
+    write.write_all(line.as_bytes()).await
 }

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use crate::admin::client::AdminClient;
-use crate::admin::protocol::Command;
+use crate::admin::protocol::{Command, Response};
 use crate::scheduler::resync::ResyncReport;
 use crate::scheduler::{SyncEvent, SyncPhase};
 use crate::services::reports::{
@@ -101,15 +101,33 @@ pub enum CtlCommand {
 }
 
 pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
-    let command = match args.command {
+    let command = to_request(args.command)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let json = args.json;
+    let response = runtime.block_on(async {
+        let mut client = AdminClient::connect(&args.socket).await?;
+        client
+            .request(&command, |event| {
+                match (json, serde_json::from_value::<SyncEvent>(event.clone())) {
+                    (false, Ok(e)) => println!("{}", describe_event(&e)),
+                    _ => println!("{event}"),
+                }
+            })
+            .await
+    })?;
+    print_response(&command, response, json)
+}
+
+/// The admin request a command line asks for; refuses what needs no daemon to refuse.
+fn to_request(command: CtlCommand) -> anyhow::Result<Command> {
+    Ok(match command {
         CtlCommand::Status => Command::Status,
         CtlCommand::Users { state } => match state.map(|s| s.parse::<UserState>()).transpose() {
             Ok(state) => Command::Users { state },
-            Err(e) => {
-                // The same shape as the daemon's own refusals.
-                eprintln!("appdata-syncd ctl: bad_request: {e}");
-                return Ok(ExitCode::FAILURE);
-            }
+            // Said the way the daemon says its own refusals.
+            Err(e) => anyhow::bail!("bad_request: {e}"),
         },
         CtlCommand::User { sub } => Command::User { sub },
         CtlCommand::Files { sub } => Command::Files { sub },
@@ -157,28 +175,17 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         }
         CtlCommand::LogLevel { filter } => Command::LogLevel { filter },
         CtlCommand::Reload => Command::Reload,
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let json = args.json;
-    let response = runtime.block_on(async {
-        let mut client = AdminClient::connect(&args.socket).await?;
-        client
-            .request(&command, |event| {
-                match (json, serde_json::from_value::<SyncEvent>(event.clone())) {
-                    (false, Ok(e)) => println!("{}", describe_event(&e)),
-                    _ => println!("{event}"),
-                }
-            })
-            .await
-    })?;
+    })
+}
+
+/// Prints the result (or the error) and says how to exit.
+fn print_response(command: &Command, response: Response, json: bool) -> anyhow::Result<ExitCode> {
     match (response.ok, response.result, response.error) {
         (Some(true), Some(result), _) => {
             if json {
                 println!("{result}");
             } else {
-                print!("{}", render(&command, result)?);
+                print!("{}", render(command, result)?);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -87,6 +87,8 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What the app is told of each way a sign-in fails (and what the log says): one arm per
+/// error, a table longer than a screen.
 impl From<SignInError> for ApiError {
     fn from(e: SignInError) -> Self {
         use GoogleError as G;

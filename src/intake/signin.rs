@@ -90,17 +90,7 @@ impl SignIn {
         let id_token = tokens.id_token.as_deref().ok_or(SignInError::NoIdToken)?;
         let claims = self.verifier.verify(id_token).await?;
 
-        let granted = tokens.scopes();
-        let missing: Vec<String> = self
-            .required_scopes
-            .iter()
-            .filter(|s| !granted.contains(&s.as_str()))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            return Err(SignInError::MissingScopes(missing));
-        }
-
+        let granted = self.check_scopes(tokens)?;
         let sub = claims.sub.clone();
         let obtained_at = store::now_ms();
         let access_expires_at = tokens.expires_at_ms(obtained_at);
@@ -153,6 +143,24 @@ impl SignIn {
             state,
             new_refresh_token: tokens.refresh_token.is_some(),
         })
+    }
+}
+
+impl SignIn {
+    /// The scopes Google granted, when they include every required one.
+    fn check_scopes<'t>(&self, tokens: &'t TokenResponse) -> Result<Vec<&'t str>, SignInError> {
+        let granted = tokens.scopes();
+        let missing: Vec<String> = self
+            .required_scopes
+            .iter()
+            .filter(|s| !granted.contains(&s.as_str()))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            Ok(granted)
+        } else {
+            Err(SignInError::MissingScopes(missing))
+        }
     }
 }
 

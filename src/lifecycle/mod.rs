@@ -66,22 +66,11 @@ impl App {
         store.migrate().await?;
         let shutdown = Shutdown::new();
         let recorder_done = CancellationToken::new();
-        let g = &config.raw.google;
-        let http = http_client(g.request_timeout);
-        let oauth = OAuthClient::new(
-            http.clone(),
-            config.token_uri.clone(),
-            g.revoke_uri.clone(),
-            config.client.client_id.clone(),
-            config.client.client_secret.clone(),
-            g.redirect_uri.clone(),
-        );
-        let verifier = Arc::new(IdTokenVerifier::new(
-            http.clone(),
-            g.jwks_uri.clone(),
-            config.client.client_id.clone(),
-            g.android_client_ids.clone(),
-        ));
+        let Google {
+            oauth,
+            verifier,
+            drive,
+        } = Google::new(&config);
         let limit = Arc::new(RateLimit::new(config.raw.sync.max_requests_per_second));
         let mirror = Mirror::open_location(&config.mirror)
             .with_context(|| format!("cannot open the mirror at {}", config.mirror))?;
@@ -95,7 +84,7 @@ impl App {
         let engine = Arc::new(SyncEngine {
             recorder,
             instance: config.instance_id(),
-            drive: DriveClient::new(http, &g.drive_api_base),
+            drive,
             tokens: tokens.clone(),
             store: store.clone(),
             mirror: mirror.clone(),
@@ -113,7 +102,7 @@ impl App {
             verifier: verifier.clone(),
             store: store.clone(),
             keyring: config.keyring.clone(),
-            required_scopes: g.required_scopes.clone(),
+            required_scopes: config.raw.google.required_scopes.clone(),
         });
         let listeners = Listeners::bind(&config).await?;
         let services = Services::new(Parts {
@@ -250,6 +239,37 @@ impl App {
             tasks.spawn("metrics", serve_metrics(metrics, services, shutdown.stop));
         }
         handle
+    }
+}
+
+/// The clients of Google's APIs, on one HTTP client (one connection pool).
+struct Google {
+    oauth: OAuthClient,
+    verifier: Arc<IdTokenVerifier>,
+    drive: DriveClient,
+}
+
+impl Google {
+    fn new(config: &ResolvedConfig) -> Google {
+        let g = &config.raw.google;
+        let http = http_client(g.request_timeout);
+        Google {
+            oauth: OAuthClient::new(
+                http.clone(),
+                config.token_uri.clone(),
+                g.revoke_uri.clone(),
+                config.client.client_id.clone(),
+                config.client.client_secret.clone(),
+                g.redirect_uri.clone(),
+            ),
+            verifier: Arc::new(IdTokenVerifier::new(
+                http.clone(),
+                g.jwks_uri.clone(),
+                config.client.client_id.clone(),
+                g.android_client_ids.clone(),
+            )),
+            drive: DriveClient::new(http, &g.drive_api_base),
+        }
     }
 }
 
