@@ -29,7 +29,14 @@ async fn code_exchange_returns_google_shaped_tokens() {
     assert!(refresh.starts_with("1//") && refresh.len() >= 3 + 32);
     assert_eq!(t.body["token_type"], "Bearer");
     assert_eq!(t.body["expires_in"], 3599);
-    assert_eq!(t.body["scope"], format!("openid email profile {APPDATA}"));
+    // Google reports the userinfo scopes by their full URLs, whatever short names were asked.
+    assert_eq!(
+        t.body["scope"],
+        format!(
+            "openid https://www.googleapis.com/auth/userinfo.email \
+             https://www.googleapis.com/auth/userinfo.profile {APPDATA}"
+        )
+    );
     assert_eq!(t.id_token.split('.').count(), 3);
     let code = env.code("111");
     assert!(code.starts_with("4/") && code.len() >= 34);
@@ -238,7 +245,10 @@ async fn granular_consent_narrows_scope_and_drops_id_token_on_refresh() {
         })
         .unwrap();
     let t = env.exchange(&code).await;
-    assert_eq!(t.body["scope"], "email");
+    assert_eq!(
+        t.body["scope"],
+        "https://www.googleapis.com/auth/userinfo.email"
+    );
     let resp = env
         .token(&[
             ("grant_type", "refresh_token"),
