@@ -152,22 +152,34 @@ impl Default for MinuteWindow {
 }
 
 impl MinuteWindow {
-    pub(crate) fn admit(&self, limit: u64, now_s: u64) -> bool {
-        let mut w = self.0.lock();
+    /// Whether one more request fits; counts nothing.
+    pub(crate) fn has_room(&self, limit: u64, now_s: u64) -> bool {
+        let w = self.0.lock();
         let recent: u64 = w
             .iter()
             .filter(|(sec, _)| *sec + 60 > now_s && *sec <= now_s)
             .map(|(_, n)| n)
             .sum();
-        if recent >= limit {
-            return false;
-        }
+        recent < limit
+    }
+
+    /// Counts one admitted request.
+    pub(crate) fn record(&self, now_s: u64) {
+        let mut w = self.0.lock();
         let slot = &mut w[(now_s % 60) as usize];
         if slot.0 != now_s {
             *slot = (now_s, 0);
         }
         slot.1 += 1;
-        true
+    }
+
+    #[cfg(test)]
+    fn admit(&self, limit: u64, now_s: u64) -> bool {
+        let ok = self.has_room(limit, now_s);
+        if ok {
+            self.record(now_s);
+        }
+        ok
     }
 }
 

@@ -320,12 +320,16 @@ fn quota_refusal(
             return Some(refusal(family, status, retry, false));
         }
     }
+    if let (Some(q), Some(a)) = (fault.user_quota_rps, account) {
+        if !a.quota.admit(q) {
+            return Some(refusal(family, 403, retry, true));
+        }
+    }
+    // Per minute: a request refused by one window counts in neither.
+    let now = emu.clock_unix_s();
+    let project = emu.faults.minute_window(family);
     if let Some(q) = fault.quota_per_minute {
-        if !emu
-            .faults
-            .minute_window(family)
-            .admit(q, emu.clock_unix_s())
-        {
+        if !project.has_room(q, now) {
             let status = if fault.error_status == Some(429) {
                 429
             } else {
@@ -334,15 +338,17 @@ fn quota_refusal(
             return Some(refusal(family, status, retry, false));
         }
     }
-    if let (Some(q), Some(a)) = (fault.user_quota_rps, account) {
-        if !a.quota.admit(q) {
+    let user = account.map(|a| &a.minute_quota);
+    if let (Some(q), Some(w)) = (fault.user_quota_per_minute, user) {
+        if !w.has_room(q, now) {
             return Some(refusal(family, 403, retry, true));
         }
     }
-    if let (Some(q), Some(a)) = (fault.user_quota_per_minute, account) {
-        if !a.minute_quota.admit(q, emu.clock_unix_s()) {
-            return Some(refusal(family, 403, retry, true));
-        }
+    if fault.quota_per_minute.is_some() {
+        project.record(now);
+    }
+    if let (Some(_), Some(w)) = (fault.user_quota_per_minute, user) {
+        w.record(now);
     }
     None
 }
