@@ -305,7 +305,10 @@ impl Emulator {
         self.keys.write().set_outcast(key)
     }
 
-    /// Checks the client credentials of a `/token` call.
+    /// Checks the client credentials of a `/token` call: 401 `invalid_client` for an unknown
+    /// client or a wrong secret (error codes of
+    /// <https://developers.google.com/identity/protocols/oauth2/web-server#exchange-authorization-code>
+    /// and RFC 6749 §5.2; the descriptions are the ones Google sends).
     fn authenticate_client(
         &self,
         id: Option<&str>,
@@ -366,6 +369,8 @@ impl Emulator {
             let mut codes = self.codes.lock();
             match codes.get(code) {
                 None => return Err(OAuthError::grant("Bad Request")),
+                // A code is bound to the redirect_uri it was issued for; redeeming it with
+                // another is 400 `redirect_uri_mismatch` (same page, RFC 6749 §4.1.3).
                 Some(p) if p.redirect_uri != redirect_uri => {
                     return Err(OAuthError::new(
                         StatusCode::BAD_REQUEST,
