@@ -311,3 +311,27 @@ async fn a_dropped_chunk_keeps_what_arrived_and_the_upload_resumes() {
     assert_eq!(env.fg.emulator().file_content("1", &id).unwrap(), content);
     assert_eq!(env.fg.emulator().stats().counter("resumable.cut"), 1);
 }
+
+#[tokio::test]
+async fn multipart_uploads_over_5_mb_are_accepted_as_drive_documents_no_limit() {
+    let env = Env::start().await;
+    let t = env.sign_in("1").await;
+    let content = vec![7u8; 6 * 1024 * 1024];
+    let (ct, body) = common::related(
+        &json!({"name": "six.bin", "parents": ["appDataFolder"]}),
+        &content,
+        "application/octet-stream",
+    );
+    let resp = env
+        .http
+        .post(env.url("/upload/drive/v3/files?uploadType=multipart&fields=size"))
+        .bearer_auth(&t.access)
+        .header("Content-Type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let file: Value = resp.json().await.unwrap();
+    assert_eq!(file["size"], content.len().to_string());
+}
