@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::drive::store::Drive;
+use crate::drive::store::{CreateError, Drive, Edit, MoveError, NewFile, FOLDER_MIME};
 use crate::drive::DriveFile;
-use crate::faults::{FaultState, Faults, Window};
+use crate::faults::{FaultState, Faults, MinuteWindow, Window};
 use crate::keys::{KeyRing, SigningKey};
 use crate::oauth::{AccessToken, Grant, PendingCode};
 use crate::sharded::Sharded;
@@ -65,6 +65,8 @@ pub(crate) struct Account {
     pub(crate) grants: Mutex<Vec<Arc<Grant>>>,
     /// Per-user quota window (`user_quota_rps`).
     pub(crate) quota: Window,
+    /// Per-user sliding minute (`user_quota_per_minute`).
+    pub(crate) minute_quota: MinuteWindow,
 }
 
 /// The shared state; reachable only inside the crate (its module is private).
@@ -83,6 +85,13 @@ pub struct Inner {
     /// Bumped by `expire_access_tokens(None)`.
     pub(crate) global_access_epoch: AtomicU64,
     pub(crate) grant_ids: AtomicU64,
+    /// How far `advance_clock` has moved the emulator's time, in milliseconds.
+    pub(crate) clock_offset_ms: AtomicU64,
+    /// Lifetime of refresh tokens issued from now on, in seconds; 0 means they do not expire
+    /// by age (`set_refresh_token_lifetime`).
+    pub(crate) refresh_lifetime_s: AtomicU64,
+    /// Open resumable upload sessions, by upload id.
+    pub(crate) uploads: crate::http::resumable::Sessions,
     pub(crate) faults: FaultState,
     pub(crate) stats: Counters,
     pub(crate) issued: Mutex<Vec<String>>,
@@ -114,6 +123,9 @@ impl Emulator {
             jwks_max_age_s: AtomicU64::new(21600),
             global_access_epoch: AtomicU64::new(0),
             grant_ids: AtomicU64::new(1),
+            clock_offset_ms: AtomicU64::new(0),
+            refresh_lifetime_s: AtomicU64::new(0),
+            uploads: Default::default(),
             faults: FaultState::default(),
             stats: Counters::default(),
             issued: Mutex::default(),
@@ -129,6 +141,28 @@ impl Emulator {
 
     pub fn clients(&self) -> Clients {
         self.clients.clone()
+    }
+
+    /// The emulator's time for expiries (tokens, codes, upload sessions) and quota windows:
+    /// real time plus whatever `advance_clock` added. Timestamps in responses stay real.
+    pub(crate) fn now(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.clock_offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// [`Emulator::now`] as whole seconds since the Unix epoch, for the quota windows.
+    pub(crate) fn clock_unix_s(&self) -> u64 {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        (real + self.clock_offset_ms.load(Ordering::Relaxed)) / 1000
+    }
+
+    /// Moves the emulator's clock forward: tokens, codes and upload sessions expire, refresh
+    /// tokens age and quota windows slide as if `by` had passed. Tests need not wait.
+    pub fn advance_clock(&self, by: Duration) {
+        self.clock_offset_ms
+            .fetch_add(by.as_millis() as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn record_secret(&self, s: &str) {
@@ -167,6 +201,7 @@ impl Emulator {
             access_epoch: AtomicU64::new(0),
             grants: Mutex::default(),
             quota: Window::default(),
+            minute_quota: MinuteWindow::default(),
         });
         if !self.accounts.insert_new(sub.clone(), account) {
             return Err(Error::UserExists(sub));
@@ -210,6 +245,65 @@ impl Emulator {
         let account = self.account(sub)?;
         let file = account.drive.lock().create(name, mime, content.into());
         Ok(file)
+    }
+
+    /// Creates a file in `parent` (a folder id; `None` for the appDataFolder itself). Any
+    /// content and type, Google-native ones (`application/vnd.google-apps.document`, …)
+    /// included: those have no md5 and answer 403 `fileNotDownloadable` to `alt=media`.
+    pub fn create_file_in(
+        &self,
+        sub: &str,
+        parent: Option<&str>,
+        name: &str,
+        content: impl Into<Bytes>,
+        mime: Option<&str>,
+    ) -> Result<DriveFile, Error> {
+        let account = self.account(sub)?;
+        let file = account.drive.lock().create_with(NewFile {
+            name,
+            mime,
+            content: content.into(),
+            parent,
+            id: None,
+        });
+        file.map_err(control_error)
+    }
+
+    /// Creates a folder (mimeType `application/vnd.google-apps.folder`) in `parent` (`None`
+    /// for the appDataFolder), so nested trees can be built.
+    pub fn create_folder(
+        &self,
+        sub: &str,
+        name: &str,
+        parent: Option<&str>,
+    ) -> Result<DriveFile, Error> {
+        self.create_file_in(sub, parent, name, Bytes::new(), Some(FOLDER_MIME))
+    }
+
+    /// Moves a file or folder into `parent` (a folder id, or `None` for the appDataFolder).
+    pub fn move_file(
+        &self,
+        sub: &str,
+        file_id: &str,
+        parent: Option<&str>,
+    ) -> Result<DriveFile, Error> {
+        let account = self.account(sub)?;
+        let mut drive = account.drive.lock();
+        let current = drive
+            .files
+            .get(file_id)
+            .map(|e| e.file.parents.clone())
+            .ok_or_else(|| Error::FileNotFound(file_id.to_string()))?;
+        let edit = Edit {
+            reparent: Some((vec![parent.unwrap_or("appDataFolder").to_string()], current)),
+            ..Edit::default()
+        };
+        match drive.edit(file_id, edit) {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => Err(Error::FileNotFound(file_id.to_string())),
+            Err(MoveError::ParentNotFound(p)) => Err(Error::FileNotFound(p)),
+            Err(e) => Err(Error::Invalid(format!("cannot move there: {e:?}"))),
+        }
     }
 
     pub fn update_file(
@@ -269,7 +363,7 @@ impl Emulator {
             .ok_or_else(|| Error::FileNotFound(file_id.to_string()))
     }
 
-    /// Every file in the user's appDataFolder, in creation order.
+    /// Every file and folder in the user's appDataFolder, nested ones too, in creation order.
     pub fn list_files(&self, sub: &str) -> Result<Vec<DriveFile>, Error> {
         let account = self.account(sub)?;
         let drive = account.drive.lock();
@@ -301,6 +395,16 @@ impl Emulator {
 
     pub fn set_access_token_lifetime(&self, secs: u64) {
         self.access_lifetime_s.store(secs, Ordering::Relaxed);
+    }
+
+    /// Refresh tokens issued from now on stop working `lifetime` after issue (`None`: never by
+    /// age). Models a consent screen in the "Testing" publishing status, whose refresh tokens
+    /// last 7 days unless only identity scopes were granted
+    /// (<https://developers.google.com/identity/protocols/oauth2#expiration>); grants of only
+    /// openid/email/profile are therefore exempt.
+    pub fn set_refresh_token_lifetime(&self, lifetime: Option<Duration>) {
+        let secs = lifetime.map(|d| d.as_secs().max(1)).unwrap_or(0);
+        self.refresh_lifetime_s.store(secs, Ordering::Relaxed);
     }
 
     pub fn set_jwks_max_age(&self, secs: u64) {
@@ -356,5 +460,15 @@ impl Emulator {
                 "redirect_uris": [],
             }
         })
+    }
+}
+
+/// The control API's view of a refused create.
+fn control_error(e: CreateError) -> Error {
+    match e {
+        CreateError::ParentNotFound(p) => Error::FileNotFound(p),
+        CreateError::ParentNotFolder(p) => Error::Invalid(format!("{p} is not a folder")),
+        CreateError::IdNotUsable => Error::Invalid("that id was not generated".into()),
+        CreateError::IdInUse => Error::Invalid("that id is in use".into()),
     }
 }

@@ -41,6 +41,20 @@ pub struct Fault {
     pub quota_rps: Option<u64>,
     /// Requests per second per user (Drive only); beyond it, 403 userRateLimitExceeded.
     pub user_quota_rps: Option<u64>,
+    /// Requests per minute for the whole family (Drive's per-project quota); beyond it, 403
+    /// rateLimitExceeded (429 if `error_status` is 429). A sliding 60-second window; refused
+    /// requests do not count.
+    pub quota_per_minute: Option<u64>,
+    /// Requests per minute per user (Drive only); beyond it, 403 userRateLimitExceeded.
+    /// A sliding 60-second window; refused requests do not count.
+    pub user_quota_per_minute: Option<u64>,
+    /// Media bodies (`alt=media`) are streamed at this many bytes per second, so a client's
+    /// read timeout and resume (`Range`) can be tested. Combines with `reset_rate`.
+    pub body_bytes_per_sec: Option<u64>,
+    /// Answer every request of the family with `302 Found` and this `Location` instead of
+    /// serving it. A client must never follow it; point it at `{base}/_emulator/redirect-target`
+    /// and the `redirect_target.hits` stats counter shows whether one did.
+    pub redirect_to: Option<String>,
 }
 
 impl Fault {
@@ -51,6 +65,16 @@ impl Fault {
                 return Err(format!(
                     "error_status must be 500, 503, 429 or 403, not {s}"
                 ));
+            }
+        }
+        if self.body_bytes_per_sec == Some(0) {
+            return Err("body_bytes_per_sec must be at least 1".into());
+        }
+        if let Some(to) = &self.redirect_to {
+            let absolute = to.starts_with("http://") || to.starts_with("https://");
+            if !(absolute || to.starts_with('/')) || axum::http::HeaderValue::from_str(to).is_err()
+            {
+                return Err("redirect_to must be an http(s) URL or an absolute path".into());
             }
         }
         for (name, rate) in [
@@ -116,11 +140,56 @@ impl Window {
     }
 }
 
+/// Sliding one-minute window in one-second buckets: a request is admitted when fewer than
+/// `limit` were admitted in the 60 seconds before it. Time comes from the emulator's clock
+/// (`advance_clock` moves it), in whole seconds.
+pub(crate) struct MinuteWindow(Mutex<[(u64, u64); 60]>);
+
+impl Default for MinuteWindow {
+    fn default() -> Self {
+        Self(Mutex::new([(0, 0); 60]))
+    }
+}
+
+impl MinuteWindow {
+    /// Whether one more request fits; counts nothing.
+    pub(crate) fn has_room(&self, limit: u64, now_s: u64) -> bool {
+        let w = self.0.lock();
+        let recent: u64 = w
+            .iter()
+            .filter(|(sec, _)| *sec + 60 > now_s && *sec <= now_s)
+            .map(|(_, n)| n)
+            .sum();
+        recent < limit
+    }
+
+    /// Counts one admitted request.
+    pub(crate) fn record(&self, now_s: u64) {
+        let mut w = self.0.lock();
+        let slot = &mut w[(now_s % 60) as usize];
+        if slot.0 != now_s {
+            *slot = (now_s, 0);
+        }
+        slot.1 += 1;
+    }
+
+    #[cfg(test)]
+    fn admit(&self, limit: u64, now_s: u64) -> bool {
+        let ok = self.has_room(limit, now_s);
+        if ok {
+            self.record(now_s);
+        }
+        ok
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct FaultState {
     faults: RwLock<Faults>,
     token_window: Window,
     drive_window: Window,
+    token_minute: MinuteWindow,
+    drive_minute: MinuteWindow,
 }
 
 impl FaultState {
@@ -142,5 +211,27 @@ impl FaultState {
             Family::Token | Family::Jwks => &self.token_window,
             Family::Drive => &self.drive_window,
         }
+    }
+
+    pub(crate) fn minute_window(&self, family: Family) -> &MinuteWindow {
+        match family {
+            Family::Token | Family::Jwks => &self.token_minute,
+            Family::Drive => &self.drive_minute,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minute_window_slides() {
+        let w = MinuteWindow::default();
+        assert!(w.admit(2, 100));
+        assert!(w.admit(2, 130));
+        assert!(!w.admit(2, 159), "two within the last 60 s");
+        assert!(w.admit(2, 160), "the one at 100 s has left the window");
+        assert!(!w.admit(2, 161));
     }
 }

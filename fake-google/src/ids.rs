@@ -57,6 +57,12 @@ pub(crate) fn file_id() -> String {
     format!("1{}", url_safe(32))
 }
 
+/// A resumable upload session id (`upload_id=` in the session URI). It authenticates the
+/// session's `PUT`s on its own, so it is a secret like the tokens.
+pub(crate) fn upload_id() -> String {
+    format!("ADPyc{}", url_safe(SECRET_LEN))
+}
+
 /// The appDataFolder's own id looks like a Drive root id (`0A…Uk9PVA`).
 pub(crate) fn folder_id() -> String {
     let mut rng = rand::thread_rng();

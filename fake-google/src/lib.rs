@@ -5,12 +5,14 @@
 //! [`FakeGoogle::base_url`]; drive it with the [`Emulator`] handle or the `/_emulator/` HTTP API.
 //!
 //! Modules, in reading order:
-//! - `server`: [`FakeGoogle`] and [`Options`]: binding, serving, shutdown.
+//! - `server`: [`FakeGoogle`] and [`Options`]: binding, the HTTP/1.1 + h2c serve loop, shutdown.
 //! - `emulator`: [`Emulator`], accounts, and the synchronous control API.
 //! - `oauth`: codes, grants, refresh/access tokens, revocation.
 //! - `keys`: RSA keys, JWKS, ID token minting and [`IdTokenAttack`] forgeries.
-//! - `drive`: the per-user appDataFolder store, `q`, `fields`, multipart, error bodies.
-//! - `http`: the router, the front layer (stats, Drive auth, faults) and handlers.
+//! - `drive`: the per-user appDataFolder store (a tree of folders and files), `q`, `fields`,
+//!   multipart, error bodies.
+//! - `http`: the router, the front layer (stats, Drive auth, faults, gzip) and handlers;
+//!   `http::download` (ranges) and `http::resumable` (upload sessions).
 //! - `faults`, `stats`: [`Faults`] and [`Stats`].
 //! - `sharded`, `ids`: a sharded map; Google-shaped random ids.
 

@@ -23,7 +23,40 @@ use crate::{ids, Emulator, Error};
 
 pub(crate) const DRIVE_APPDATA: &str = "https://www.googleapis.com/auth/drive.appdata";
 pub(crate) const DRIVE: &str = "https://www.googleapis.com/auth/drive";
+pub(crate) const USERINFO_EMAIL: &str = "https://www.googleapis.com/auth/userinfo.email";
+pub(crate) const USERINFO_PROFILE: &str = "https://www.googleapis.com/auth/userinfo.profile";
 const CODE_LIFETIME: Duration = Duration::from_secs(600);
+/// "The refresh token has not been used for six months" ends it
+/// (<https://developers.google.com/identity/protocols/oauth2#expiration>). Six months is taken
+/// as 180 days, the shortest reading.
+const REFRESH_IDLE_LIMIT: Duration = Duration::from_secs(180 * 24 * 3600);
+/// "There is currently a limit of 100 refresh tokens per Google Account per OAuth 2.0 client
+/// ID. If the limit is reached, creating a new refresh token automatically invalidates the
+/// oldest refresh token without warning." (same page)
+const REFRESH_TOKENS_PER_ACCOUNT: usize = 100;
+
+/// A scope as Google reports it in token responses: full URLs for the userinfo scopes, which
+/// the short OpenID names `email` and `profile` stand for, and for API scopes given short
+/// (`drive.appdata`); `openid` stays as it is
+/// (<https://developers.google.com/identity/protocols/oauth2/scopes#oauth2>,
+/// <https://developers.google.com/identity/protocols/oauth2/web-server#exchange-authorization-code>:
+/// `scope` is "the scopes of access granted by the access_token").
+pub(crate) fn normalise_scope(s: &str) -> String {
+    match s {
+        "openid" => s.to_string(),
+        "email" => USERINFO_EMAIL.to_string(),
+        "profile" => USERINFO_PROFILE.to_string(),
+        s if s.contains("://") => s.to_string(),
+        s => format!("https://www.googleapis.com/auth/{s}"),
+    }
+}
+
+/// Only sign-in scopes: exempt from the 7-day expiry of "Testing" consent screens.
+fn identity_only(scopes: &[String]) -> bool {
+    scopes
+        .iter()
+        .all(|s| s == "openid" || s == USERINFO_EMAIL || s == USERINFO_PROFILE)
+}
 
 /// What `mint_auth_code` takes: what the Android app asks Google Sign-In for.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -32,7 +65,8 @@ pub struct MintCode {
     pub sub: String,
     /// The Android client the code is for; `None` means the emulator's Android client.
     pub client_id: Option<String>,
-    /// Granted scopes; default openid, email, profile and drive.appdata.
+    /// Granted scopes; default openid, email, profile and drive.appdata. Short names are
+    /// accepted and reported as Google does (`email` → `…/auth/userinfo.email`, …).
     pub scopes: Option<Vec<String>>,
     /// Forces a new refresh token even if the user already consented.
     pub prompt_consent: bool,
@@ -58,6 +92,10 @@ pub(crate) struct Grant {
     scopes: Mutex<Vec<String>>,
     refresh_token: String,
     pub(crate) revoked: AtomicBool,
+    /// When the refresh token stops working by age (`set_refresh_token_lifetime`).
+    refresh_expires_at: Option<Instant>,
+    /// Last issue or use of the refresh token, for the six-month idle limit.
+    refresh_last_used: Mutex<Instant>,
 }
 
 #[derive(Clone)]
@@ -130,11 +168,16 @@ impl Emulator {
         if azp != self.clients.android_client_id && azp != self.clients.web_client_id {
             return Err(Error::UnknownClient(azp));
         }
-        let scopes = req.scopes.unwrap_or_else(|| {
-            ["openid", "email", "profile", DRIVE_APPDATA]
-                .map(String::from)
-                .to_vec()
-        });
+        let scopes: Vec<String> = req
+            .scopes
+            .unwrap_or_else(|| {
+                ["openid", "email", "profile", DRIVE_APPDATA]
+                    .map(String::from)
+                    .to_vec()
+            })
+            .iter()
+            .map(|s| normalise_scope(s))
+            .collect();
         let code = ids::auth_code();
         self.record_secret(&code);
         self.codes.lock().insert(
@@ -147,7 +190,7 @@ impl Emulator {
                 prompt_consent: req.prompt_consent,
                 redirect_uri: req.redirect_uri.unwrap_or_default(),
                 attack: req.id_token_attack,
-                expires_at: Instant::now() + CODE_LIFETIME,
+                expires_at: self.now() + CODE_LIFETIME,
             },
         );
         Ok(code)
@@ -161,7 +204,11 @@ impl Emulator {
         scopes: Option<Vec<String>>,
     ) -> Result<String, Error> {
         let account = self.account(sub)?;
-        let scopes = scopes.unwrap_or_else(|| vec![DRIVE_APPDATA.to_string()]);
+        let scopes: Vec<String> = scopes
+            .unwrap_or_else(|| vec![DRIVE_APPDATA.to_string()])
+            .iter()
+            .map(|s| normalise_scope(s))
+            .collect();
         let grant = self.new_grant(
             &account,
             self.clients.android_client_id.clone(),
@@ -173,16 +220,32 @@ impl Emulator {
     fn new_grant(&self, account: &Arc<Account>, azp: String, scopes: Vec<String>) -> Arc<Grant> {
         let refresh_token = ids::refresh_token();
         self.record_secret(&refresh_token);
+        let now = self.now();
+        let lifetime = self.refresh_lifetime_s.load(Ordering::Relaxed);
+        let refresh_expires_at =
+            (lifetime > 0 && !identity_only(&scopes)).then(|| now + Duration::from_secs(lifetime));
         let grant = Arc::new(Grant {
             account: account.clone(),
             azp,
             scopes: Mutex::new(scopes),
             refresh_token: refresh_token.clone(),
             revoked: AtomicBool::new(false),
+            refresh_expires_at,
+            refresh_last_used: Mutex::new(now),
         });
         self.grant_ids.fetch_add(1, Ordering::Relaxed);
         self.refresh_tokens.insert(refresh_token, grant.clone());
-        account.grants.lock().push(grant.clone());
+        let oldest = {
+            let mut grants = account.grants.lock();
+            grants.push(grant.clone());
+            // Every refresh token here belongs to the one web client, so the per-client limit
+            // is a per-account one.
+            (grants.len() > REFRESH_TOKENS_PER_ACCOUNT).then(|| grants.remove(0))
+        };
+        if let Some(old) = oldest {
+            // Only the refresh token goes; its access tokens live out their hour.
+            self.refresh_tokens.remove(&old.refresh_token);
+        }
         grant
     }
 
@@ -195,7 +258,7 @@ impl Emulator {
             AccessToken {
                 grant: grant.clone(),
                 drive_scope: has_drive(scopes),
-                expires_at: Instant::now() + Duration::from_secs(lifetime),
+                expires_at: self.now() + Duration::from_secs(lifetime),
                 user_epoch: grant.account.access_epoch.load(Ordering::Relaxed),
                 global_epoch: self.global_access_epoch.load(Ordering::Relaxed),
             },
@@ -242,7 +305,10 @@ impl Emulator {
         self.keys.write().set_outcast(key)
     }
 
-    /// Checks the client credentials of a `/token` call.
+    /// Checks the client credentials of a `/token` call: 401 `invalid_client` for an unknown
+    /// client or a wrong secret (error codes of
+    /// <https://developers.google.com/identity/protocols/oauth2/web-server#exchange-authorization-code>
+    /// and RFC 6749 §5.2; the descriptions are the ones Google sends).
     fn authenticate_client(
         &self,
         id: Option<&str>,
@@ -303,6 +369,8 @@ impl Emulator {
             let mut codes = self.codes.lock();
             match codes.get(code) {
                 None => return Err(OAuthError::grant("Bad Request")),
+                // A code is bound to the redirect_uri it was issued for; redeeming it with
+                // another is 400 `redirect_uri_mismatch` (same page, RFC 6749 §4.1.3).
                 Some(p) if p.redirect_uri != redirect_uri => {
                     return Err(OAuthError::new(
                         StatusCode::BAD_REQUEST,
@@ -314,9 +382,7 @@ impl Emulator {
             }
         };
         pending.account.counters.inc(crate::stats::Endpoint::Token);
-        if pending.expires_at < Instant::now()
-            || pending.web_client_id != self.clients.web_client_id
-        {
+        if pending.expires_at < self.now() || pending.web_client_id != self.clients.web_client_id {
             return Err(OAuthError::grant("Bad Request"));
         }
         let account = pending.account;
@@ -369,6 +435,17 @@ impl Emulator {
         grant.account.counters.inc(crate::stats::Endpoint::Token);
         if grant.revoked.load(Ordering::Relaxed) {
             return Err(expired());
+        }
+        let now = self.now();
+        if grant.refresh_expires_at.is_some_and(|at| at <= now) {
+            return Err(expired());
+        }
+        {
+            let mut last = grant.refresh_last_used.lock();
+            if now.duration_since(*last) > REFRESH_IDLE_LIMIT {
+                return Err(expired());
+            }
+            *last = now;
         }
         let scopes = grant.scopes.lock().clone();
         let access = self.new_access_token(&grant, &scopes);
@@ -446,7 +523,7 @@ impl Emulator {
         self.access_tokens.with(token, |t| {
             let t = t?;
             let valid = !t.grant.revoked.load(Ordering::Relaxed)
-                && t.expires_at > Instant::now()
+                && t.expires_at > self.now()
                 && t.user_epoch == t.grant.account.access_epoch.load(Ordering::Relaxed)
                 && t.global_epoch == self.global_access_epoch.load(Ordering::Relaxed);
             valid.then(|| (t.grant.account.clone(), t.drive_scope))

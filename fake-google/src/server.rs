@@ -1,8 +1,24 @@
 //! [`FakeGoogle`]: binds the listener, builds the [`Emulator`] and serves it until dropped.
+//!
+//! The serve loop is hyper-util's auto builder rather than `axum::serve`, for two reasons:
+//! HTTP/1.1 and HTTP/2 with prior knowledge (h2c) are both served on the one port, so a client
+//! can be measured over either; and a handler can have the connection dropped without an
+//! answer (a response carrying [`crate::http::DropConnection`]), which is how a resumable
+//! upload is cut mid-body.
 
+use axum::body::Body;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
+use tower::ServiceExt;
 
 use crate::keys::SigningKey;
 use crate::{ids, Clients, Emulator};
@@ -60,14 +76,7 @@ impl FakeGoogle {
         let emulator = Emulator::new(format!("http://{addr}"), clients, key);
         let app = crate::http::router(emulator.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "fake-google server failed");
-            }
-        });
+        let task = tokio::spawn(serve(listener, app, stopped));
         Ok(FakeGoogle {
             emulator,
             addr,
@@ -125,4 +134,67 @@ impl Drop for FakeGoogle {
             task.abort();
         }
     }
+}
+
+/// The error a service returns to make hyper drop the connection unanswered.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fake-google: connection dropped on purpose")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+/// Accepts until `stopped` fires, then lets open connections finish for up to 5 s. The
+/// connection tasks live in a `JoinSet` owned here, so aborting this task ends them too.
+async fn serve(listener: TcpListener, app: Router, mut stopped: oneshot::Receiver<()>) {
+    let graceful = GracefulShutdown::new();
+    let mut conns = JoinSet::new();
+    let builder = Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "fake-google accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let app = app.clone();
+                    async move {
+                        let resp = app
+                            .oneshot(req.map(Body::new))
+                            .await
+                            .unwrap_or_else(|e: Infallible| match e {});
+                        if resp.extensions().get::<crate::http::DropConnection>().is_some() {
+                            return Err(Dropped);
+                        }
+                        Ok(resp)
+                    }
+                });
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                conns.spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::trace!(error = %e, "fake-google connection ended");
+                    }
+                });
+            }
+            _ = &mut stopped => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }

@@ -24,9 +24,12 @@ pub(crate) enum Endpoint {
     FilesDelete,
     ChangesStartPageToken,
     ChangesList,
+    FilesGenerateIds,
+    /// A `PUT` to a resumable upload session URI (a chunk, or a status query).
+    FilesResumable,
 }
 
-const ALL: [Endpoint; 13] = [
+const ALL: [Endpoint; 15] = [
     Endpoint::Token,
     Endpoint::Revoke,
     Endpoint::Jwks,
@@ -40,6 +43,8 @@ const ALL: [Endpoint; 13] = [
     Endpoint::FilesDelete,
     Endpoint::ChangesStartPageToken,
     Endpoint::ChangesList,
+    Endpoint::FilesGenerateIds,
+    Endpoint::FilesResumable,
 ];
 
 impl Endpoint {
@@ -58,6 +63,8 @@ impl Endpoint {
             Endpoint::FilesDelete => "files.delete",
             Endpoint::ChangesStartPageToken => "changes.startPageToken",
             Endpoint::ChangesList => "changes.list",
+            Endpoint::FilesGenerateIds => "files.generateIds",
+            Endpoint::FilesResumable => "files.resumable",
         }
     }
 
@@ -91,10 +98,67 @@ impl EndpointCounters {
     }
 }
 
+/// Things worth counting that are not requests to one endpoint, named as in `Stats::counters`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Counter {
+    /// Resumable sessions opened (`uploadType=resumable` initiations answered 200).
+    ResumableSessions,
+    /// `PUT`s to a session that carried bytes.
+    ResumableChunks,
+    /// `PUT`s to a session with `Content-Range: bytes */…` (status queries).
+    ResumableQueries,
+    /// Sessions whose last byte arrived (the file was created or updated).
+    ResumableCompleted,
+    /// Session `PUT`s whose connection was dropped half way by `reset_rate`.
+    ResumableCut,
+    /// Drive JSON responses sent gzip-encoded, and sent plain.
+    JsonGzip,
+    JsonPlain,
+    /// Responses replaced by a `redirect_to` fault, and requests to `/_emulator/redirect-target`.
+    RedirectsSent,
+    RedirectTargetHits,
+    /// Google-endpoint requests by HTTP version.
+    Http1,
+    Http2,
+}
+
+const ALL_COUNTERS: [Counter; 11] = [
+    Counter::ResumableSessions,
+    Counter::ResumableChunks,
+    Counter::ResumableQueries,
+    Counter::ResumableCompleted,
+    Counter::ResumableCut,
+    Counter::JsonGzip,
+    Counter::JsonPlain,
+    Counter::RedirectsSent,
+    Counter::RedirectTargetHits,
+    Counter::Http1,
+    Counter::Http2,
+];
+
+impl Counter {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Counter::ResumableSessions => "resumable.sessions",
+            Counter::ResumableChunks => "resumable.chunks",
+            Counter::ResumableQueries => "resumable.status_queries",
+            Counter::ResumableCompleted => "resumable.completed",
+            Counter::ResumableCut => "resumable.cut",
+            Counter::JsonGzip => "json.gzip",
+            Counter::JsonPlain => "json.plain",
+            Counter::RedirectsSent => "redirects.sent",
+            Counter::RedirectTargetHits => "redirect_target.hits",
+            Counter::Http1 => "http.1",
+            Counter::Http2 => "http.2",
+        }
+    }
+}
+
 /// Global counters; per-user ones live in each account.
 pub(crate) struct Counters {
     pub(crate) requests: EndpointCounters,
     by_status: Box<[AtomicU64]>,
+    others: [AtomicU64; ALL_COUNTERS.len()],
 }
 
 impl Default for Counters {
@@ -102,11 +166,16 @@ impl Default for Counters {
         Self {
             requests: EndpointCounters::default(),
             by_status: (0..600).map(|_| AtomicU64::new(0)).collect(),
+            others: Default::default(),
         }
     }
 }
 
 impl Counters {
+    pub(crate) fn inc(&self, c: Counter) {
+        self.others[c as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn status(&self, status: u16) {
         if let Some(c) = self.by_status.get(status as usize) {
             c.fetch_add(1, Ordering::Relaxed);
@@ -132,16 +201,24 @@ impl Counters {
                 (!m.is_empty()).then(|| (sub.to_string(), m))
             })
             .collect();
+        let counters = ALL_COUNTERS
+            .iter()
+            .filter_map(|&c| {
+                let n = self.others[c as usize].load(Ordering::Relaxed);
+                (n > 0).then(|| (c.name().to_string(), n))
+            })
+            .collect();
         Stats {
             requests: self.requests.snapshot(),
             by_user,
             by_status,
+            counters,
         }
     }
 
     pub(crate) fn reset(&self) {
         self.requests.reset();
-        for c in self.by_status.iter() {
+        for c in self.by_status.iter().chain(self.others.iter()) {
             c.store(0, Ordering::Relaxed);
         }
     }
@@ -156,6 +233,11 @@ pub struct Stats {
     pub by_user: BTreeMap<String, BTreeMap<String, u64>>,
     /// HTTP status code (as a string) → responses.
     pub by_status: BTreeMap<String, u64>,
+    /// Other counters: `resumable.sessions`, `resumable.chunks`, `resumable.status_queries`,
+    /// `resumable.completed`, `resumable.cut`, `json.gzip`, `json.plain`, `redirects.sent`,
+    /// `redirect_target.hits`, `http.1`, `http.2`. Zero counters are left out.
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -177,6 +259,11 @@ impl Stats {
             .filter(|ep| ep.is_drive())
             .map(|ep| self.count(ep.name()))
             .sum()
+    }
+
+    /// One of [`Stats::counters`], 0 when absent.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
     }
 
     pub fn status_count(&self, status: u16) -> u64 {

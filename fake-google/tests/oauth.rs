@@ -29,7 +29,14 @@ async fn code_exchange_returns_google_shaped_tokens() {
     assert!(refresh.starts_with("1//") && refresh.len() >= 3 + 32);
     assert_eq!(t.body["token_type"], "Bearer");
     assert_eq!(t.body["expires_in"], 3599);
-    assert_eq!(t.body["scope"], format!("openid email profile {APPDATA}"));
+    // Google reports the userinfo scopes by their full URLs, whatever short names were asked.
+    assert_eq!(
+        t.body["scope"],
+        format!(
+            "openid https://www.googleapis.com/auth/userinfo.email \
+             https://www.googleapis.com/auth/userinfo.profile {APPDATA}"
+        )
+    );
     assert_eq!(t.id_token.split('.').count(), 3);
     let code = env.code("111");
     assert!(code.starts_with("4/") && code.len() >= 34);
@@ -238,7 +245,10 @@ async fn granular_consent_narrows_scope_and_drops_id_token_on_refresh() {
         })
         .unwrap();
     let t = env.exchange(&code).await;
-    assert_eq!(t.body["scope"], "email");
+    assert_eq!(
+        t.body["scope"],
+        "https://www.googleapis.com/auth/userinfo.email"
+    );
     let resp = env
         .token(&[
             ("grant_type", "refresh_token"),
@@ -425,4 +435,81 @@ async fn issued_secrets_include_everything_handed_out() {
         .await
         .unwrap();
     assert_eq!(over_http, secrets);
+}
+
+async fn refresh(env: &Env, token: &str) -> reqwest::Response {
+    env.token(&[("grant_type", "refresh_token"), ("refresh_token", token)])
+        .await
+}
+
+#[tokio::test]
+async fn testing_mode_refresh_tokens_expire_after_their_lifetime() {
+    let env = Env::start().await;
+    let emu = env.fg.emulator();
+    emu.set_refresh_token_lifetime(Some(Duration::from_secs(7 * 24 * 3600)));
+    let t = env.sign_in("1").await;
+    let refresh_token = t.refresh.unwrap();
+    assert_eq!(refresh(&env, &refresh_token).await.status(), 200);
+    // Sign-in scopes alone are exempt from the Testing-mode expiry.
+    let code = emu
+        .mint_auth_code(MintCode {
+            sub: "1".into(),
+            scopes: Some(vec!["openid".into(), "email".into()]),
+            prompt_consent: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let identity = env.exchange(&code).await.refresh.unwrap();
+    emu.advance_clock(Duration::from_secs(8 * 24 * 3600));
+    let (status, error, description) = error_of(refresh(&env, &refresh_token).await).await;
+    assert_eq!(
+        (status, error.as_str(), description.as_str()),
+        (400, "invalid_grant", "Token has been expired or revoked.")
+    );
+    assert_eq!(refresh(&env, &identity).await.status(), 200);
+}
+
+#[tokio::test]
+async fn refresh_tokens_unused_for_six_months_expire() {
+    let env = Env::start().await;
+    let emu = env.fg.emulator();
+    let used = env.sign_in("1").await.refresh.unwrap();
+    let idle = env.sign_in("2").await.refresh.unwrap();
+    for _ in 0..2 {
+        emu.advance_clock(Duration::from_secs(100 * 24 * 3600));
+        assert_eq!(refresh(&env, &used).await.status(), 200);
+    }
+    let (status, error, _) = error_of(refresh(&env, &idle).await).await;
+    assert_eq!((status, error.as_str()), (400, "invalid_grant"));
+}
+
+#[tokio::test]
+async fn the_101st_refresh_token_silently_invalidates_the_oldest() {
+    let env = Env::start().await;
+    let first = env.sign_in("1").await;
+    let oldest = first.refresh.unwrap();
+    let mut second = None;
+    for i in 0..100 {
+        let code = env
+            .fg
+            .emulator()
+            .mint_auth_code(MintCode {
+                sub: "1".into(),
+                prompt_consent: true,
+                ..Default::default()
+            })
+            .unwrap();
+        let t = env.exchange(&code).await;
+        if i == 0 {
+            second = t.refresh;
+        }
+    }
+    let (status, error, _) = error_of(refresh(&env, &oldest).await).await;
+    assert_eq!((status, error.as_str()), (400, "invalid_grant"));
+    assert_eq!(refresh(&env, &second.unwrap()).await.status(), 200);
+    // Its access token lives on until it expires.
+    let (status, _) = env
+        .get_json("/drive/v3/files?spaces=appDataFolder", &first.access)
+        .await;
+    assert_eq!(status, 200);
 }

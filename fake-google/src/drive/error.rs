@@ -170,6 +170,46 @@ impl DriveError {
         e
     }
 
+    /// A create with an id that `files.generateIds` did not hand out. Drive's docs name no
+    /// reason for it; this is the reason and message Drive clients are seen to handle.
+    pub(crate) fn id_not_usable() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "fileIdNotUsable",
+            "The provided file ID is not usable.",
+        )
+    }
+
+    /// A create with an id that already names a file (409 Conflict; reason as clients see it).
+    pub(crate) fn id_in_use() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "fileIdInUse",
+            "A file already exists with the provided ID.",
+        )
+    }
+
+    /// An unknown or expired resumable session: "404 Not Found … the upload session has
+    /// expired and the upload must be restarted from the beginning"
+    /// (<https://developers.google.com/drive/api/guides/manage-uploads#resumable>).
+    pub(crate) fn upload_session_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "notFound",
+            "Upload session not found.",
+        )
+    }
+
+    /// A `Range` beyond the content. Drive's docs are silent on the body; RFC 9110 §15.5.17
+    /// gives the status and the `Content-Range: bytes */LEN` header (added by the caller).
+    pub(crate) fn range_not_satisfiable() -> Self {
+        Self::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "requestedRangeNotSatisfiable",
+            "Request range not satisfiable",
+        )
+    }
+
     pub(crate) fn with_retry_after(mut self, secs: Option<u64>) -> Self {
         self.retry_after = secs;
         self

@@ -25,6 +25,7 @@ pub(crate) enum Schema {
     ChangeList,
     Change,
     StartPageToken,
+    GeneratedIds,
     /// Nested Drive objects we do not model (capabilities, …): anything goes.
     Any,
     Leaf,
@@ -115,6 +116,7 @@ fn child(schema: Schema, name: &str) -> Option<Schema> {
         (Change, "drive" | "teamDrive") => Some(Any),
         (Change, "file") => Some(File),
         (StartPageToken, "kind" | "startPageToken") => Some(Leaf),
+        (GeneratedIds, "kind" | "space" | "ids") => Some(Leaf),
         _ => None,
     }
 }

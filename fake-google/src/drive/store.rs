@@ -13,10 +13,17 @@ use std::collections::{BTreeMap, HashMap};
 use crate::ids;
 
 pub(crate) const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
+pub(crate) const SHORTCUT_MIME: &str = "application/vnd.google-apps.shortcut";
+pub(crate) const NATIVE_PREFIX: &str = "application/vnd.google-apps.";
 pub(crate) const DEFAULT_MIME: &str = "application/octet-stream";
 
 /// A Drive v3 File resource, with Drive's JSON names (`size` and `version` are strings there).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+///
+/// Fields Drive leaves out for some kinds of file are empty here and absent from the JSON:
+/// `md5Checksum` and `headRevisionId` exist only for files with binary content, `size` not for
+/// folders or shortcuts
+/// (<https://developers.google.com/drive/api/reference/rest/v3/files#File>).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct DriveFile {
     pub kind: String,
@@ -24,18 +31,64 @@ pub struct DriveFile {
     pub name: String,
     pub mime_type: String,
     pub parents: Vec<String>,
-    #[serde(with = "as_string")]
+    /// 0 (and absent from the JSON) for folders.
+    #[serde(default, deserialize_with = "as_string::deserialize")]
     pub size: u64,
+    /// Empty (and absent from the JSON) for folders and Google-native files.
+    #[serde(default)]
     pub md5_checksum: String,
     /// Strictly increasing with every change of the file.
-    #[serde(with = "as_string")]
+    #[serde(deserialize_with = "as_string::deserialize")]
     pub version: u64,
     /// RFC 3339 with milliseconds, e.g. `2026-01-02T03:04:05.678Z`.
     pub modified_time: String,
     pub created_time: String,
+    /// Empty (and absent from the JSON) for folders and Google-native files.
+    #[serde(default)]
     pub head_revision_id: String,
     pub trashed: bool,
     pub spaces: Vec<String>,
+}
+
+impl Serialize for DriveFile {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Wire<'a> {
+            kind: &'a str,
+            id: &'a str,
+            name: &'a str,
+            mime_type: &'a str,
+            parents: &'a [String],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            size: Option<String>,
+            #[serde(skip_serializing_if = "str::is_empty")]
+            md5_checksum: &'a str,
+            version: String,
+            modified_time: &'a str,
+            created_time: &'a str,
+            #[serde(skip_serializing_if = "str::is_empty")]
+            head_revision_id: &'a str,
+            trashed: bool,
+            spaces: &'a [String],
+        }
+        Wire {
+            kind: &self.kind,
+            id: &self.id,
+            name: &self.name,
+            mime_type: &self.mime_type,
+            parents: &self.parents,
+            size: has_size(&self.mime_type).then(|| self.size.to_string()),
+            md5_checksum: &self.md5_checksum,
+            version: self.version.to_string(),
+            modified_time: &self.modified_time,
+            created_time: &self.created_time,
+            head_revision_id: &self.head_revision_id,
+            trashed: self.trashed,
+            spaces: &self.spaces,
+        }
+        .serialize(s)
+    }
 }
 
 impl DriveFile {
@@ -50,15 +103,33 @@ impl DriveFile {
             .ok()
             .map(|t| t.into())
     }
+
+    pub fn is_folder(&self) -> bool {
+        self.mime_type == FOLDER_MIME
+    }
+
+    /// Folders, Docs, Sheets…: no binary content, so no md5 and no `alt=media`.
+    pub fn is_google_native(&self) -> bool {
+        is_native(&self.mime_type)
+    }
+}
+
+/// `application/vnd.google-apps.*`: folders and Docs-editors files have no binary content
+/// (<https://developers.google.com/drive/api/guides/mime-types>).
+pub(crate) fn is_native(mime: &str) -> bool {
+    mime.starts_with(NATIVE_PREFIX)
+}
+
+/// "Size in bytes of blobs and first party editor files. Won't be populated for files that
+/// have no size, like shortcuts and folders."
+/// (<https://developers.google.com/drive/api/reference/rest/v3/files#File.FIELDS.size>)
+fn has_size(mime: &str) -> bool {
+    mime != FOLDER_MIME && mime != SHORTCUT_MIME
 }
 
 /// Drive serialises int64 fields as JSON strings.
 mod as_string {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(v)
-    }
+    use serde::{de::Error, Deserialize, Deserializer};
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         String::deserialize(d)?.parse().map_err(D::Error::custom)
@@ -94,6 +165,61 @@ pub(crate) struct ChangePage<'a> {
     pub(crate) new_start_page_token: Option<u64>,
 }
 
+/// What a create may be refused for; `http::drive` turns these into Drive's errors.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CreateError {
+    ParentNotFound(String),
+    ParentNotFolder(String),
+    /// A client-supplied id that `files.generateIds` did not hand out (for this space).
+    IdNotUsable,
+    /// A client-supplied id that already names a file.
+    IdInUse,
+}
+
+/// What a move (`addParents`/`removeParents`) may be refused for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum MoveError {
+    ParentNotFound(String),
+    ParentNotFolder(String),
+    /// The file would end up with more than one parent.
+    TooManyParents,
+    /// The file would end up with no parent.
+    NoParent,
+    /// A folder moved under itself or one of its descendants.
+    Cycle,
+}
+
+/// A new file or folder. `parent` None is the appDataFolder; `id` None draws a fresh one.
+pub(crate) struct NewFile<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) mime: Option<&'a str>,
+    pub(crate) content: Bytes,
+    pub(crate) parent: Option<&'a str>,
+    pub(crate) id: Option<&'a str>,
+}
+
+impl<'a> NewFile<'a> {
+    pub(crate) fn root(name: &'a str, mime: Option<&'a str>, content: Bytes) -> Self {
+        Self {
+            name,
+            mime,
+            content,
+            parent: None,
+            id: None,
+        }
+    }
+}
+
+/// A change to an existing file; `None` leaves that part alone.
+#[derive(Default)]
+pub(crate) struct Edit<'a> {
+    pub(crate) content: Option<Bytes>,
+    pub(crate) name: Option<&'a str>,
+    pub(crate) mime: Option<&'a str>,
+    /// (addParents, removeParents), ids as the client sent them.
+    pub(crate) reparent: Option<(Vec<String>, Vec<String>)>,
+}
+
 pub(crate) struct Drive {
     pub(crate) folder_id: String,
     pub(crate) files: HashMap<String, Entry>,
@@ -104,6 +230,8 @@ pub(crate) struct Drive {
     /// Page tokens below this were invalidated.
     floor: u64,
     next_order: u64,
+    /// Ids handed out by `files.generateIds` and not used yet, with the space they are for.
+    generated: HashMap<String, String>,
 }
 
 impl Default for Drive {
@@ -116,6 +244,7 @@ impl Default for Drive {
             latest: HashMap::new(),
             floor: 1,
             next_order: 0,
+            generated: HashMap::new(),
         }
     }
 }
@@ -138,9 +267,21 @@ impl Drive {
         })
     }
 
-    /// Whether `id` names the folder (`appDataFolder` alias or its real id).
-    pub(crate) fn is_folder(&self, id: &str) -> bool {
+    /// Whether `id` names the appDataFolder itself (`appDataFolder` alias or its real id).
+    pub(crate) fn is_root(&self, id: &str) -> bool {
         id == "appDataFolder" || id == self.folder_id
+    }
+
+    /// The folder id a client's parent reference names: the root, or a folder in the space.
+    fn resolve_folder(&self, id: &str) -> Result<String, (bool, String)> {
+        if self.is_root(id) {
+            return Ok(self.folder_id.clone());
+        }
+        match self.files.get(id) {
+            Some(e) if e.file.is_folder() => Ok(id.to_string()),
+            Some(_) => Err((true, id.to_string())),
+            None => Err((false, id.to_string())),
+        }
     }
 
     fn record_change(&mut self, file_id: &str, time: &str) -> u64 {
@@ -159,7 +300,7 @@ impl Drive {
         seq
     }
 
-    /// Files in creation order.
+    /// Files in creation order, nested ones included.
     pub(crate) fn files_in_order(&self) -> Vec<&Entry> {
         let mut v: Vec<&Entry> = self.files.values().collect();
         v.sort_by_key(|e| e.order);
@@ -174,22 +315,92 @@ impl Drive {
             .map(|e| e.file.id.clone())
     }
 
+    /// Hands out `count` ids usable by a later create in `space`.
+    pub(crate) fn generate_ids(&mut self, count: usize, space: &str) -> Vec<String> {
+        (0..count)
+            .map(|_| {
+                let id = ids::file_id();
+                self.generated.insert(id.clone(), space.to_string());
+                id
+            })
+            .collect()
+    }
+
+    /// Checks a client-supplied id without using it up (resumable sessions check early).
+    pub(crate) fn check_new_id(&self, id: &str) -> Result<(), CreateError> {
+        if self.files.contains_key(id) || self.is_root(id) {
+            return Err(CreateError::IdInUse);
+        }
+        match self.generated.get(id) {
+            Some(space) if space == "appDataFolder" => Ok(()),
+            _ => Err(CreateError::IdNotUsable),
+        }
+    }
+
+    /// Checks a parent reference without creating anything.
+    pub(crate) fn check_parent(&self, parent: Option<&str>) -> Result<(), CreateError> {
+        match parent {
+            None => Ok(()),
+            Some(p) => self.resolve_folder(p).map(|_| ()).map_err(|(file, id)| {
+                if file {
+                    CreateError::ParentNotFolder(id)
+                } else {
+                    CreateError::ParentNotFound(id)
+                }
+            }),
+        }
+    }
+
+    /// Always succeeds: a new file in the appDataFolder with a fresh id.
     pub(crate) fn create(&mut self, name: &str, mime: Option<&str>, content: Bytes) -> DriveFile {
-        let id = ids::file_id();
+        self.create_with(NewFile::root(name, mime, content))
+            .expect("the root exists and fresh ids are free")
+    }
+
+    pub(crate) fn create_with(&mut self, new: NewFile<'_>) -> Result<DriveFile, CreateError> {
+        self.check_parent(new.parent)?;
+        let parent = match new.parent {
+            Some(p) => self.resolve_folder(p).expect("checked"),
+            None => self.folder_id.clone(),
+        };
+        let id = match new.id {
+            Some(id) => {
+                self.check_new_id(id)?;
+                // Used up: the same id cannot create a second file, even after a delete.
+                self.generated.remove(id);
+                id.to_string()
+            }
+            None => ids::file_id(),
+        };
+        let mime = new.mime.unwrap_or(DEFAULT_MIME);
+        let native = is_native(mime);
+        let content = if mime == FOLDER_MIME {
+            Bytes::new()
+        } else {
+            new.content
+        };
         let now = now_rfc3339();
         let seq = self.record_change(&id, &now);
         let file = DriveFile {
             kind: "drive#file".into(),
             id: id.clone(),
-            name: name.to_string(),
-            mime_type: mime.unwrap_or(DEFAULT_MIME).to_string(),
-            parents: vec![self.folder_id.clone()],
+            name: new.name.to_string(),
+            mime_type: mime.to_string(),
+            parents: vec![parent],
             size: content.len() as u64,
-            md5_checksum: md5_hex(&content),
+            md5_checksum: if native {
+                String::new()
+            } else {
+                md5_hex(&content)
+            },
             version: seq,
             modified_time: now.clone(),
             created_time: now,
-            head_revision_id: ids::revision_id(),
+            head_revision_id: if native {
+                String::new()
+            } else {
+                ids::revision_id()
+            },
             trashed: false,
             spaces: vec!["appDataFolder".into()],
         };
@@ -203,7 +414,7 @@ impl Drive {
                 order,
             },
         );
-        file
+        Ok(file)
     }
 
     /// Changes content and/or metadata; `None` when there is no such file.
@@ -214,36 +425,141 @@ impl Drive {
         name: Option<&str>,
         mime: Option<&str>,
     ) -> Option<DriveFile> {
-        if !self.files.contains_key(id) {
-            return None;
+        let edit = Edit {
+            content,
+            name,
+            mime,
+            reparent: None,
+        };
+        self.edit(id, edit).ok()?
+    }
+
+    /// The new parent after `addParents`/`removeParents`, checked; `None` if unchanged.
+    fn reparent_target(
+        &self,
+        id: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Option<String>, MoveError> {
+        let current = &self.files[id].file.parents;
+        let mut parents = current.clone();
+        for r in remove {
+            let r = self.resolve_folder(r).unwrap_or_else(|(_, r)| r);
+            parents.retain(|p| *p != r);
         }
+        for a in add {
+            let a = self.resolve_folder(a).map_err(|(file, a)| {
+                if file {
+                    MoveError::ParentNotFolder(a)
+                } else {
+                    MoveError::ParentNotFound(a)
+                }
+            })?;
+            if !parents.contains(&a) {
+                parents.push(a);
+            }
+        }
+        let new = match parents.as_slice() {
+            [] => return Err(MoveError::NoParent),
+            [new] => new,
+            _ => return Err(MoveError::TooManyParents),
+        };
+        if self.is_ancestor_or_self(id, new) {
+            return Err(MoveError::Cycle);
+        }
+        Ok((current[0] != *new).then(|| new.clone()))
+    }
+
+    /// Whether `folder` is `id` or lies beneath it.
+    fn is_ancestor_or_self(&self, id: &str, folder: &str) -> bool {
+        let mut at = folder.to_string();
+        loop {
+            if at == id {
+                return true;
+            }
+            match self.files.get(&at).and_then(|e| e.file.parents.first()) {
+                Some(p) => at = p.clone(),
+                None => return false,
+            }
+        }
+    }
+
+    /// Applies `edit` as one change. Outer `Err`: a refused move; `Ok(None)`: no such file.
+    pub(crate) fn edit(
+        &mut self,
+        id: &str,
+        edit: Edit<'_>,
+    ) -> Result<Option<DriveFile>, MoveError> {
+        if !self.files.contains_key(id) {
+            return Ok(None);
+        }
+        let new_parent = match &edit.reparent {
+            Some((add, remove)) => self.reparent_target(id, add, remove)?,
+            None => None,
+        };
         let now = now_rfc3339();
         let seq = self.record_change(id, &now);
-        let entry = self.files.get_mut(id)?;
+        let entry = self.files.get_mut(id).expect("checked above");
         let f = &mut entry.file;
-        if let Some(content) = content {
+        if let Some(mime) = edit.mime {
+            f.mime_type = mime.to_string();
+        }
+        if let Some(content) = edit.content {
             f.size = content.len() as u64;
-            f.md5_checksum = md5_hex(&content);
-            f.head_revision_id = ids::revision_id();
+            if !is_native(&f.mime_type) {
+                f.md5_checksum = md5_hex(&content);
+                f.head_revision_id = ids::revision_id();
+            }
             entry.content = content;
         }
-        if let Some(name) = name {
+        if let Some(name) = edit.name {
             f.name = name.to_string();
         }
-        if let Some(mime) = mime {
-            f.mime_type = mime.to_string();
+        if let Some(p) = new_parent {
+            f.parents = vec![p];
         }
         f.version = seq;
         f.modified_time = now;
-        Some(f.clone())
+        Ok(Some(f.clone()))
+    }
+
+    /// `id` and everything beneath it, deepest last.
+    fn subtree(&self, id: &str) -> Vec<String> {
+        let mut out = vec![id.to_string()];
+        let mut i = 0;
+        while i < out.len() {
+            let parent = out[i].clone();
+            let mut kids: Vec<&Entry> = self
+                .files
+                .values()
+                .filter(|e| e.file.parents.first() == Some(&parent))
+                .collect();
+            kids.sort_by_key(|e| e.order);
+            out.extend(kids.into_iter().map(|e| e.file.id.clone()));
+            i += 1;
+        }
+        out
+    }
+
+    /// Deletes the file and, for a folder, every descendant: "If the target is a folder, all
+    /// descendants owned by the user are also deleted"
+    /// (<https://developers.google.com/drive/api/reference/rest/v3/files/delete>). Each removed
+    /// file gets its own change. Returns how many files went, 0 if there was no such file.
+    pub(crate) fn delete_tree(&mut self, id: &str) -> usize {
+        if !self.files.contains_key(id) {
+            return 0;
+        }
+        let doomed = self.subtree(id);
+        let now = now_rfc3339();
+        for f in &doomed {
+            self.files.remove(f);
+            self.record_change(f, &now);
+        }
+        doomed.len()
     }
 
     pub(crate) fn delete(&mut self, id: &str) -> bool {
-        if self.files.remove(id).is_none() {
-            return false;
-        }
-        self.record_change(id, &now_rfc3339());
-        true
+        self.delete_tree(id) > 0
     }
 
     pub(crate) fn start_page_token(&self) -> u64 {
@@ -308,5 +624,49 @@ mod tests {
         assert!(d
             .parse_page_token(&d.start_page_token().to_string())
             .is_ok());
+    }
+
+    #[test]
+    fn folders_nest_move_and_delete_with_their_descendants() {
+        let mut d = Drive::default();
+        let folder = |name| NewFile::root(name, Some(FOLDER_MIME), Bytes::new());
+        let a = d.create_with(folder("a")).unwrap();
+        let b = d
+            .create_with(NewFile {
+                parent: Some(&a.id),
+                ..folder("b")
+            })
+            .unwrap();
+        let leaf = d
+            .create_with(NewFile {
+                parent: Some(&b.id),
+                ..NewFile::root("x", None, Bytes::from_static(b"1"))
+            })
+            .unwrap();
+        assert_eq!(leaf.parents, vec![b.id.clone()]);
+        let into_self = Edit {
+            reparent: Some((vec![b.id.clone()], vec!["appDataFolder".into()])),
+            ..Edit::default()
+        };
+        assert_eq!(d.edit(&a.id, into_self), Err(MoveError::Cycle));
+        let two = Edit {
+            reparent: Some((vec!["appDataFolder".into()], vec![])),
+            ..Edit::default()
+        };
+        assert_eq!(d.edit(&leaf.id, two), Err(MoveError::TooManyParents));
+        let start = d.start_page_token();
+        assert_eq!(d.delete_tree(&a.id), 3);
+        assert!(d.files.is_empty());
+        assert_eq!(d.changes_since(start, 100).changes.len(), 3);
+        let ids = d.generate_ids(2, "appDataFolder");
+        assert_eq!(d.check_new_id("1nope"), Err(CreateError::IdNotUsable));
+        let made = d
+            .create_with(NewFile {
+                id: Some(&ids[0]),
+                ..NewFile::root("y", None, Bytes::new())
+            })
+            .unwrap();
+        assert_eq!(made.id, ids[0]);
+        assert_eq!(d.check_new_id(&ids[0]), Err(CreateError::IdInUse));
     }
 }

@@ -2,10 +2,10 @@
 //! other languages (or curl) can drive the emulator exactly as Rust tests do.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::time::Duration;
@@ -18,6 +18,14 @@ pub(crate) fn router() -> Router<Emulator> {
         .route("/_emulator/users/{sub}", get(get_user))
         .route("/_emulator/authcodes", post(mint_code))
         .route("/_emulator/users/{sub}/appdata", get(list_files))
+        .route("/_emulator/users/{sub}/folders", post(create_folder))
+        .route("/_emulator/users/{sub}/files", post(create_file))
+        .route(
+            "/_emulator/users/{sub}/files/{file_id}/move",
+            post(move_file),
+        )
+        .route("/_emulator/clock", post(advance_clock))
+        .route("/_emulator/redirect-target", any(redirect_target))
         .route(
             "/_emulator/users/{sub}/appdata/{*name}",
             put(put_file).patch(rename_file).delete(delete_file),
@@ -94,6 +102,78 @@ async fn put_file(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FolderReq {
+    name: String,
+    /// A folder id; absent or null for the appDataFolder.
+    #[serde(default)]
+    parent: Option<String>,
+}
+
+async fn create_folder(State(emu): State<Emulator>, Path(sub): Path<String>, body: Bytes) -> Ctl {
+    let req: FolderReq =
+        serde_json::from_slice(&body).map_err(|e| Error::Invalid(e.to_string()))?;
+    let folder = emu.create_folder(&sub, &req.name, req.parent.as_deref())?;
+    Ok((StatusCode::CREATED, Json(folder)).into_response())
+}
+
+/// `POST …/files?name=N[&parent=FOLDER_ID]`, body = content, `Content-Type` = its type
+/// (Google-native types such as `application/vnd.google-apps.document` included).
+async fn create_file(
+    State(emu): State<Emulator>,
+    Path(sub): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Ctl {
+    let p = super::drive::params(q);
+    let name = p
+        .get("name")
+        .ok_or_else(|| Error::Invalid("the name query parameter is required".into()))?;
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let parent = p.get("parent").map(String::as_str);
+    let file = emu.create_file_in(&sub, parent, name, body, mime)?;
+    Ok((StatusCode::CREATED, Json(file)).into_response())
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct MoveReq {
+    /// A folder id; absent or null for the appDataFolder.
+    parent: Option<String>,
+}
+
+async fn move_file(
+    State(emu): State<Emulator>,
+    Path((sub, file_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Ctl {
+    let req: MoveReq = json_or_default(&body)?;
+    let file = emu.move_file(&sub, &file_id, req.parent.as_deref())?;
+    Ok(Json(file).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockReq {
+    advance_s: u64,
+}
+
+async fn advance_clock(State(emu): State<Emulator>, body: Bytes) -> Ctl {
+    let req: ClockReq = serde_json::from_slice(&body).map_err(|e| Error::Invalid(e.to_string()))?;
+    emu.advance_clock(Duration::from_secs(req.advance_s));
+    ok()
+}
+
+/// Where a `redirect_to` fault may point: counts the clients that followed the redirect.
+async fn redirect_target(State(emu): State<Emulator>) -> Ctl {
+    emu.stats.inc(crate::stats::Counter::RedirectTargetHits);
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RenameReq {
     name: String,
 }
@@ -163,6 +243,8 @@ async fn expire_access_tokens(State(emu): State<Emulator>, body: Bytes) -> Ctl {
 struct Settings {
     access_token_lifetime_s: Option<u64>,
     jwks_max_age_s: Option<u64>,
+    /// Refresh tokens issued from now on expire this long after issue; 0: never by age.
+    refresh_token_lifetime_s: Option<u64>,
 }
 
 async fn settings(State(emu): State<Emulator>, body: Bytes) -> Ctl {
@@ -172,6 +254,9 @@ async fn settings(State(emu): State<Emulator>, body: Bytes) -> Ctl {
     }
     if let Some(v) = s.jwks_max_age_s {
         emu.set_jwks_max_age(v);
+    }
+    if let Some(v) = s.refresh_token_lifetime_s {
+        emu.set_refresh_token_lifetime((v > 0).then(|| Duration::from_secs(v)));
     }
     ok()
 }

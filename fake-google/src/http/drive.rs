@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::drive::error::DriveError;
 use crate::drive::fields::{self, Schema, Sel};
-use crate::drive::store::DEFAULT_MIME;
+use crate::drive::store::{CreateError, Edit, MoveError, NewFile, DEFAULT_MIME};
 use crate::drive::{multipart, query};
 use crate::emulator::Account;
 use crate::Emulator;
@@ -65,7 +65,7 @@ fn selection(
     }
 }
 
-fn file_selection(p: &HashMap<String, String>) -> Result<Sel, DriveError> {
+pub(crate) fn file_selection(p: &HashMap<String, String>) -> Result<Sel, DriveError> {
     static DEFAULT: OnceLock<Sel> = OnceLock::new();
     selection(p, Schema::File, &DEFAULT, "kind,id,name,mimeType")
 }
@@ -97,7 +97,7 @@ fn wants_appdata(p: &HashMap<String, String>) -> Result<bool, DriveError> {
     Ok(appdata)
 }
 
-fn json_file(f: &crate::DriveFile) -> Value {
+pub(crate) fn json_file(f: &crate::DriveFile) -> Value {
     serde_json::to_value(f).expect("DriveFile serialises")
 }
 
@@ -232,16 +232,14 @@ pub(crate) async fn files_get(
     Authed(account): Authed,
     Path(file_id): Path<String>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> DriveResult {
     let p = params(q);
     let media = p.get("alt").map(String::as_str) == Some("media");
     let drive = account.drive.lock();
-    if drive.is_folder(&file_id) {
+    if drive.is_root(&file_id) {
         if media {
-            return Err(DriveError::forbidden(
-                "fileNotDownloadable",
-                "Only files with binary content can be downloaded. Use Export with Docs Editors files.",
-            ));
+            return Err(not_downloadable());
         }
         return ok_json(fields::apply(drive.folder_json(), &file_selection(&p)?));
     }
@@ -249,19 +247,37 @@ pub(crate) async fn files_get(
         .files
         .get(&file_id)
         .ok_or_else(|| DriveError::not_found(&file_id))?;
-    if media {
-        let mime = HeaderValue::from_str(&entry.file.mime_type)
-            .unwrap_or(HeaderValue::from_static(DEFAULT_MIME));
-        return Ok(([(header::CONTENT_TYPE, mime)], entry.content.clone()).into_response());
+    if !media {
+        let sel = file_selection(&p)?;
+        return ok_json(fields::apply(json_file(&entry.file), &sel));
     }
-    let sel = file_selection(&p)?;
-    ok_json(fields::apply(json_file(&entry.file), &sel))
+    // Folders and Docs-editors files have no binary content to download.
+    if entry.file.is_google_native() {
+        return Err(not_downloadable());
+    }
+    let mime = HeaderValue::from_str(&entry.file.mime_type)
+        .unwrap_or(HeaderValue::from_static(DEFAULT_MIME));
+    let content = entry.content.clone();
+    drop(drive);
+    super::download::respond(mime, content, headers.get(header::RANGE))
+}
+
+/// 403 `fileNotDownloadable`, Drive's answer to `alt=media` on a folder or a Docs file
+/// (<https://developers.google.com/drive/api/guides/manage-downloads>: "Only files with binary
+/// content can be downloaded"; Docs-editors files need `files.export`).
+fn not_downloadable() -> DriveError {
+    DriveError::forbidden(
+        "fileNotDownloadable",
+        "Only files with binary content can be downloaded. Use Export with Docs Editors files.",
+    )
 }
 
 /// Metadata a client may send on create or update.
 #[derive(Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Metadata {
+pub(crate) struct Metadata {
+    /// From `files.generateIds`; create only.
+    id: Option<String>,
     name: Option<String>,
     mime_type: Option<String>,
     parents: Option<Vec<String>>,
@@ -271,7 +287,6 @@ struct Metadata {
 
 /// Fields Drive refuses to have written directly.
 const NOT_WRITABLE: &[&str] = &[
-    "id",
     "kind",
     "size",
     "md5Checksum",
@@ -281,7 +296,7 @@ const NOT_WRITABLE: &[&str] = &[
     "createdTime",
 ];
 
-fn parse_metadata(raw: &[u8], creating: bool) -> Result<Metadata, DriveError> {
+pub(crate) fn parse_metadata(raw: &[u8], creating: bool) -> Result<Metadata, DriveError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Ok(Metadata::default());
     }
@@ -291,7 +306,7 @@ fn parse_metadata(raw: &[u8], creating: bool) -> Result<Metadata, DriveError> {
         .other
         .keys()
         .any(|k| NOT_WRITABLE.contains(&k.as_str()))
-        || (!creating && meta.parents.is_some());
+        || (!creating && (meta.parents.is_some() || meta.id.is_some()));
     if unwritable {
         return Err(DriveError::forbidden(
             "fieldNotWritable",
@@ -301,19 +316,104 @@ fn parse_metadata(raw: &[u8], creating: bool) -> Result<Metadata, DriveError> {
     Ok(meta)
 }
 
-/// New files must go into the appDataFolder: the emulator has no other space.
-fn check_parents(parents: &Option<Vec<String>>, folder_id: &str) -> Result<(), DriveError> {
+/// New files must go into the appDataFolder or a folder inside it: the emulator has no other
+/// space. Returns the single parent the client named.
+fn the_parent(parents: &Option<Vec<String>>) -> Result<&str, DriveError> {
     match parents.as_deref() {
         None | Some([]) => Err(DriveError::forbidden(
             "insufficientFilePermissions",
             "The user does not have sufficient permissions for this file.",
         )),
-        Some([p]) if p == "appDataFolder" || p == folder_id => Ok(()),
-        Some([p]) => Err(DriveError::not_found(p)),
+        Some([p]) => Ok(p),
         Some(_) => Err(DriveError::forbidden(
             "cannotAddParent",
             "Increasing the number of parents is not allowed.",
         )),
+    }
+}
+
+/// Drive's answers to a create the store refused.
+pub(crate) fn create_error(e: CreateError) -> DriveError {
+    match e {
+        CreateError::ParentNotFound(p) => DriveError::not_found(&p),
+        // Docs silent on the reason; "the value supplied is invalid" is badRequest in
+        // https://developers.google.com/drive/api/guides/handle-errors#resolve_a_400_error_bad_request
+        CreateError::ParentNotFolder(p) => {
+            DriveError::bad_request(format!("The parent {p} is not a folder."))
+        }
+        CreateError::IdNotUsable => DriveError::id_not_usable(),
+        CreateError::IdInUse => DriveError::id_in_use(),
+    }
+}
+
+fn move_error(e: MoveError) -> DriveError {
+    match e {
+        MoveError::ParentNotFound(p) => DriveError::not_found(&p),
+        MoveError::ParentNotFolder(p) => {
+            DriveError::bad_request(format!("The parent {p} is not a folder."))
+        }
+        // Files have one parent since 2020; Drive refuses a second one with this error.
+        MoveError::TooManyParents => DriveError::forbidden(
+            "cannotAddParent",
+            "Increasing the number of parents is not allowed.",
+        ),
+        // Docs silent; strictest plausible: refuse to orphan a file.
+        MoveError::NoParent => DriveError::bad_request("A file must have exactly one parent."),
+        // "You tried to add a parent that would create a cycle in the directory graph."
+        // (https://developers.google.com/drive/api/guides/handle-errors)
+        MoveError::Cycle => {
+            DriveError::bad_request("The parent would create a cycle in the directory graph.")
+        }
+    }
+}
+
+/// Everything a create needs from the request, checked against the store before anything is
+/// written (a resumable session checks at initiation, and again when the upload completes).
+pub(crate) struct CreateSpec {
+    pub(crate) meta: Metadata,
+    /// The parent as the client named it; `None` means the appDataFolder (media uploads only).
+    pub(crate) parent: Option<String>,
+}
+
+impl CreateSpec {
+    /// `require_parent`: metadata-carrying creates must name the appDataFolder (or a folder in
+    /// it), as an appdata-only client must.
+    pub(crate) fn new(meta: Metadata, require_parent: bool) -> Result<Self, DriveError> {
+        let parent = if require_parent {
+            Some(the_parent(&meta.parents)?.to_string())
+        } else {
+            None
+        };
+        Ok(Self { meta, parent })
+    }
+
+    pub(crate) fn check(&self, drive: &crate::drive::store::Drive) -> Result<(), DriveError> {
+        drive
+            .check_parent(self.parent.as_deref())
+            .map_err(create_error)?;
+        if let Some(id) = &self.meta.id {
+            drive.check_new_id(id).map_err(create_error)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn create(
+        self,
+        drive: &mut crate::drive::store::Drive,
+        media: Bytes,
+        media_type: Option<String>,
+    ) -> Result<crate::DriveFile, DriveError> {
+        let mime = self.meta.mime_type.or(media_type);
+        let name = self.meta.name.unwrap_or_else(|| "Untitled".into());
+        drive
+            .create_with(NewFile {
+                name: &name,
+                mime: mime.as_deref(),
+                content: media,
+                parent: self.parent.as_deref(),
+                id: self.meta.id.as_deref(),
+            })
+            .map_err(create_error)
     }
 }
 
@@ -356,10 +456,6 @@ fn upload(
                 media_type: related.media_type,
             })
         }
-        Some("resumable") => Err(DriveError::invalid_param(
-            "uploadType",
-            "Resumable uploads are not emulated by fake-google.",
-        )),
         Some(_) => Err(DriveError::invalid_param("uploadType", "Invalid Value")),
         None => Err(DriveError::bad_request(
             "Upload requests must include an uploadType URL parameter and a URL path beginning with /upload/",
@@ -368,6 +464,7 @@ fn upload(
 }
 
 pub(crate) async fn files_create_upload(
+    State(emu): State<Emulator>,
     Authed(account): Authed,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -375,19 +472,20 @@ pub(crate) async fn files_create_upload(
 ) -> DriveResult {
     let p = params(q);
     let sel = file_selection(&p)?;
-    let up = upload(&p, &headers, body, true)?;
-    let mut drive = account.drive.lock();
-    let multipart = p.get("uploadType").map(String::as_str) == Some("multipart");
-    if multipart {
-        check_parents(&up.meta.parents, &drive.folder_id)?;
+    if p.get("uploadType").map(String::as_str) == Some("resumable") {
+        return super::resumable::initiate(&emu, &account, &p, &headers, &body, None);
     }
-    let mime = up.meta.mime_type.or(up.media_type);
-    let name = up.meta.name.unwrap_or_else(|| "Untitled".into());
-    let file = drive.create(&name, mime.as_deref(), up.media);
+    let up = upload(&p, &headers, body, true)?;
+    let multipart = p.get("uploadType").map(String::as_str) == Some("multipart");
+    let spec = CreateSpec::new(up.meta, multipart)?;
+    let mut drive = account.drive.lock();
+    let file = spec.create(&mut drive, up.media, up.media_type)?;
     ok_json(fields::apply(json_file(&file), &sel))
 }
 
-/// `POST /drive/v3/files`: metadata-only create (an empty file).
+/// `POST /drive/v3/files`: metadata-only create: an empty file, or a folder (mimeType
+/// `application/vnd.google-apps.folder`) when asked for one, as
+/// <https://developers.google.com/drive/api/guides/folder#create_a_folder> describes.
 pub(crate) async fn files_create_metadata(
     Authed(account): Authed,
     RawQuery(q): RawQuery,
@@ -395,15 +493,64 @@ pub(crate) async fn files_create_metadata(
 ) -> DriveResult {
     let p = params(q);
     let sel = file_selection(&p)?;
-    let meta = parse_metadata(&body, true)?;
+    let spec = CreateSpec::new(parse_metadata(&body, true)?, true)?;
     let mut drive = account.drive.lock();
-    check_parents(&meta.parents, &drive.folder_id)?;
-    let name = meta.name.unwrap_or_else(|| "Untitled".into());
-    let file = drive.create(&name, meta.mime_type.as_deref(), Bytes::new());
+    let file = spec.create(&mut drive, Bytes::new(), None)?;
     ok_json(fields::apply(json_file(&file), &sel))
 }
 
-fn update(
+/// `files.generateIds`: ids a later create in the same space may use
+/// (<https://developers.google.com/drive/api/reference/rest/v3/files/generateIds>).
+pub(crate) async fn generate_ids(Authed(account): Authed, RawQuery(q): RawQuery) -> DriveResult {
+    static DEFAULT: OnceLock<Sel> = OnceLock::new();
+    let p = params(q);
+    let sel = selection(&p, Schema::GeneratedIds, &DEFAULT, "kind,space,ids")?;
+    // count: "Value must be between 1 and 1000", default 10 (Drive's discovery document).
+    let count = match p.get("count").map(|c| c.parse::<i64>()) {
+        None => 10,
+        Some(Ok(n @ 1..=1000)) => n as usize,
+        Some(_) => {
+            return Err(DriveError::invalid_param(
+                "count",
+                "Invalid value. Values must be within the range: [1, 1000]",
+            ))
+        }
+    };
+    let space = p.get("space").map(String::as_str).unwrap_or("drive");
+    if space != "drive" && space != "appDataFolder" {
+        return Err(DriveError::invalid_param("space", "Invalid Value"));
+    }
+    // "shortcuts are only supported in the drive space."
+    match p.get("type").map(String::as_str) {
+        None | Some("files") => {}
+        Some("shortcuts") if space == "drive" => {}
+        Some(_) => return Err(DriveError::invalid_param("type", "Invalid Value")),
+    }
+    let ids = account.drive.lock().generate_ids(count, space);
+    ok_json(fields::apply(
+        json!({ "kind": "drive#generatedIds", "space": space, "ids": ids }),
+        &sel,
+    ))
+}
+
+/// The `addParents`/`removeParents` query parameters of files.update (comma-separated ids).
+fn reparent(p: &HashMap<String, String>) -> Option<(Vec<String>, Vec<String>)> {
+    let list = |k: &str| -> Vec<String> {
+        p.get(k)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (add, remove) = (list("addParents"), list("removeParents"));
+    (!add.is_empty() || !remove.is_empty()).then_some((add, remove))
+}
+
+pub(crate) fn update(
     account: &Account,
     file_id: &str,
     p: &HashMap<String, String>,
@@ -411,25 +558,58 @@ fn update(
     media: Option<Bytes>,
 ) -> DriveResult {
     let sel = file_selection(p)?;
-    let mut drive = account.drive.lock();
-    if drive.is_folder(file_id) {
+    let file = update_file(account, file_id, p, meta, media)?;
+    ok_json(fields::apply(json_file(&file), &sel))
+}
+
+/// Whether `file_id` may be updated (with content when `media`), before any byte arrives.
+pub(crate) fn check_update(
+    drive: &crate::drive::store::Drive,
+    file_id: &str,
+    media: bool,
+) -> Result<(), DriveError> {
+    if drive.is_root(file_id) {
         return Err(DriveError::forbidden(
             "insufficientFilePermissions",
             "The user does not have sufficient permissions for this file.",
         ));
     }
-    let file = drive
-        .update(
-            file_id,
-            media,
-            meta.name.as_deref(),
-            meta.mime_type.as_deref(),
-        )
+    let entry = drive
+        .files
+        .get(file_id)
         .ok_or_else(|| DriveError::not_found(file_id))?;
-    ok_json(fields::apply(json_file(&file), &sel))
+    if media && entry.file.is_folder() {
+        // Docs silent; strictest plausible: a folder has no content to replace.
+        return Err(DriveError::bad_request(
+            "A folder has no content to upload.",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn update_file(
+    account: &Account,
+    file_id: &str,
+    p: &HashMap<String, String>,
+    meta: Metadata,
+    media: Option<Bytes>,
+) -> Result<crate::DriveFile, DriveError> {
+    let mut drive = account.drive.lock();
+    check_update(&drive, file_id, media.is_some())?;
+    let edit = Edit {
+        content: media,
+        name: meta.name.as_deref(),
+        mime: meta.mime_type.as_deref(),
+        reparent: reparent(p),
+    };
+    drive
+        .edit(file_id, edit)
+        .map_err(move_error)?
+        .ok_or_else(|| DriveError::not_found(file_id))
 }
 
 pub(crate) async fn files_update_upload(
+    State(emu): State<Emulator>,
     Authed(account): Authed,
     Path(file_id): Path<String>,
     RawQuery(q): RawQuery,
@@ -437,6 +617,9 @@ pub(crate) async fn files_update_upload(
     body: Bytes,
 ) -> DriveResult {
     let p = params(q);
+    if p.get("uploadType").map(String::as_str) == Some("resumable") {
+        return super::resumable::initiate(&emu, &account, &p, &headers, &body, Some(file_id));
+    }
     let up = upload(&p, &headers, body, false)?;
     update(&account, &file_id, &p, up.meta, Some(up.media))
 }
@@ -457,13 +640,14 @@ pub(crate) async fn files_delete(
     Path(file_id): Path<String>,
 ) -> DriveResult {
     let mut drive = account.drive.lock();
-    if drive.is_folder(&file_id) {
+    if drive.is_root(&file_id) {
         return Err(DriveError::forbidden(
             "insufficientFilePermissions",
             "The user does not have sufficient permissions for this file.",
         ));
     }
-    if !drive.delete(&file_id) {
+    // A folder goes with all its descendants, each with its own change.
+    if drive.delete_tree(&file_id) == 0 {
         return Err(DriveError::not_found(&file_id));
     }
     Ok(StatusCode::NO_CONTENT.into_response())

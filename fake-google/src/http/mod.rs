@@ -2,8 +2,10 @@
 //! layer that counts requests, authenticates Drive calls and injects faults.
 
 pub(crate) mod control;
+pub(crate) mod download;
 pub(crate) mod drive;
 pub(crate) mod oauth;
+pub(crate) mod resumable;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -19,11 +21,23 @@ use crate::drive::error::DriveError;
 use crate::emulator::Account;
 use crate::faults::{Family, Fault};
 use crate::oauth::OAuthError;
-use crate::stats::Endpoint;
+use crate::stats::{Counter, Endpoint};
 use crate::Emulator;
 
-/// Google caps simple and multipart uploads at 5 MB; a little slack for multipart framing.
+/// Requests other than uploads are small JSON or forms.
 const GOOGLE_BODY_LIMIT: usize = 5 * 1024 * 1024 + 64 * 1024;
+/// Simple and multipart uploads are documented "for 5 MB or less", but no rejection above it
+/// is (<https://developers.google.com/drive/api/guides/manage-uploads>), so uploads are only
+/// bounded by what the emulator is willing to hold in memory.
+const UPLOAD_BODY_LIMIT: usize = 256 * 1024 * 1024;
+
+/// On a response: the serve loop drops the connection instead of sending it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DropConnection;
+
+/// On a resumable `PUT`: `reset_rate` picked it; the handler keeps half and drops the line.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CutUpload;
 
 pub(crate) fn router(emu: Emulator) -> Router {
     let google = Router::new()
@@ -43,10 +57,18 @@ pub(crate) fn router(emu: Emulator) -> Router {
                 .patch(drive::files_update_metadata)
                 .delete(drive::files_delete),
         )
-        .route("/upload/drive/v3/files", post(drive::files_create_upload))
+        .route("/drive/v3/files/generateIds", get(drive::generate_ids))
+        .route(
+            "/upload/drive/v3/files",
+            post(drive::files_create_upload)
+                .put(resumable::put)
+                .layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT)),
+        )
         .route(
             "/upload/drive/v3/files/{file_id}",
-            patch(drive::files_update_upload),
+            patch(drive::files_update_upload)
+                .put(resumable::put)
+                .layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT)),
         )
         .route(
             "/drive/v3/changes/startPageToken",
@@ -81,6 +103,7 @@ fn classify(
         "/v1/userinfo" | "/oauth2/v3/userinfo" => return token(Userinfo),
         _ => {}
     }
+    let upload = path.starts_with("/upload/");
     let rest = path
         .strip_prefix("/drive/v3/")
         .or_else(|| path.strip_prefix("/upload/drive/v3/"))?;
@@ -88,6 +111,10 @@ fn classify(
     let ep = match (rest, m) {
         ("files", Method::GET) => Some(FilesList),
         ("files", Method::POST) => Some(FilesCreate),
+        ("files/generateIds", Method::GET) => Some(FilesGenerateIds),
+        (r, Method::PUT) if upload && (r == "files" || r.starts_with("files/")) => {
+            Some(FilesResumable)
+        }
         ("changes", Method::GET) => Some(ChangesList),
         ("changes/startPageToken", Method::GET) => Some(ChangesStartPageToken),
         (r, m) if r.starts_with("files/") && !r[6..].contains('/') => match m {
@@ -123,6 +150,11 @@ async fn front(State(emu): State<Emulator>, mut req: Request, next: Next) -> Res
     if let Some(ep) = endpoint {
         emu.stats.requests.inc(ep);
     }
+    emu.stats.inc(match req.version() {
+        axum::http::Version::HTTP_2 => Counter::Http2,
+        _ => Counter::Http1,
+    });
+    let gzip = family == Family::Drive && wants_gzip(req.headers());
     let mut account = None;
     if family == Family::Drive {
         let outcome = authenticate(&emu, req.headers());
@@ -134,26 +166,149 @@ async fn front(State(emu): State<Emulator>, mut req: Request, next: Next) -> Res
         }
         req.extensions_mut().insert(outcome);
     }
+    let served = Served {
+        family,
+        endpoint,
+        gzip,
+    };
     let resp = match emu.faults.get(family) {
-        None => next.run(req).await,
-        Some(fault) => faulty(&emu, family, fault, account, req, next).await,
+        None => served.finish(&emu, next.run(req).await).await,
+        Some(fault) => faulty(&emu, served, fault, account, req, next).await,
     };
     emu.stats.status(resp.status().as_u16());
     resp
 }
 
-/// Serves `req` through the configured faults.
+/// What the front layer learnt about a request of a Google endpoint.
+#[derive(Clone, Copy)]
+struct Served {
+    family: Family,
+    endpoint: Option<Endpoint>,
+    gzip: bool,
+}
+
+impl Served {
+    /// Drive JSON is gzip-encoded when the client asked as Drive requires; media never is.
+    async fn finish(self, emu: &Emulator, resp: Response) -> Response {
+        let json = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json"));
+        if self.family != Family::Drive || !json {
+            return resp;
+        }
+        if !self.gzip {
+            emu.stats.inc(Counter::JsonPlain);
+            return resp;
+        }
+        emu.stats.inc(Counter::JsonGzip);
+        gzipped(resp).await
+    }
+}
+
+/// "In order to receive a gzip-encoded response you must do two things: Set an
+/// Accept-Encoding header, and modify your user agent to contain the string gzip."
+/// (<https://developers.google.com/drive/api/guides/performance#gzip>)
+fn wants_gzip(headers: &HeaderMap) -> bool {
+    let accepts = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            name.eq_ignore_ascii_case("gzip") && !refused
+        });
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.contains("gzip"));
+    accepts && agent
+}
+
+async fn gzipped(resp: Response) -> Response {
+    use std::io::Write;
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let zipped = enc
+        .write_all(&bytes)
+        .and_then(|()| enc.finish())
+        .expect("gzip into memory");
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    parts
+        .headers
+        .insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    Response::from_parts(parts, Body::from(zipped))
+}
+
+/// Serves `req` through the configured faults. The order is Google's as far as it shows:
+/// refusals (quotas, injected errors) happen before the request is served.
 async fn faulty(
     emu: &Emulator,
-    family: Family,
+    served: Served,
     fault: Fault,
     account: Option<Arc<Account>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
+    let family = served.family;
     if let Some(d) = fault.delay() {
         tokio::time::sleep(d).await;
     }
+    if let Some(to) = &fault.redirect_to {
+        emu.stats.inc(Counter::RedirectsSent);
+        let location = HeaderValue::from_str(to).expect("validated when set");
+        return (StatusCode::FOUND, [(header::LOCATION, location)]).into_response();
+    }
+    if let Some(refused) = quota_refusal(emu, family, &fault, account.as_deref()) {
+        return refused;
+    }
+    let retry = fault.retry_after_s;
+    if fault.roll_error() {
+        return refusal(family, fault.status(), retry, fault.status() == 403);
+    }
+    let reset = fault.roll_reset();
+    if reset && served.endpoint == Some(Endpoint::FilesResumable) {
+        req.extensions_mut().insert(CutUpload);
+        return next.run(req).await;
+    }
+    let resp = served.finish(emu, next.run(req).await).await;
+    let media = served.endpoint == Some(Endpoint::FilesDownload) && resp.status().is_success();
+    match (media, fault.body_bytes_per_sec) {
+        (true, Some(rate)) => throttled(resp, rate, reset).await,
+        _ if reset => truncated(resp).await,
+        _ => resp,
+    }
+}
+
+/// The quota refusal for this request, if any quota is exceeded.
+///
+/// Drive documents its quotas per minute, per project and per user per project; going over
+/// gives "403: User rate limit exceeded", and "additional rate limit checks on the Drive
+/// backend might also generate a 429: Too many requests"
+/// (<https://developers.google.com/drive/api/guides/limits>). The error bodies are those of
+/// <https://developers.google.com/drive/api/guides/handle-errors> (403 `userRateLimitExceeded`,
+/// 403 `rateLimitExceeded`, 429 `rateLimitExceeded`). Neither page mentions `Retry-After`, so
+/// one is sent only when `retry_after_s` asks for it.
+fn quota_refusal(
+    emu: &Emulator,
+    family: Family,
+    fault: &Fault,
+    account: Option<&Account>,
+) -> Option<Response> {
     let retry = fault.retry_after_s;
     if let Some(q) = fault.quota_rps {
         if !emu.faults.window(family).admit(q) {
@@ -162,22 +317,40 @@ async fn faulty(
             } else {
                 429
             };
-            return refusal(family, status, retry, false);
+            return Some(refusal(family, status, retry, false));
         }
     }
-    if let (Some(q), Some(a)) = (fault.user_quota_rps, &account) {
+    if let (Some(q), Some(a)) = (fault.user_quota_rps, account) {
         if !a.quota.admit(q) {
-            return refusal(family, 403, retry, true);
+            return Some(refusal(family, 403, retry, true));
         }
     }
-    if fault.roll_error() {
-        return refusal(family, fault.status(), retry, fault.status() == 403);
+    // Per minute: a request refused by one window counts in neither.
+    let now = emu.clock_unix_s();
+    let project = emu.faults.minute_window(family);
+    if let Some(q) = fault.quota_per_minute {
+        if !project.has_room(q, now) {
+            let status = if fault.error_status == Some(429) {
+                429
+            } else {
+                403
+            };
+            return Some(refusal(family, status, retry, false));
+        }
     }
-    let resp = next.run(req).await;
-    if fault.roll_reset() {
-        return truncated(resp).await;
+    let user = account.map(|a| &a.minute_quota);
+    if let (Some(q), Some(w)) = (fault.user_quota_per_minute, user) {
+        if !w.has_room(q, now) {
+            return Some(refusal(family, 403, retry, true));
+        }
     }
-    resp
+    if fault.quota_per_minute.is_some() {
+        project.record(now);
+    }
+    if let (Some(_), Some(w)) = (fault.user_quota_per_minute, user) {
+        w.record(now);
+    }
+    None
 }
 
 /// An injected error, shaped like the family's real errors.
@@ -210,6 +383,43 @@ fn refusal(family: Family, status: u16, retry_after: Option<u64>, per_user: bool
     }
 }
 
+/// The body streamed at `rate` bytes per second (in tenth-of-a-second slices); with `cut`,
+/// the stream fails half way and hyper drops the connection.
+async fn throttled(resp: Response, rate: u64, cut: bool) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let len = bytes.len();
+    let stop = if cut { len / 2 } else { len };
+    let slice = (rate / 10).clamp(1, 1 << 20) as usize;
+    let pause = std::time::Duration::from_secs_f64(slice as f64 / rate as f64);
+    // State: the next offset; None once the injected failure was sent.
+    let stream = futures::stream::unfold(Some(0usize), move |at| {
+        let bytes = bytes.clone();
+        async move {
+            let at = at?;
+            if at >= stop {
+                return cut.then(|| (Err(reset_error()), None));
+            }
+            tokio::time::sleep(pause).await;
+            let end = (at + slice).min(stop);
+            Some((Ok(bytes.slice(at..end)), Some(end)))
+        }
+    });
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    axum::http::Response::from_parts(parts, Body::from_stream(stream))
+}
+
+fn reset_error() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "fake-google: injected connection reset",
+    )
+}
+
 /// The response with a Content-Length promising more than is sent: the body stream fails
 /// half way, and hyper drops the connection.
 async fn truncated(resp: Response) -> Response {
@@ -219,13 +429,7 @@ async fn truncated(resp: Response) -> Response {
         .unwrap_or_default();
     let promised = bytes.len() + 64;
     let half = bytes.slice(..bytes.len() / 2);
-    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
-        Ok(half),
-        Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "fake-google: injected connection reset",
-        )),
-    ];
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![Ok(half), Err(reset_error())];
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(promised));
