@@ -16,7 +16,7 @@ use super::drive_changes::{file_name, payload};
 use super::state::{lock, Soak};
 use super::{pause, secs};
 
-/// An admin command every 0.3 to 1.5 s.
+/// An admin command every 0.3 to 1.5 s, picked by weight (a roll out of 100).
 pub(super) async fn admin(soak: Arc<Soak>, stop: CancellationToken) -> anyhow::Result<()> {
     let mut last_all = Instant::now();
     while pause(&stop, secs(0.3, 1.5)).await {
@@ -28,75 +28,21 @@ pub(super) async fn admin(soak: Arc<Soak>, stop: CancellationToken) -> anyhow::R
             0..=14 => {
                 soak.admin_counted("status", &Command::Status).await;
             }
-            15..=17 => {
-                let state = [
-                    UserState::Active,
-                    UserState::ReauthRequired,
-                    UserState::Paused,
-                ]
-                .choose(&mut rand::thread_rng())
-                .copied();
-                soak.admin_counted("users", &Command::Users { state }).await;
-            }
+            15..=17 => users(&soak).await,
             18..=32 => {
                 soak.admin_counted("user", &Command::User { sub }).await;
             }
             33..=42 => {
                 soak.admin_counted("files", &Command::Files { sub }).await;
             }
-            43..=57 => {
-                let full = rand::thread_rng().gen_bool(0.25);
-                let wait = rand::thread_rng().gen_bool(0.2);
-                let name = match (full, wait) {
-                    (true, _) => "resync_full",
-                    (false, true) => "resync_wait",
-                    _ => "resync",
-                };
-                let cmd = Command::Resync {
-                    sub: Some(sub),
-                    all: false,
-                    full,
-                    wait,
-                };
-                soak.admin_counted(name, &cmd).await;
-            }
+            43..=57 => resync(&soak, sub).await,
             58..=60 if last_all.elapsed() > Duration::from_secs(45) => {
                 last_all = Instant::now();
-                let cmd = Command::Resync {
-                    sub: None,
-                    all: true,
-                    full: false,
-                    wait: false,
-                };
-                soak.admin_counted("resync_all", &cmd).await;
+                resync_all(&soak).await;
             }
-            61..=68 => {
-                let pause = Command::Pause { sub: sub.clone() };
-                let done = soak.admin_counted("pause", &pause).await;
-                if done.is_some() {
-                    lock(&soak.model).paused.push(sub);
-                }
-            }
-            69..=76 => {
-                let paused = {
-                    let mut m = lock(&soak.model);
-                    let n = m.paused.len();
-                    (n > 0).then(|| m.paused.swap_remove(rand::thread_rng().gen_range(0..n)))
-                };
-                if let Some(sub) = paused {
-                    soak.admin_counted("resume", &Command::Resume { sub }).await;
-                }
-            }
-            77..=86 => {
-                let len = rand::thread_rng().gen_range(0..3000);
-                let cmd = Command::Push {
-                    sub,
-                    name: file_name(),
-                    content_base64: base64::engine::general_purpose::STANDARD.encode(payload(len)),
-                    mime_type: None,
-                };
-                soak.admin_counted("push", &cmd).await;
-            }
+            61..=68 => pause_user(&soak, sub).await,
+            69..=76 => resume_one(&soak).await,
+            77..=86 => push(&soak, sub).await,
             87..=89 => {
                 let cmd = Command::LogLevel {
                     filter: LOG_FILTER.into(),
@@ -111,6 +57,79 @@ pub(super) async fn admin(soak: Arc<Soak>, stop: CancellationToken) -> anyhow::R
         }
     }
     Ok(())
+}
+
+/// `users`, filtered by a random state.
+async fn users(soak: &Soak) {
+    let state = [
+        UserState::Active,
+        UserState::ReauthRequired,
+        UserState::Paused,
+    ]
+    .choose(&mut rand::thread_rng())
+    .copied();
+    soak.admin_counted("users", &Command::Users { state }).await;
+}
+
+/// `resync SUB`, a quarter of the time `--full`, a fifth `--wait`.
+async fn resync(soak: &Soak, sub: String) {
+    let full = rand::thread_rng().gen_bool(0.25);
+    let wait = rand::thread_rng().gen_bool(0.2);
+    let name = match (full, wait) {
+        (true, _) => "resync_full",
+        (false, true) => "resync_wait",
+        _ => "resync",
+    };
+    let cmd = Command::Resync {
+        sub: Some(sub),
+        all: false,
+        full,
+        wait,
+    };
+    soak.admin_counted(name, &cmd).await;
+}
+
+/// `resync --all`; the caller keeps it to one every 45 s or more.
+async fn resync_all(soak: &Soak) {
+    let cmd = Command::Resync {
+        sub: None,
+        all: true,
+        full: false,
+        wait: false,
+    };
+    soak.admin_counted("resync_all", &cmd).await;
+}
+
+/// `pause SUB`; when it succeeds the model keeps the user for a later resume.
+async fn pause_user(soak: &Soak, sub: String) {
+    let cmd = Command::Pause { sub: sub.clone() };
+    if soak.admin_counted("pause", &cmd).await.is_some() {
+        lock(&soak.model).paused.push(sub);
+    }
+}
+
+/// `resume` of a random user we paused, if there is one.
+async fn resume_one(soak: &Soak) {
+    let paused = {
+        let mut m = lock(&soak.model);
+        let n = m.paused.len();
+        (n > 0).then(|| m.paused.swap_remove(rand::thread_rng().gen_range(0..n)))
+    };
+    if let Some(sub) = paused {
+        soak.admin_counted("resume", &Command::Resume { sub }).await;
+    }
+}
+
+/// `push`: a new file of up to 3 kB written to Drive through the daemon.
+async fn push(soak: &Soak, sub: String) {
+    let len = rand::thread_rng().gen_range(0..3000);
+    let cmd = Command::Push {
+        sub,
+        name: file_name(),
+        content_base64: base64::engine::general_purpose::STANDARD.encode(payload(len)),
+        mime_type: None,
+    };
+    soak.admin_counted("push", &cmd).await;
 }
 
 /// `forget`: revokes the grant at Google and deletes the user; the model follows the answer.

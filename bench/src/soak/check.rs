@@ -2,11 +2,13 @@
 //! the emulator, the database's integrity, and (in [`super::secrets`]) no secret at rest.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 
 use appdata_syncd::store::Store;
 use futures::StreamExt;
 use sqlx::Row;
 
+use super::calls::EmuFile;
 use super::config::sqlite_url;
 use super::secrets::scan_for_secrets;
 use super::state::{lock, Soak};
@@ -22,6 +24,19 @@ pub(super) struct Checked {
     pub(super) bytes_scanned: u64,
     pub(super) cycles: usize,
     pub(super) cycles_skipped: usize,
+}
+
+/// A `users` row, with how many credentials the user has.
+struct DbUser {
+    state: String,
+    last_error: Option<String>,
+    credentials: i64,
+}
+
+/// A `files` row, by file id.
+struct FileRow {
+    name: String,
+    md5: Option<String>,
 }
 
 /// Every invariant, with the daemon stopped. Violations go to `soak.violations`.
@@ -42,6 +57,19 @@ pub(super) async fn check(soak: &Soak) -> anyhow::Result<Checked> {
     if integrity != ["ok"] {
         soak.violation(format!("PRAGMA integrity_check: {}", integrity.join("; ")));
     }
+    let db_users = db_users(&store).await?;
+    for u in db_users.values() {
+        *out.users_by_state.entry(u.state.clone()).or_default() += 1;
+    }
+    sync_figures(&store, &mut out).await?;
+    check_model(soak, &db_users);
+    out.files_mirrored = check_mirrors(soak, &store, &db_users).await?;
+    store.close().await;
+    check_no_tmp_leftovers(soak);
+    Ok(out)
+}
+
+async fn db_users(store: &Store) -> anyhow::Result<HashMap<String, DbUser>> {
     let rows = sqlx::query(
         "SELECT u.sub, u.state, u.last_error, \
                 (SELECT COUNT(*) FROM credentials c WHERE c.sub = u.sub) AS creds \
@@ -49,20 +77,22 @@ pub(super) async fn check(soak: &Soak) -> anyhow::Result<Checked> {
     )
     .fetch_all(store.pool())
     .await?;
-    let mut db_users: HashMap<String, (String, Option<String>, i64)> = HashMap::new();
+    let mut db_users = HashMap::new();
     for r in rows {
         db_users.insert(
             r.try_get("sub")?,
-            (
-                r.try_get("state")?,
-                r.try_get("last_error")?,
-                r.try_get("creds")?,
-            ),
+            DbUser {
+                state: r.try_get("state")?,
+                last_error: r.try_get("last_error")?,
+                credentials: r.try_get("creds")?,
+            },
         );
     }
-    for (state, _, _) in db_users.values() {
-        *out.users_by_state.entry(state.clone()).or_default() += 1;
-    }
+    Ok(db_users)
+}
+
+/// Syncs by outcome and the most API calls one sync made, for the report.
+async fn sync_figures(store: &Store, out: &mut Checked) -> anyhow::Result<()> {
     for r in sqlx::query("SELECT outcome, COUNT(*) AS n FROM syncs GROUP BY outcome")
         .fetch_all(store.pool())
         .await?
@@ -73,7 +103,12 @@ pub(super) async fn check(soak: &Soak) -> anyhow::Result<Checked> {
         sqlx::query_scalar("SELECT COALESCE(MAX(api_calls), 0) FROM syncs")
             .fetch_one(store.pool())
             .await?;
+    Ok(())
+}
 
+/// The users' states in the database against what the workers saw happen
+/// ([`super::state::Model`]); users whose last sign-in or forget got no answer are left out.
+fn check_model(soak: &Soak, db_users: &HashMap<String, DbUser>) {
     let (acked, revoked, forgotten, uncertain) = {
         let m = lock(&soak.model);
         (
@@ -86,20 +121,21 @@ pub(super) async fn check(soak: &Soak) -> anyhow::Result<Checked> {
     for sub in acked.difference(&uncertain) {
         match db_users.get(sub) {
             None => soak.violation(format!("acknowledged sign-in of {sub}: no user row")),
-            Some((_, _, 0)) => {
+            Some(u) if u.credentials == 0 => {
                 soak.violation(format!("acknowledged sign-in of {sub}: no credential"))
             }
-            Some((state, _, _)) if state == "forgotten" => {
+            Some(u) if u.state == "forgotten" => {
                 soak.violation(format!("acknowledged sign-in of {sub}: user is forgotten"))
             }
             Some(_) => {}
         }
     }
-    for (sub, (state, last_error, _)) in &db_users {
+    for (sub, u) in db_users {
+        let state = &u.state;
         if state == "reauth_required" && !revoked.contains(sub) && !uncertain.contains(sub) {
             soak.violation(format!(
                 "{sub} is reauth_required but its grant was not revoked (last_error: {})",
-                last_error.as_deref().unwrap_or("none")
+                u.last_error.as_deref().unwrap_or("none")
             ));
         }
         if revoked.contains(sub) && !uncertain.contains(sub) && state != "reauth_required" {
@@ -116,25 +152,32 @@ pub(super) async fn check(soak: &Soak) -> anyhow::Result<Checked> {
             ));
         }
     }
+}
 
+/// [`check_mirror`] for every active user, 16 at a time. Returns the number of files.
+async fn check_mirrors(
+    soak: &Soak,
+    store: &Store,
+    db_users: &HashMap<String, DbUser>,
+) -> anyhow::Result<usize> {
     let active: Vec<String> = db_users
         .iter()
-        .filter(|(_, (state, _, _))| state == "active")
+        .filter(|(_, u)| u.state == "active")
         .map(|(sub, _)| sub.clone())
         .collect();
     let results: Vec<anyhow::Result<usize>> = futures::stream::iter(active)
-        .map(|sub| {
-            let store = &store;
-            async move { check_mirror(soak, store, &sub).await }
-        })
+        .map(|sub| async move { check_mirror(soak, store, &sub).await })
         .buffer_unordered(16)
         .collect()
         .await;
+    let mut files = 0;
     for r in results {
-        out.files_mirrored += r?;
+        files += r?;
     }
-    store.close().await;
+    Ok(files)
+}
 
+fn check_no_tmp_leftovers(soak: &Soak) {
     let tmp = soak.paths.mirror.join(".tmp");
     let leftovers = match std::fs::read_dir(&tmp) {
         Ok(entries) => entries.count(),
@@ -146,24 +189,13 @@ pub(super) async fn check(soak: &Soak) -> anyhow::Result<Checked> {
             tmp.display()
         ));
     }
-    Ok(out)
 }
 
 /// Emulator, `files` rows and mirror files of one active user agree: the same ids, names,
 /// md5s, and on disk the emulator's bytes. Returns the number of files.
 async fn check_mirror(soak: &Soak, store: &Store, sub: &str) -> anyhow::Result<usize> {
     let emulator = soak.files_of(sub).await?;
-    let rows = sqlx::query("SELECT file_id, name, md5 FROM files WHERE sub = $1")
-        .bind(sub)
-        .fetch_all(store.pool())
-        .await?;
-    let mut db: HashMap<String, (String, Option<String>)> = HashMap::new();
-    for r in rows {
-        db.insert(
-            r.try_get("file_id")?,
-            (r.try_get("name")?, r.try_get("md5")?),
-        );
-    }
+    let db = file_rows(store, sub).await?;
     let dir = soak.paths.mirror.join(sub);
     let on_disk: HashSet<String> = match std::fs::read_dir(&dir) {
         Ok(entries) => entries
@@ -174,45 +206,8 @@ async fn check_mirror(soak: &Soak, store: &Store, sub: &str) -> anyhow::Result<u
     };
     let mut wrong = Vec::new();
     for f in &emulator {
-        match db.get(&f.id) {
-            None => wrong.push(format!("{} ({:?}) has no row", f.id, f.name)),
-            Some((name, md5)) => {
-                if *name != f.name {
-                    wrong.push(format!(
-                        "{} is named {name:?}, Drive says {:?}",
-                        f.id, f.name
-                    ));
-                }
-                if md5.as_deref() != Some(f.md5_checksum.as_str()) {
-                    wrong.push(format!(
-                        "{}: md5 {md5:?}, Drive says {}",
-                        f.id, f.md5_checksum
-                    ));
-                }
-            }
-        }
-        match std::fs::read(dir.join(&f.id)) {
-            Err(_) => wrong.push(format!("{} ({:?}) missing on disk", f.id, f.name)),
-            Ok(bytes) => {
-                let content = soak
-                    .control(
-                        reqwest::Method::GET,
-                        &format!("users/{sub}/appdata-content/{}", f.id),
-                        None,
-                    )
-                    .await?
-                    .bytes()
-                    .await?;
-                if bytes != content {
-                    wrong.push(format!(
-                        "{}: {} bytes on disk differ from Drive's {}",
-                        f.id,
-                        bytes.len(),
-                        content.len()
-                    ));
-                }
-            }
-        }
+        row_differences(f, db.get(&f.id), &mut wrong);
+        disk_differences(soak, sub, &dir, f, &mut wrong).await?;
     }
     let ids: HashSet<&str> = emulator.iter().map(|f| f.id.as_str()).collect();
     for id in db.keys().filter(|id| !ids.contains(id.as_str())) {
@@ -228,4 +223,74 @@ async fn check_mirror(soak: &Soak, store: &Store, sub: &str) -> anyhow::Result<u
         ));
     }
     Ok(emulator.len())
+}
+
+async fn file_rows(store: &Store, sub: &str) -> anyhow::Result<HashMap<String, FileRow>> {
+    let rows = sqlx::query("SELECT file_id, name, md5 FROM files WHERE sub = $1")
+        .bind(sub)
+        .fetch_all(store.pool())
+        .await?;
+    let mut db = HashMap::new();
+    for r in rows {
+        db.insert(
+            r.try_get("file_id")?,
+            FileRow {
+                name: r.try_get("name")?,
+                md5: r.try_get("md5")?,
+            },
+        );
+    }
+    Ok(db)
+}
+
+/// How the `files` row of Drive's file `f` differs from it, if it does.
+fn row_differences(f: &EmuFile, row: Option<&FileRow>, wrong: &mut Vec<String>) {
+    let Some(FileRow { name, md5 }) = row else {
+        wrong.push(format!("{} ({:?}) has no row", f.id, f.name));
+        return;
+    };
+    if *name != f.name {
+        wrong.push(format!(
+            "{} is named {name:?}, Drive says {:?}",
+            f.id, f.name
+        ));
+    }
+    if md5.as_deref() != Some(f.md5_checksum.as_str()) {
+        wrong.push(format!(
+            "{}: md5 {md5:?}, Drive says {}",
+            f.id, f.md5_checksum
+        ));
+    }
+}
+
+/// How the mirror file of Drive's file `f` (in `dir`) differs from it, if it does.
+async fn disk_differences(
+    soak: &Soak,
+    sub: &str,
+    dir: &Path,
+    f: &EmuFile,
+    wrong: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let Ok(bytes) = std::fs::read(dir.join(&f.id)) else {
+        wrong.push(format!("{} ({:?}) missing on disk", f.id, f.name));
+        return Ok(());
+    };
+    let content = soak
+        .control(
+            reqwest::Method::GET,
+            &format!("users/{sub}/appdata-content/{}", f.id),
+            None,
+        )
+        .await?
+        .bytes()
+        .await?;
+    if bytes != content {
+        wrong.push(format!(
+            "{}: {} bytes on disk differ from Drive's {}",
+            f.id,
+            bytes.len(),
+            content.len()
+        ));
+    }
+    Ok(())
 }

@@ -45,13 +45,12 @@ mod state;
 pub use process::serve_daemon;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use rand::Rng;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -72,31 +71,39 @@ use crate::scenarios::Env;
 /// Violations printed to stderr; all are counted.
 const SHOWN_VIOLATIONS: usize = 20;
 
+/// The scenario: emulator and daemon up, every worker for `minutes`, then [`finish`], [`check()`]
+/// and the report, whose `errors` are the invariant violations.
 pub async fn soak(env: &Env, minutes: u64, users: usize) -> anyhow::Result<Report> {
     let dir = env.scratch_dir("appdata-syncd-soak-")?;
     let google = FakeGoogle::spawn(dir.path()).await?;
     let paths = write_config(dir.path(), &google)?;
     let daemon = DaemonProc::start(&paths).await?;
-    let soak = Arc::new(Soak {
-        google,
-        authcode_url: format!("http://{}/authcode", paths.intake),
-        paths,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?,
-        target_users: users,
-        next_user: AtomicUsize::new(0),
-        model: Mutex::default(),
-        counts: Counts::default(),
-        violations: Mutex::default(),
-        daemon: tokio::sync::Mutex::new(Some(daemon)),
-    });
-    let duration = Duration::from_secs(minutes * 60);
+    let soak = Arc::new(Soak::new(google, paths, daemon, users)?);
     log(format!(
         "{minutes} min, {users} users, state in {}",
         soak.paths.dir.display()
     ));
     let started = Instant::now();
+    run_workers(&soak, Duration::from_secs(minutes * 60), started).await?;
+    let soak_secs = started.elapsed().as_secs_f64();
+    log("time is up: clearing faults, final resyncs, stopping the daemon");
+    finish(&soak).await?;
+    let checks = check(&soak).await?;
+    let report = report(&soak, minutes, users, soak_secs, checks).await;
+    let violations = lock(&soak.violations).clone();
+    print_violations(&violations);
+    if let Ok(soak) = Arc::try_unwrap(soak) {
+        soak.google.stop().await;
+    }
+    if env.keep || !violations.is_empty() {
+        eprintln!("kept {}", dir.keep().display());
+    }
+    Ok(report)
+}
+
+/// Runs every load worker until `duration` has passed since `started`; an error if one of them
+/// ends before that.
+async fn run_workers(soak: &Arc<Soak>, duration: Duration, started: Instant) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let mut workers = JoinSet::new();
     workers.spawn(sign_ins(soak.clone(), stop.clone(), duration));
@@ -120,12 +127,11 @@ pub async fn soak(env: &Env, minutes: u64, users: usize) -> anyhow::Result<Repor
     while let Some(done) = workers.join_next().await {
         done??;
     }
-    let soak_secs = started.elapsed().as_secs_f64();
-    log("time is up: clearing faults, final resyncs, stopping the daemon");
-    finish(&soak).await?;
-    let checks = check(&soak).await?;
-    let report = report(&soak, minutes, users, soak_secs, checks).await;
-    let violations = lock(&soak.violations).clone();
+    Ok(())
+}
+
+/// The first [`SHOWN_VIOLATIONS`] to stderr, and how many more there are.
+fn print_violations(violations: &[String]) {
     for v in violations.iter().take(SHOWN_VIOLATIONS) {
         eprintln!("[soak] VIOLATION: {v}");
     }
@@ -135,13 +141,6 @@ pub async fn soak(env: &Env, minutes: u64, users: usize) -> anyhow::Result<Repor
             violations.len() - SHOWN_VIOLATIONS
         );
     }
-    if let Ok(soak) = Arc::try_unwrap(soak) {
-        soak.google.stop().await;
-    }
-    if env.keep || !violations.is_empty() {
-        eprintln!("kept {}", dir.keep().display());
-    }
-    Ok(report)
 }
 
 /// One line a minute, so a long run shows it is alive.
@@ -180,17 +179,7 @@ async fn report(soak: &Soak, minutes: u64, users: usize, secs: f64, c: Checked) 
         .set("users", users)
         .set("soak_s", secs)
         .set("accounts_created", lock(&soak.model).subs.len())
-        .set(
-            "sign_ins",
-            json!({
-                "attempted": n.get("signin.attempted"),
-                "acknowledged": n.get("signin.acknowledged"),
-                "new_users": n.get("signin.new_user"),
-                "again": n.get("signin.again"),
-                "daemon_down": n.get("signin.daemon_down"),
-                "no_answer": n.get("signin.no_answer"),
-            }),
-        )
+        .set("sign_ins", sign_in_counts(n))
         .set(
             "sign_ins_refused",
             n.group("signin")
@@ -229,6 +218,17 @@ async fn report(soak: &Soak, minutes: u64, users: usize, secs: f64, c: Checked) 
         .set("invariant_violations", violations)
         .set("errors", violations);
     r
+}
+
+fn sign_in_counts(n: &Counts) -> Value {
+    json!({
+        "attempted": n.get("signin.attempted"),
+        "acknowledged": n.get("signin.acknowledged"),
+        "new_users": n.get("signin.new_user"),
+        "again": n.get("signin.again"),
+        "daemon_down": n.get("signin.daemon_down"),
+        "no_answer": n.get("signin.no_answer"),
+    })
 }
 
 fn log(msg: impl AsRef<str>) {

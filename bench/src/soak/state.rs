@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use rand::seq::SliceRandom;
 
@@ -89,6 +90,28 @@ impl Drop for Claimed<'_> {
 }
 
 impl Soak {
+    pub(super) fn new(
+        google: FakeGoogle,
+        paths: Paths,
+        daemon: DaemonProc,
+        target_users: usize,
+    ) -> anyhow::Result<Soak> {
+        Ok(Soak {
+            google,
+            authcode_url: format!("http://{}/authcode", paths.intake),
+            paths,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+            target_users,
+            next_user: AtomicUsize::new(0),
+            model: Mutex::default(),
+            counts: Counts::default(),
+            violations: Mutex::default(),
+            daemon: tokio::sync::Mutex::new(Some(daemon)),
+        })
+    }
+
     pub(super) fn violation(&self, v: String) {
         lock(&self.violations).push(v);
     }
