@@ -12,7 +12,12 @@ use serde::Deserialize;
 use super::{malformed, retry_after, GoogleError};
 
 /// The fields of a file that the mirror keeps.
-const FILE_FIELDS: &str = "id,name,mimeType,size,md5Checksum,version,modifiedTime,trashed";
+const FILE_FIELDS: &str = "id,name,mimeType,parents,size,md5Checksum,version,modifiedTime,trashed";
+
+/// Google Workspace types (`application/vnd.google-apps.*`: folders, Docs editors files,
+/// shortcuts) have no binary content to download.
+/// <https://developers.google.com/workspace/drive/api/guides/mime-types>
+const GOOGLE_APPS_MIME: &str = "application/vnd.google-apps.";
 
 #[derive(Clone)]
 pub struct DriveClient {
@@ -30,6 +35,9 @@ pub struct DriveFile {
     pub name: String,
     #[serde(default)]
     pub mime_type: Option<String>,
+    /// In appDataFolder, one parent: a folder, or the appDataFolder itself.
+    #[serde(default)]
+    pub parents: Vec<String>,
     #[serde(default, deserialize_with = "int64_string")]
     pub size: Option<i64>,
     #[serde(default)]
@@ -40,6 +48,16 @@ pub struct DriveFile {
     pub modified_time: Option<String>,
     #[serde(default)]
     pub trashed: bool,
+}
+
+impl DriveFile {
+    /// Folders and Google-native files: Drive serves no content for them (`alt=media` answers
+    /// 403 fileNotDownloadable), so only their metadata is mirrored.
+    pub fn is_metadata_only(&self) -> bool {
+        self.mime_type
+            .as_deref()
+            .is_some_and(|m| m.starts_with(GOOGLE_APPS_MIME))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,6 +342,7 @@ pub fn drive_error(
             status: status.as_u16(),
             retry_after: retry_after(headers),
         },
+        403 if reason == "fileNotDownloadable" => GoogleError::NotDownloadable { endpoint },
         403 if rate_limited => GoogleError::Unavailable {
             endpoint,
             status: 403,

@@ -281,10 +281,10 @@ impl IdTokenVerifier {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_max_age)
             .unwrap_or(DEFAULT_MAX_AGE);
-        let jwks: Jwks = resp
-            .json()
-            .await
-            .map_err(|e| GoogleError::from_reqwest(ENDPOINT, e))?;
+        // Google's key set is a few KiB; a bigger answer is not a key set.
+        let body = super::read_capped(ENDPOINT, resp, 256 * 1024).await?;
+        let jwks: Jwks =
+            serde_json::from_slice(&body).map_err(|e| super::malformed(ENDPOINT, &e))?;
         let mut keys = HashMap::new();
         for k in jwks.keys.into_iter().filter(|k| k.kty == "RSA") {
             match DecodingKey::from_rsa_components(&k.n, &k.e) {

@@ -56,6 +56,9 @@ pub enum GoogleError {
     /// Drive: the file is gone (deleted between listing and download, say).
     #[error("Google {endpoint}: file not found")]
     NotFound { endpoint: &'static str },
+    /// Drive: the item has no binary content to download (a folder, a Google-native file).
+    #[error("Google {endpoint}: the file has no content to download")]
+    NotDownloadable { endpoint: &'static str },
     /// Drive: the saved changes page token is no longer valid; re-list from scratch.
     #[error("Google {endpoint}: the changes page token is invalid")]
     InvalidPageToken { endpoint: &'static str },
@@ -139,18 +142,98 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The HTTP client every Google call goes through: rustls, pooled keep-alive connections,
-/// and a per-request timeout so a hung Google never hangs us.
+/// Which HTTP version the clients speak to Google (`[google] http_version`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HttpVersion {
+    /// HTTP/1.1 only, on a pool of keep-alive connections.
+    #[default]
+    #[serde(rename = "1.1")]
+    Http1,
+    /// HTTP/2 (with prior knowledge: over TLS as Google serves it, or h2c in front of an
+    /// emulator), requests multiplexed on few connections.
+    #[serde(rename = "2")]
+    Http2,
+}
+
+/// The HTTP clients every Google call goes through: rustls, pooled connections, never a
+/// redirect (one would resend a client secret, a refresh token or a bearer token elsewhere).
+#[derive(Clone)]
+pub struct Http {
+    /// JSON calls: bounded as a whole by the request timeout; gzip asked for, as Drive's
+    /// performance guide wants (<https://developers.google.com/workspace/drive/api/guides/performance#gzip>).
+    pub api: reqwest::Client,
+    /// Content transfers: no limit on the whole (a big file takes as long as it takes), but
+    /// on connecting and on each read, so a stalled transfer still ends; no gzip (content is
+    /// streamed and resumed by byte ranges).
+    pub media: reqwest::Client,
+}
+
+impl Http {
+    pub fn new(timeout: Duration, version: HttpVersion) -> Http {
+        let base = || {
+            let b = reqwest::Client::builder()
+                .connect_timeout(timeout.min(Duration::from_secs(5)))
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(256)
+                .redirect(reqwest::redirect::Policy::none());
+            match version {
+                HttpVersion::Http1 => b.http1_only(),
+                HttpVersion::Http2 => b.http2_prior_knowledge(),
+            }
+        };
+        let api = base()
+            .timeout(timeout)
+            .gzip(true)
+            // Drive compresses only for a User-Agent that says "gzip".
+            .user_agent(concat!(
+                "appdata-syncd/",
+                env!("CARGO_PKG_VERSION"),
+                " (gzip)"
+            ))
+            .build();
+        let media = base()
+            .read_timeout(timeout)
+            .gzip(false)
+            .user_agent(concat!("appdata-syncd/", env!("CARGO_PKG_VERSION")))
+            .build();
+        match (api, media) {
+            (Ok(api), Ok(media)) => Http { api, media },
+            // Fails only if the TLS backend cannot initialise, which is a broken build.
+            (Err(e), _) | (_, Err(e)) => panic!("building the HTTP client: {e}"),
+        }
+    }
+}
+
+/// The client for Google's JSON endpoints (token, revoke, JWKS, Drive metadata).
 pub fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .user_agent(concat!("appdata-syncd/", env!("CARGO_PKG_VERSION")))
-        .build()
-        // Fails only if the TLS backend cannot initialise, which is a broken build.
-        .expect("building the HTTP client")
+    Http::new(timeout, HttpVersion::default()).api
+}
+
+/// Reads a response body of at most `max` bytes: a Google answer bigger than any real one is
+/// refused rather than buffered.
+pub(crate) async fn read_capped(
+    endpoint: &'static str,
+    resp: reqwest::Response,
+    max: usize,
+) -> Result<bytes::Bytes, GoogleError> {
+    use futures::StreamExt;
+    let too_big = || GoogleError::Malformed {
+        endpoint,
+        reason: format!("the response is larger than {max} bytes"),
+    };
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_big());
+    }
+    let mut body = bytes::BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| GoogleError::from_reqwest(endpoint, e))?;
+        if body.len() + chunk.len() > max {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// Google's OAuth error body: `{"error": "...", "error_description": "..."}`.

@@ -17,6 +17,9 @@ pub struct OAuthClient {
     redirect_uri: String,
 }
 
+/// The largest answer read from the token and revoke endpoints (real ones are a few KiB).
+const MAX_TOKEN_RESPONSE: usize = 256 * 1024;
+
 /// The longest access-token lifetime believed, in seconds.
 const MAX_EXPIRES_IN_SECS: i64 = 86_400;
 
@@ -121,10 +124,7 @@ impl OAuthClient {
         let status = resp.status();
         crate::metrics::google_call(ENDPOINT, Some(status.as_u16()));
         let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| GoogleError::from_reqwest(ENDPOINT, e))?;
+        let body = super::read_capped(ENDPOINT, resp, MAX_TOKEN_RESPONSE).await?;
         if !status.is_success() {
             return Err(oauth_error(ENDPOINT, status, &headers, &body));
         }
@@ -152,7 +152,9 @@ impl OAuthClient {
             return Ok(());
         }
         let headers = resp.headers().clone();
-        let body = resp.bytes().await.unwrap_or_default();
+        let body = super::read_capped(ENDPOINT, resp, MAX_TOKEN_RESPONSE)
+            .await
+            .unwrap_or_default();
         match oauth_error(ENDPOINT, status, &headers, &body) {
             GoogleError::Rejected { error, .. } if error == "invalid_token" => Ok(()),
             other => Err(other),

@@ -1,11 +1,13 @@
-//! `files`: the metadata of each mirrored file. The row is written after the content is in
-//! place on disk, so a row always points at complete content.
+//! `files`: the metadata of each mirrored item. The row is written after the content is in
+//! place on disk, so a row always points at complete content. Folders and Google-native files
+//! are rows without content (`metadata_only`); [`paths`] resolves each item's path from the
+//! parent links.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::Conn;
+use super::{Conn, Flag};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct FileRow {
@@ -16,10 +18,21 @@ pub struct FileRow {
     pub md5: Option<String>,
     pub version: Option<i64>,
     pub modified_time: Option<String>,
+    /// Relative to the mirror's root: `SUB/FILE_ID` (empty for metadata-only items).
     pub local_path: String,
+    /// The folder it is in; `None` (or an id that is no folder of the user's): the root.
+    pub parent_id: Option<String>,
+    /// No content is mirrored: a folder, a Google-native file, or anything Drive does not
+    /// serve (`fileNotDownloadable`).
+    #[sqlx(try_from = "Flag")]
+    pub metadata_only: bool,
 }
 
-const COLUMNS: &str = "file_id, name, mime_type, size, md5, version, modified_time, local_path";
+const COLUMNS: &str = "file_id, name, mime_type, size, md5, version, modified_time, local_path, \
+                       parent_id, metadata_only";
+
+/// Drive's folder type.
+pub const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
 
 pub async fn list(conn: &mut Conn, sub: &str) -> Result<Vec<FileRow>, sqlx::Error> {
     sqlx::query_as(&format!(
@@ -69,12 +82,14 @@ pub async fn by_name(
 
 pub async fn upsert(conn: &mut Conn, sub: &str, f: &FileRow) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO files (sub, file_id, name, mime_type, size, md5, version, modified_time, local_path) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+        "INSERT INTO files (sub, file_id, name, mime_type, size, md5, version, modified_time, \
+                            local_path, parent_id, metadata_only) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
          ON CONFLICT (sub, file_id) DO UPDATE SET name = excluded.name, \
              mime_type = excluded.mime_type, size = excluded.size, md5 = excluded.md5, \
              version = excluded.version, modified_time = excluded.modified_time, \
-             local_path = excluded.local_path",
+             local_path = excluded.local_path, parent_id = excluded.parent_id, \
+             metadata_only = excluded.metadata_only",
     )
     .bind(sub)
     .bind(&f.file_id)
@@ -85,6 +100,8 @@ pub async fn upsert(conn: &mut Conn, sub: &str, f: &FileRow) -> Result<(), sqlx:
     .bind(f.version)
     .bind(&f.modified_time)
     .bind(&f.local_path)
+    .bind(&f.parent_id)
+    .bind(f.metadata_only as i64)
     .execute(conn)
     .await?;
     Ok(())
@@ -114,4 +131,77 @@ pub async fn totals(conn: &mut Conn, sub: &str) -> Result<Totals, sqlx::Error> {
     .bind(sub)
     .fetch_one(conn)
     .await
+}
+
+/// Deepest folder nesting followed when resolving a path; deeper (or a cycle) is cut there.
+const MAX_DEPTH: usize = 64;
+
+/// Each item's path from the root of the appDataFolder, by its parents' names: `docs/a.json`.
+/// Best-effort, as Drive allows it to be: names are not unique (two items can share a path)
+/// and may contain `/`. An item whose parent is not a folder we know sits at the root.
+pub fn paths(rows: &[FileRow]) -> HashMap<String, String> {
+    let by_id: HashMap<&str, &FileRow> = rows.iter().map(|r| (r.file_id.as_str(), r)).collect();
+    let folder = |id: &str| {
+        by_id
+            .get(id)
+            .filter(|r| r.mime_type.as_deref() == Some(FOLDER_MIME))
+            .copied()
+    };
+    rows.iter()
+        .map(|row| {
+            let mut names = vec![row.name.as_str()];
+            let mut seen = vec![row.file_id.as_str()];
+            let mut next = row.parent_id.as_deref();
+            while let Some(parent) = next.and_then(folder) {
+                if seen.contains(&parent.file_id.as_str()) || names.len() >= MAX_DEPTH {
+                    break;
+                }
+                seen.push(&parent.file_id);
+                names.push(&parent.name);
+                next = parent.parent_id.as_deref();
+            }
+            names.reverse();
+            (row.file_id.clone(), names.join("/"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, name: &str, parent: Option<&str>, folder: bool) -> FileRow {
+        FileRow {
+            file_id: id.into(),
+            name: name.into(),
+            mime_type: Some(if folder { FOLDER_MIME } else { "text/plain" }.into()),
+            size: None,
+            md5: None,
+            version: None,
+            modified_time: None,
+            local_path: String::new(),
+            parent_id: parent.map(String::from),
+            metadata_only: folder,
+        }
+    }
+
+    #[test]
+    fn paths_follow_parent_folders_and_survive_cycles() {
+        let rows = vec![
+            row("r", "settings.json", Some("appdata-root"), false),
+            row("d", "docs", None, true),
+            row("s", "2026", Some("d"), true),
+            row("f", "a.json", Some("s"), false),
+            row("x", "orphan.txt", Some("not-a-folder-we-know"), false),
+            row("n", "under-a-file", Some("r"), false),
+            row("c1", "loop1", Some("c2"), true),
+            row("c2", "loop2", Some("c1"), true),
+        ];
+        let p = paths(&rows);
+        assert_eq!(p["r"], "settings.json");
+        assert_eq!(p["f"], "docs/2026/a.json");
+        assert_eq!(p["x"], "orphan.txt");
+        assert_eq!(p["n"], "under-a-file", "a file is not a folder");
+        assert_eq!(p["c1"], "loop2/loop1");
+    }
 }

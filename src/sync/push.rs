@@ -104,6 +104,8 @@ impl Session<'_> {
             version: file.version,
             modified_time: file.modified_time.clone(),
             local_path: Mirror::relative_path(&self.sub, &file.id)?,
+            parent_id: file.parents.first().cloned(),
+            metadata_only: false,
         };
         let mut tx = self.engine.store.begin_write().await?;
         files::upsert(tx.conn(), &self.sub, &row).await?;

@@ -262,6 +262,8 @@ impl<'a> Session<'a> {
             version: file.version,
             modified_time: file.modified_time.clone(),
             local_path,
+            parent_id: file.parents.first().cloned(),
+            metadata_only: false,
         };
         if same_content {
             if old.as_ref() != Some(&row) {

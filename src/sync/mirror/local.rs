@@ -6,11 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use futures::{Stream, StreamExt};
-use md5::{Digest, Md5};
 use tokio::io::AsyncWriteExt;
 
-use super::{safe_component, Mirror, MirrorError, Written};
+use super::{clamp, safe_component, Content, Mirror, MirrorError};
 
 pub(super) const TMP_DIR: &str = ".tmp";
 
@@ -47,17 +45,12 @@ impl LocalMirror {
         tokio::fs::metadata(self.absolute(relative)).await.is_ok()
     }
 
-    pub(super) async fn write_stream<S, E>(
+    /// A temporary file in `.tmp` for the content of `file_id`; placed by [`LocalMirror::place`].
+    pub(super) async fn start(
         &self,
         sub: &str,
         file_id: &str,
-        mut body: S,
-        expected_md5: Option<&str>,
-    ) -> Result<Written, MirrorError>
-    where
-        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
+    ) -> Result<LocalDownload, MirrorError> {
         let relative = Mirror::relative_path(sub, file_id)?;
         let tmp = self.root.join(TMP_DIR).join(format!(
             "{}.{}.{:016x}",
@@ -65,38 +58,13 @@ impl LocalMirror {
             safe_component(file_id)?,
             rand::random::<u64>()
         ));
-        let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await?;
-            let mut md5 = Md5::new();
-            let mut size = 0i64;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| MirrorError::Download(e.to_string()))?;
-                md5.update(&chunk);
-                size += chunk.len() as i64;
-                file.write_all(&chunk).await?;
-            }
-            let md5 = hex::encode(md5.finalize());
-            if expected_md5.is_some_and(|want| !want.eq_ignore_ascii_case(&md5)) {
-                return Err(MirrorError::ChecksumMismatch);
-            }
-            // tokio writes in the background: a failed write (ENOSPC) surfaces only on the
-            // next write or flush, and sync_all alone would swallow it and let a short file
-            // be renamed into place.
-            file.flush().await?;
-            file.sync_all().await?;
-            Ok(Written { size, md5 })
-        }
-        .await;
-        match result {
-            Ok(written) => {
-                self.place(&tmp, &relative).await?;
-                Ok(written)
-            }
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                Err(e)
-            }
-        }
+        let file = tokio::fs::File::create(&tmp).await?;
+        Ok(LocalDownload {
+            mirror: self.clone(),
+            relative,
+            tmp,
+            file,
+        })
     }
 
     async fn place(&self, tmp: &Path, relative: &str) -> Result<(), MirrorError> {
@@ -116,6 +84,28 @@ impl LocalMirror {
             let _ = tokio::fs::remove_file(tmp).await;
         }
         Ok(placed?)
+    }
+
+    pub(super) async fn read(
+        &self,
+        relative: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Option<Content>, MirrorError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut file = match tokio::fs::File::open(self.absolute(relative)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let total = file.metadata().await?.len();
+        let range = clamp(range, total);
+        file.seek(std::io::SeekFrom::Start(range.start)).await?;
+        let body = tokio_util::io::ReaderStream::new(file.take(range.end - range.start));
+        Ok(Some(Content {
+            total,
+            range,
+            body: Box::pin(body),
+        }))
     }
 
     pub(super) async fn remove(&self, relative: &str) -> Result<(), MirrorError> {
@@ -149,6 +139,42 @@ impl LocalMirror {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Content arriving into a temporary file; nothing is visible until [`LocalDownload::finish`].
+pub(super) struct LocalDownload {
+    mirror: LocalMirror,
+    relative: String,
+    tmp: PathBuf,
+    file: tokio::fs::File,
+}
+
+impl LocalDownload {
+    pub(super) async fn write(&mut self, chunk: &[u8]) -> Result<(), MirrorError> {
+        Ok(self.file.write_all(chunk).await?)
+    }
+
+    /// Makes the content durable and puts it in place.
+    pub(super) async fn finish(mut self) -> Result<(), MirrorError> {
+        // tokio writes in the background: a failed write (ENOSPC) surfaces only on the next
+        // write or flush, and sync_all alone would swallow it and let a short file be renamed
+        // into place.
+        let durable = async {
+            self.file.flush().await?;
+            self.file.sync_all().await
+        }
+        .await;
+        if let Err(e) = durable {
+            self.abandon().await;
+            return Err(e.into());
+        }
+        self.mirror.place(&self.tmp, &self.relative).await
+    }
+
+    pub(super) async fn abandon(self) {
+        drop(self.file);
+        let _ = tokio::fs::remove_file(&self.tmp).await;
     }
 }
 

@@ -17,7 +17,8 @@ mod s3;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use md5::{Digest, Md5};
 
 use anyhow::{bail, Context};
 use local::LocalMirror;
@@ -180,6 +181,20 @@ impl Mirror {
         }
     }
 
+    /// Starts receiving the content of `file_id`: feed it chunks (in several streams if a
+    /// download is resumed), then [`Download::finish`] checks the md5 and makes it visible.
+    pub async fn start_download(&self, sub: &str, file_id: &str) -> Result<Download, MirrorError> {
+        let sink = match &self.backend {
+            Backend::Local(l) => Sink::Local(l.start(sub, file_id).await?),
+            Backend::Object(o) => Sink::Object(o.start(sub, file_id)?),
+        };
+        Ok(Download {
+            sink,
+            md5: Md5::new(),
+            size: 0,
+        })
+    }
+
     /// Streams content into place. When `expected_md5` is given, a mismatch discards what was
     /// received and fails, so a truncated body never replaces good content.
     pub async fn write_stream<S, E>(
@@ -193,9 +208,13 @@ impl Mirror {
         S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        match &self.backend {
-            Backend::Local(l) => l.write_stream(sub, file_id, body, expected_md5).await,
-            Backend::Object(o) => o.write_stream(sub, file_id, body, expected_md5).await,
+        let mut download = self.start_download(sub, file_id).await?;
+        match download.feed(body).await {
+            Ok(()) => download.finish(expected_md5).await,
+            Err(e) => {
+                download.abandon().await;
+                Err(e)
+            }
         }
     }
 
@@ -208,6 +227,19 @@ impl Mirror {
         let chunk = bytes::Bytes::copy_from_slice(content);
         let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(chunk)]);
         self.write_stream(sub, file_id, body, None).await
+    }
+
+    /// Reads `relative` (`SUB/FILE_ID`) back, all of it or the bytes `range` asks for (its end
+    /// clamped to the length), as a stream: nothing is buffered whole. `None` when absent.
+    pub async fn read(
+        &self,
+        relative: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Option<Content>, MirrorError> {
+        match &self.backend {
+            Backend::Local(l) => l.read(relative, range).await,
+            Backend::Object(o) => o.read(relative, range).await,
+        }
     }
 
     /// Removes one file's content; already gone is fine.
@@ -232,6 +264,89 @@ impl Mirror {
             Backend::Local(l) => l.remove_user(sub).await,
             Backend::Object(o) => o.remove_user(sub).await,
         }
+    }
+}
+
+/// Content read back from the mirror.
+pub struct Content {
+    /// The whole content's length.
+    pub total: u64,
+    /// The bytes `body` holds, `start..end`.
+    pub range: std::ops::Range<u64>,
+    pub body: futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+}
+
+/// Content on its way into the mirror, hashed as it comes. An interrupted stream leaves what
+/// arrived in place, so that the rest can be fed from where it stopped (an HTTP `Range`).
+pub struct Download {
+    sink: Sink,
+    md5: Md5,
+    size: u64,
+}
+
+enum Sink {
+    Local(local::LocalDownload),
+    Object(s3::ObjectDownload),
+}
+
+impl Download {
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends what `body` yields. A stream that breaks is [`MirrorError::Download`], with
+    /// what came before it kept.
+    pub async fn feed<S, E>(&mut self, mut body: S) -> Result<(), MirrorError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| MirrorError::Download(e.to_string()))?;
+            self.md5.update(&chunk);
+            self.size += chunk.len() as u64;
+            match &mut self.sink {
+                Sink::Local(l) => l.write(&chunk).await?,
+                Sink::Object(o) => o.write(chunk).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the md5 (when Drive gave one) and makes the content visible; a mismatch
+    /// discards it and fails, so a truncated or spliced body never replaces good content.
+    pub async fn finish(self, expected_md5: Option<&str>) -> Result<Written, MirrorError> {
+        let md5 = hex::encode(self.md5.clone().finalize());
+        if expected_md5.is_some_and(|want| !want.eq_ignore_ascii_case(&md5)) {
+            self.abandon().await;
+            return Err(MirrorError::ChecksumMismatch);
+        }
+        let written = Written {
+            size: i64::try_from(self.size).unwrap_or(i64::MAX),
+            md5,
+        };
+        match self.sink {
+            Sink::Local(l) => l.finish().await?,
+            Sink::Object(o) => o.finish().await?,
+        }
+        Ok(written)
+    }
+
+    /// Throws away what arrived.
+    pub async fn abandon(self) {
+        match self.sink {
+            Sink::Local(l) => l.abandon().await,
+            Sink::Object(o) => o.abandon().await,
+        }
+    }
+}
+
+/// `range` within `0..total` (all of it when `None`).
+fn clamp(range: Option<std::ops::Range<u64>>, total: u64) -> std::ops::Range<u64> {
+    match range {
+        Some(r) => r.start.min(total)..r.end.min(total).max(r.start.min(total)),
+        None => 0..total,
     }
 }
 

@@ -11,13 +11,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
-use md5::{Digest, Md5};
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload, WriteMultipart};
 
-use super::{safe_component, Mirror, MirrorError, Written};
+use super::{clamp, safe_component, Content, Mirror, MirrorError};
 
 /// Content up to this size is buffered in memory and sent with a single PUT.
 pub const INLINE_LIMIT: usize = 8 * 1024 * 1024;
@@ -90,87 +89,55 @@ impl ObjectMirror {
         }
     }
 
-    pub(super) async fn write_stream<S, E>(
-        &self,
-        sub: &str,
-        file_id: &str,
-        body: S,
-        expected_md5: Option<&str>,
-    ) -> Result<Written, MirrorError>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
-        let key = self.key(&Mirror::relative_path(sub, file_id)?);
-        let mut multipart = None;
-        match self.receive(&key, body, expected_md5, &mut multipart).await {
-            Ok((written, inline)) => {
-                match multipart {
-                    // On failure, `finish` aborts the upload itself.
-                    Some(upload) => upload.finish().await?,
-                    None => self.store.put(&key, PutPayload::from_iter(inline)).await?,
-                };
-                Ok(written)
-            }
-            Err(e) => {
-                if let Some(upload) = multipart {
-                    if let Err(abort) = upload.abort().await {
-                        tracing::warn!(key = %key, error = %abort,
-                            "cannot abort an incomplete multipart upload; it stays invisible until the bucket's lifecycle rule removes it");
-                    }
-                }
-                Err(e)
-            }
-        }
+    /// An object upload for the content of `file_id`: buffered in memory up to the inline
+    /// limit, a multipart upload beyond it; nothing is visible until [`ObjectDownload::finish`].
+    pub(super) fn start(&self, sub: &str, file_id: &str) -> Result<ObjectDownload, MirrorError> {
+        Ok(ObjectDownload {
+            mirror: self.clone(),
+            key: self.key(&Mirror::relative_path(sub, file_id)?),
+            inline: Vec::new(),
+            inline_size: 0,
+            multipart: None,
+        })
     }
 
-    /// Reads `body`, hashing it, into memory or (past the inline limit) a multipart upload it
-    /// starts in `multipart`; checks the md5. Returns what was written and the buffered chunks
-    /// (empty when uploading in parts). Nothing is visible yet.
-    async fn receive<S, E>(
+    pub(super) async fn read(
         &self,
-        key: &Path,
-        mut body: S,
-        expected_md5: Option<&str>,
-        multipart: &mut Option<WriteMultipart>,
-    ) -> Result<(Written, Vec<Bytes>), MirrorError>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
-        let mut md5 = Md5::new();
-        let mut size = 0usize;
-        let mut inline = Vec::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| MirrorError::Download(e.to_string()))?;
-            md5.update(&chunk);
-            size += chunk.len();
-            match multipart {
-                Some(upload) => {
-                    upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
-                    upload.put(chunk);
-                }
-                None => {
-                    inline.push(chunk);
-                    if size > self.inline_limit {
-                        let mut upload = WriteMultipart::new_with_chunk_size(
-                            self.store.put_multipart(key).await?,
-                            PART_SIZE,
-                        );
-                        for chunk in inline.drain(..) {
-                            upload.put(chunk);
-                        }
-                        *multipart = Some(upload);
-                    }
-                }
-            }
+        relative: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Option<Content>, MirrorError> {
+        let key = self.key(relative);
+        let total = match self.store.head(&key).await {
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let range = clamp(range, total);
+        if range.is_empty() {
+            let body = futures::stream::empty();
+            return Ok(Some(Content {
+                total,
+                range,
+                body: Box::pin(body),
+            }));
         }
-        let md5 = hex::encode(md5.finalize());
-        if expected_md5.is_some_and(|want| !want.eq_ignore_ascii_case(&md5)) {
-            return Err(MirrorError::ChecksumMismatch);
-        }
-        let size = i64::try_from(size).unwrap_or(i64::MAX);
-        Ok((Written { size, md5 }, inline))
+        let options = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(range.clone())),
+            ..Default::default()
+        };
+        let got = match self.store.get_opts(&key, options).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let body = got
+            .into_stream()
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        Ok(Some(Content {
+            total,
+            range,
+            body: Box::pin(body),
+        }))
     }
 
     pub(super) async fn remove(&self, relative: &str) -> Result<(), MirrorError> {
@@ -214,9 +181,65 @@ impl std::fmt::Debug for ObjectMirror {
     }
 }
 
+pub(super) struct ObjectDownload {
+    mirror: ObjectMirror,
+    key: Path,
+    inline: Vec<Bytes>,
+    inline_size: usize,
+    multipart: Option<WriteMultipart>,
+}
+
+impl ObjectDownload {
+    pub(super) async fn write(&mut self, chunk: Bytes) -> Result<(), MirrorError> {
+        if let Some(upload) = &mut self.multipart {
+            upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+            upload.put(chunk);
+            return Ok(());
+        }
+        self.inline_size += chunk.len();
+        self.inline.push(chunk);
+        if self.inline_size > self.mirror.inline_limit {
+            let mut upload = WriteMultipart::new_with_chunk_size(
+                self.mirror.store.put_multipart(&self.key).await?,
+                PART_SIZE,
+            );
+            for chunk in self.inline.drain(..) {
+                upload.put(chunk);
+            }
+            self.multipart = Some(upload);
+        }
+        Ok(())
+    }
+
+    /// Makes the object visible (a single PUT, or the multipart upload completed).
+    pub(super) async fn finish(self) -> Result<(), MirrorError> {
+        match self.multipart {
+            // On failure, `finish` aborts the upload itself.
+            Some(upload) => upload.finish().await?,
+            None => {
+                self.mirror
+                    .store
+                    .put(&self.key, PutPayload::from_iter(self.inline))
+                    .await?
+            }
+        };
+        Ok(())
+    }
+
+    pub(super) async fn abandon(self) {
+        if let Some(upload) = self.multipart {
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(key = %self.key, error = %abort,
+                    "cannot abort an incomplete multipart upload; it stays invisible until the bucket's lifecycle rule removes it");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use md5::{Digest, Md5};
     use object_store::memory::InMemory;
 
     fn md5_hex(data: &[u8]) -> String {
