@@ -6,6 +6,7 @@
 mod reload;
 pub mod reports;
 mod users;
+mod writes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -16,6 +16,7 @@ pub mod pushes;
 pub mod schedule;
 pub mod syncs;
 pub mod users;
+pub mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;
