@@ -580,6 +580,27 @@ impl ResolvedConfig {
         m
     }
 
+    /// What is valid but almost surely wrong, for `check-config` and the start-up log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for scope in &self.raw.google.required_scopes {
+            // Google returns granted scopes as full URLs (`openid` is the one short name it
+            // keeps): a short name here would never match, and every sign-in would be refused.
+            if scope != "openid" && !scope.starts_with("https://") {
+                let full = match scope.as_str() {
+                    "email" => "https://www.googleapis.com/auth/userinfo.email".to_string(),
+                    "profile" => "https://www.googleapis.com/auth/userinfo.profile".to_string(),
+                    other => format!("https://www.googleapis.com/auth/{other}"),
+                };
+                out.push(format!(
+                    "[google] required_scopes contains {scope:?}, which Google never returns: \
+                     it reports granted scopes as full URLs; write {full:?}"
+                ));
+            }
+        }
+        out
+    }
+
     /// Keys whose value differs between `self` and `new`, as [`ResolvedConfig::settings`]
     /// names them (and `google.client_secret` when only the secret changed).
     pub fn changed_keys(&self, new: &ResolvedConfig) -> Vec<String> {

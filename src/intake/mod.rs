@@ -103,12 +103,22 @@ impl From<SignInError> for ApiError {
                 "upstream_timeout",
                 "Google did not answer in time; try again",
             ),
-            SignInError::Google(ref g @ G::InvalidClient { .. }) => {
-                tracing::error!(error = %g, "sign-in failed: this server's OAuth client is misconfigured");
+            SignInError::Google(G::InvalidClient { error, description }) => {
+                let setting = if error == "redirect_uri_mismatch" {
+                    "[google] redirect_uri (\"\" for Android apps; it must match the one the app used)"
+                } else {
+                    "[google] client_secret_file (the Web application client whose id the app passes as serverClientId)"
+                };
+                tracing::error!(
+                    google_error = %error,
+                    description = %description,
+                    setting,
+                    "sign-in failed: Google refuses this server's OAuth configuration; fix the setting named here"
+                );
                 ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_error",
-                    "the server could not complete the sign-in with Google",
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_misconfigured",
+                    "the server's Google sign-in is misconfigured; its operator has been told in the log",
                 )
             }
             SignInError::Google(ref g) => {

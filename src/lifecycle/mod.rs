@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ResolvedConfig;
 use crate::google::drive::DriveClient;
-use crate::google::Http;
 use crate::google::id_token::IdTokenVerifier;
 use crate::google::oauth::OAuthClient;
+use crate::google::Http;
 use crate::google::RateLimit;
 use crate::intake::signin::SignIn;
 use crate::intake::{self, IntakeState};
@@ -62,6 +62,9 @@ pub struct App {
 
 impl App {
     pub async fn build(config: ResolvedConfig, log: Option<LogHandle>) -> anyhow::Result<App> {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let store = Store::connect(&config.store_url, config.raw.store.max_connections).await?;
         store.migrate().await?;
         let shutdown = Shutdown::new();

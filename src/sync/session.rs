@@ -389,7 +389,11 @@ impl<'a> Session<'a> {
 
     /// An item mirrored as metadata only: its row, and no content (any a downloadable
     /// version of it left is removed).
-    async fn keep_metadata(&mut self, mut row: FileRow, old: Option<FileRow>) -> Result<(), SyncError> {
+    async fn keep_metadata(
+        &mut self,
+        mut row: FileRow,
+        old: Option<FileRow>,
+    ) -> Result<(), SyncError> {
         let relative = std::mem::take(&mut row.local_path);
         if old.as_ref() == Some(&row) {
             return Ok(());
@@ -436,7 +440,11 @@ impl<'a> Session<'a> {
     }
 
     /// Feeds `download` the file's bytes, resuming with `Range` after each break.
-    async fn receive(&mut self, file: &DriveFile, download: &mut Download) -> Result<(), SyncError> {
+    async fn receive(
+        &mut self,
+        file: &DriveFile,
+        download: &mut Download,
+    ) -> Result<(), SyncError> {
         let drive = self.engine.drive.clone();
         let mut stalls = 0;
         loop {
@@ -452,7 +460,11 @@ impl<'a> Session<'a> {
             match download.feed(body).await {
                 Ok(()) => return Ok(()),
                 Err(MirrorError::Download(why)) => {
-                    stalls = if download.received() > offset { 0 } else { stalls + 1 };
+                    stalls = if download.received() > offset {
+                        0
+                    } else {
+                        stalls + 1
+                    };
                     if stalls >= MAX_STALLED_READS {
                         return Err(MirrorError::Download(why).into());
                     }
@@ -486,5 +498,42 @@ impl<'a> Session<'a> {
         let path = Mirror::relative_path(&self.sub, file_id)?;
         self.engine.mirror.remove(&path).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_follow_googles_schedule_one_second_doubling_to_32_with_jitter() {
+        let policy = RetryPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(32),
+        };
+        let mut retry = Retry::new(policy);
+        let e = GoogleError::Unavailable {
+            endpoint: "x",
+            status: 503,
+            retry_after: None,
+        };
+        retry.deadline = Instant::now() + Duration::from_secs(3600);
+        let mut delays = Vec::new();
+        while let Some(d) = retry.next_delay(&e) {
+            delays.push(d);
+        }
+        assert_eq!(delays.len(), MAX_ATTEMPTS - 1);
+        for (d, base) in delays.iter().zip([1u64, 2, 4, 8, 16, 32, 32]) {
+            let base = Duration::from_secs(base);
+            assert!(*d >= base && *d < base * 2, "{d:?} for a base of {base:?}");
+        }
+        // Retry-After wins when it asks for longer.
+        let mut retry = Retry::new(policy);
+        let slow = GoogleError::Unavailable {
+            endpoint: "x",
+            status: 429,
+            retry_after: Some(Duration::from_secs(30)),
+        };
+        assert!(retry.next_delay(&slow).unwrap() >= Duration::from_secs(30));
     }
 }

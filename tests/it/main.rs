@@ -5,6 +5,7 @@ mod admin;
 mod cli;
 mod crash;
 mod faults;
+mod fidelity;
 mod helpers;
 mod intake;
 mod lifecycle;
