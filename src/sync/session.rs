@@ -38,6 +38,8 @@ pub(super) struct Session<'a> {
     pub(super) sub: String,
     access: Option<AccessToken>,
     pub(super) counts: Counts,
+    /// Some row of the user changed (content or metadata): the manifest is rewritten.
+    pub(super) changed: bool,
     cancel: &'a CancellationToken,
 }
 
@@ -89,12 +91,13 @@ impl<'a> Session<'a> {
             sub: sub.to_string(),
             access,
             counts: Counts::default(),
+            changed: false,
             cancel,
         }
     }
 
-    pub(super) fn into_counts(self) -> Counts {
-        self.counts
+    pub(super) fn into_counts(self) -> (Counts, bool) {
+        (self.counts, self.changed)
     }
 
     pub(super) fn check_cancel(&self) -> Result<(), SyncError> {
@@ -477,10 +480,11 @@ impl<'a> Session<'a> {
         }
     }
 
-    pub(super) async fn commit_file(&self, row: &FileRow) -> Result<(), SyncError> {
+    pub(super) async fn commit_file(&mut self, row: &FileRow) -> Result<(), SyncError> {
         let mut tx = self.engine.store.begin_write().await?;
         files::upsert(tx.conn(), &self.sub, row).await?;
         tx.commit().await?;
+        self.changed = true;
         Ok(())
     }
 
@@ -493,6 +497,7 @@ impl<'a> Session<'a> {
             files::delete(tx.conn(), &self.sub, file_id).await?;
             tx.commit().await?;
             self.counts.removed += 1;
+            self.changed = true;
         }
         // Rebuilt from the ids, never read back from the row.
         let path = Mirror::relative_path(&self.sub, file_id)?;

@@ -328,7 +328,7 @@ async fn no_token_is_in_plaintext_in_the_database_its_wal_or_the_mirror() {
         bytes.extend(std::fs::read(entry).unwrap());
         mirrored += 1;
     }
-    assert_eq!(mirrored, 5, "the mirror holds the files");
+    assert_eq!(mirrored, 10, "the mirror holds the files and a manifest per user");
     let secrets = app.google.emulator().issued_secrets();
     assert!(secrets.iter().any(|s| s.starts_with("1//")));
     assert!(secrets.iter().any(|s| s.starts_with("ya29.")));

@@ -246,6 +246,7 @@ impl TestApp {
         let on_disk = match std::fs::read_dir(self.data_dir().join(sub)) {
             Ok(entries) => entries
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|name| name != "manifest.json")
                 .collect(),
             Err(_) => Vec::new(),
         };
