@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use appdata_syncd::config::Config;
+use appdata_syncd::google::HttpVersion;
 use appdata_syncd::lifecycle::App;
 use appdata_syncd::scheduler::{CycleOutcome, Scheduler, SyncPhase};
 use appdata_syncd::services::Services;
@@ -65,13 +66,30 @@ pub fn emulator_config(dir: &Path, google: &FakeGoogle) -> anyhow::Result<Config
     Ok(config)
 }
 
-/// Which database a daemon uses and which of the daemons sharing it this one is.
+/// Which database a daemon uses, which of the daemons sharing it this one is, and how it
+/// talks to Google.
 #[derive(Clone, Copy)]
 pub struct Placement<'a> {
     /// `[store] url`; `None`: the SQLite file in the scenario directory.
     pub database_url: Option<&'a str>,
     /// 0 for the first (or only) daemon.
     pub index: usize,
+    /// `[google] http_version`: fixed at build, unlike [`Tuning`].
+    pub http_version: HttpVersion,
+}
+
+/// `--http-version 1.1|2`, read through the daemon's own serde names so the two agree.
+pub fn parse_http_version(s: &str) -> Result<HttpVersion, String> {
+    serde_json::from_value(serde_json::Value::from(s))
+        .map_err(|_| format!("{s:?}: expected 1.1 or 2"))
+}
+
+/// The string form of `v` (`"1.1"`, `"2"`), as config.toml spells it.
+pub fn http_version_name(v: HttpVersion) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|j| j.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{v:?}"))
 }
 
 pub struct Daemon {
@@ -115,6 +133,7 @@ impl Daemon {
         config.sync.schedule = "0 0 0 1 1 *".into();
         config.sync.concurrency = tuning.concurrency;
         config.sync.max_requests_per_second = tuning.max_requests_per_second;
+        config.google.http_version = place.http_version;
         let app = App::build(config.resolve()?, None)
             .await
             .context("building the daemon")?;

@@ -45,6 +45,9 @@ pub struct FakeGoogle {
 pub struct Stats {
     pub requests: BTreeMap<String, u64>,
     pub by_status: BTreeMap<String, u64>,
+    /// `http.1`, `http.2` (Google calls by protocol), `resumable.*`, …; zeros are left out.
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -62,6 +65,18 @@ impl Stats {
 
     pub fn status(&self, code: u16) -> u64 {
         self.by_status.get(&code.to_string()).copied().unwrap_or(0)
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    /// Google calls by HTTP version, as `{"http.1": n, "http.2": n}`.
+    pub fn http_versions(&self) -> BTreeMap<&'static str, u64> {
+        ["http.1", "http.2"]
+            .into_iter()
+            .map(|k| (k, self.counter(k)))
+            .collect()
     }
 }
 

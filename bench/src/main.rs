@@ -29,6 +29,7 @@ mod soak;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use appdata_syncd::google::HttpVersion;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -81,6 +82,11 @@ enum Scenario {
         /// Latency fake-google adds to every Drive call during the measured cycle.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// `[google] http_version` of the daemon: 1.1 (a pool of keep-alive connections) or 2
+        /// (h2c with prior knowledge, requests multiplexed on few connections).
+        #[arg(long, value_name = "1.1|2", default_value = "1.1",
+              value_parser = daemon::parse_http_version)]
+        http_version: HttpVersion,
         /// A PostgreSQL server, postgres://USER@HOST:PORT: each run creates a database of its
         /// own there and drops it at the end (unless --keep). Default: an SQLite file.
         #[arg(long, value_name = "URL")]
@@ -239,6 +245,7 @@ async fn run(
         Scenario::IdleCycle {
             users,
             latency_ms,
+            http_version,
             database,
             instances,
             tuning,
@@ -255,9 +262,13 @@ async fn run(
                      daemons share users only through a PostgreSQL database"
                 );
             }
+            let link = s::Link {
+                latency_ms,
+                http_version,
+            };
             for n in users {
                 for &k in &instances {
-                    for r in s::idle_cycle(env, n, latency_ms, &tuning, &backend, k).await? {
+                    for r in s::idle_cycle(env, n, link, &tuning, &backend, k).await? {
                         emit(r);
                     }
                 }

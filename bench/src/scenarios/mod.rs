@@ -6,12 +6,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use appdata_syncd::google::HttpVersion;
 use appdata_syncd::scheduler::CycleOutcome;
 use appdata_syncd::store::now_ms;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::daemon::{Daemon, Placement, Tuning};
+use crate::daemon::{http_version_name, Daemon, Placement, Tuning};
 use crate::database::{Backend, ScratchDatabase};
 use crate::google::{FakeGoogle, Stats};
 use crate::measure;
@@ -66,21 +67,24 @@ struct Seeded {
 
 impl World {
     async fn start(env: &Env, tuning: Tuning) -> anyhow::Result<World> {
-        World::start_shared(env, tuning, None, 1).await
+        World::start_shared(env, tuning, None, 1, HttpVersion::default()).await
     }
 
-    /// `instances` daemons on `database_url` (`None`: one daemon on SQLite).
+    /// `instances` daemons on `database_url` (`None`: one daemon on SQLite), speaking
+    /// `http_version` to fake-google.
     async fn start_shared(
         env: &Env,
         tuning: Tuning,
         database_url: Option<&str>,
         instances: usize,
+        http_version: HttpVersion,
     ) -> anyhow::Result<World> {
         let dir = env.scratch_dir("appdata-syncd-bench-")?;
         let google = FakeGoogle::spawn(dir.path()).await?;
         let place = |index| Placement {
             database_url,
             index,
+            http_version,
         };
         let daemon = Daemon::start(dir.path(), &google, tuning, place(0)).await?;
         let mut peers = Vec::new();
@@ -440,10 +444,19 @@ fn payload(size: usize, seed: usize) -> Vec<u8> {
 /// idle-cycle with `instances` daemons sharing one database. On PostgreSQL each call gets a
 /// freshly seeded database of its own, dropped afterwards (unless --keep) even when the run
 /// fails.
+/// How the daemon reaches fake-google in idle-cycle.
+#[derive(Debug, Clone, Copy)]
+pub struct Link {
+    /// Added by fake-google to every Drive call of the measured cycle.
+    pub latency_ms: u64,
+    /// `[google] http_version`.
+    pub http_version: HttpVersion,
+}
+
 pub async fn idle_cycle(
     env: &Env,
     n: usize,
-    latency_ms: u64,
+    link: Link,
     tuning: &TuningArgs,
     backend: &Backend,
     instances: usize,
@@ -454,12 +467,11 @@ pub async fn idle_cycle(
                 instances == 1,
                 "{instances} instances need a shared PostgreSQL database (--database)"
             );
-            idle_cycle_on(env, n, latency_ms, tuning, None, 1).await
+            idle_cycle_on(env, n, link, tuning, None, 1).await
         }
         Backend::Postgres(server) => {
             let db = ScratchDatabase::create(server).await?;
-            let measured =
-                idle_cycle_on(env, n, latency_ms, tuning, Some(&db.url), instances).await;
+            let measured = idle_cycle_on(env, n, link, tuning, Some(&db.url), instances).await;
             let dropped = db.finish(env.keep).await;
             let reports = measured?;
             dropped?;
@@ -471,12 +483,20 @@ pub async fn idle_cycle(
 async fn idle_cycle_on(
     env: &Env,
     n: usize,
-    latency_ms: u64,
+    link: Link,
     tuning: &TuningArgs,
     database_url: Option<&str>,
     instances: usize,
 ) -> anyhow::Result<Vec<Report>> {
-    let w = World::start_shared(env, Tuning::raised(), database_url, instances).await?;
+    let latency_ms = link.latency_ms;
+    let w = World::start_shared(
+        env,
+        Tuning::raised(),
+        database_url,
+        instances,
+        link.http_version,
+    )
+    .await?;
     let seeded = w.seed("i", n).await?;
     log(format!(
         "seeded {n} users through the intake in {:.1} s ({:.0}/s)",
@@ -518,6 +538,7 @@ async fn idle_cycle_on(
         r.set("users", n)
             .set("latency_ms", latency_ms)
             .set("settings", settings(&t))
+            .set("http_version", http_version_name(link.http_version))
             .set("elapsed_s", m.secs)
             .set("users_per_s", n as f64 / m.secs)
             .set("us_per_user", m.secs * 1e6 / n as f64)
@@ -526,7 +547,9 @@ async fn idle_cycle_on(
                 stats.drive_calls() as f64 / n as f64,
             )
             .set("token_refreshes", stats.count("token"))
-            .set("daemon_token_refreshes", o.token_refreshes);
+            .set("daemon_token_refreshes", o.token_refreshes)
+            // Google calls of the measured cycle by the protocol fake-google saw.
+            .set("http_requests", stats.http_versions());
         if database_url.is_some() {
             r.set("synced_per_instance", &shares);
         }
