@@ -13,6 +13,7 @@ use appdata_syncd::config::Config;
 use appdata_syncd::google::HttpVersion;
 use appdata_syncd::lifecycle::App;
 use appdata_syncd::scheduler::{CycleOutcome, Scheduler, SyncPhase};
+use appdata_syncd::services::reports::RateLimitStatus;
 use appdata_syncd::services::Services;
 use appdata_syncd::store::Store;
 use serde::Serialize;
@@ -159,6 +160,16 @@ impl Daemon {
         self.services.set_request_rate(t.max_requests_per_second);
         // Lowering concurrency retires permits from a spawned task; let it run.
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// The rate limiter as `ctl status` shows it: the ceiling and the rate in force (AIMD).
+    pub async fn rate_limit(&self) -> anyhow::Result<RateLimitStatus> {
+        let status = self
+            .services
+            .status()
+            .await
+            .context("the daemon's status")?;
+        Ok(status.rate_limit)
     }
 
     /// One full cycle over every due user.

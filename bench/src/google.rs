@@ -36,6 +36,7 @@ pub struct FakeGoogle {
     pub base: String,
     pub client_secret_file: PathBuf,
     pub android_client_id: String,
+    pub web: WebClient,
     http: reqwest::Client,
 }
 
@@ -80,6 +81,13 @@ impl Stats {
     }
 }
 
+/// The web client the daemon signs users in with (`/_emulator/clients`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebClient {
+    pub client_id: String,
+    pub client_secret: String,
+}
+
 impl FakeGoogle {
     /// Starts the emulator child and waits until it serves.
     pub async fn spawn(dir: &Path) -> anyhow::Result<FakeGoogle> {
@@ -114,6 +122,7 @@ impl FakeGoogle {
         #[derive(Deserialize)]
         struct Clients {
             android_client_id: String,
+            web: WebClient,
         }
         let clients: Clients = http
             .get(format!("{base}/_emulator/clients"))
@@ -128,6 +137,7 @@ impl FakeGoogle {
             base,
             client_secret_file,
             android_client_id: clients.android_client_id,
+            web: clients.web,
             http,
         })
     }
@@ -182,6 +192,35 @@ impl FakeGoogle {
             .json()
             .await?;
         Ok(c.code)
+    }
+
+    /// An access token of the user's own, for a client other than the daemon: a code minted
+    /// and redeemed at `/token` with the web client, as a second backend of the same Google
+    /// project would. Counts one `token` call; call it before the stats are reset.
+    pub async fn access_token(&self, sub: &str) -> anyhow::Result<String> {
+        #[derive(Deserialize)]
+        struct Issued {
+            access_token: String,
+        }
+        let code = self.mint_code(sub).await?;
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("client_id", self.web.client_id.as_str()),
+            ("client_secret", self.web.client_secret.as_str()),
+            ("redirect_uri", ""),
+        ];
+        let resp = self
+            .http
+            .post(format!("{}/token", self.base))
+            .form(&form)
+            .send()
+            .await
+            .context("POST /token")?;
+        if !resp.status().is_success() {
+            bail!("POST /token: {}", resp.status());
+        }
+        Ok(resp.json::<Issued>().await?.access_token)
     }
 
     /// Creates or updates the file named `name` in the user's appDataFolder, as the phone would.

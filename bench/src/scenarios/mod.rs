@@ -1,7 +1,8 @@
 //! The scenarios. Each starts a fresh [`World`] (temp dir, fake-google child, daemon), seeds
 //! users through the real intake, then measures one phase between [`Window::open`] and
 //! [`Window::close`]: wall time, CPU of this process and of the emulator, and peak RSS.
-//! idle-cycle can also run on a fresh PostgreSQL database with several daemons sharing it.
+//! idle-cycle can also run on a fresh PostgreSQL database with several daemons sharing it;
+//! [`quota`] (its own module) runs the daemon against a project quota, shared or not.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,6 +19,9 @@ use crate::google::{FakeGoogle, Stats};
 use crate::measure;
 use crate::report::Report;
 use crate::{Profiles, TuningArgs};
+
+mod quota;
+pub use quota::quota;
 
 /// What p50_ms/p99_ms measure, and how they differ from the `syncs` table's figures.
 const SYNC_TIME: &str = "p50_ms/p99_ms: scheduler 'started' to 'finished' event, which includes \
@@ -631,81 +635,6 @@ pub async fn churn(
     }
     w.stop(env).await?;
     Ok(reports)
-}
-
-pub async fn quota(
-    env: &Env,
-    n: usize,
-    quota_rps: u64,
-    max_rps: Option<u32>,
-    concurrency: Option<usize>,
-) -> anyhow::Result<Report> {
-    let w = World::start(env, Tuning::raised()).await?;
-    let seeded = w.seed("q", n).await?;
-    let (_, first_errors) = first_cycle(&w, n).await?;
-    let t = Tuning {
-        profile: "quota",
-        concurrency: concurrency.unwrap_or(Tuning::defaults().concurrency),
-        max_requests_per_second: max_rps.unwrap_or(quota_rps.min(u32::MAX as u64) as u32),
-    };
-    w.daemon.tune(t).await;
-    w.google
-        .set_faults(json!({ "drive": { "quota_rps": quota_rps, "error_status": 429 } }))
-        .await?;
-    w.google.reset_stats().await?;
-    let window = Window::open(&w.google);
-    // (drive requests, 429s) once a second while the cycle runs.
-    let mut samples: Vec<(u64, u64)> = Vec::new();
-    let sampler = async {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            match w.google.stats().await {
-                Ok(s) => samples.push((s.drive_calls(), s.status(429))),
-                Err(e) => log(format!("stats sample failed: {e:#}")),
-            }
-        }
-    };
-    let o = tokio::select! {
-        o = w.daemon.cycle() => o,
-        () = sampler => unreachable!("the sampler never ends"),
-    };
-    let m = window.close(&w.google);
-    let stats = w.google.stats().await?;
-    let quota_errors = stats.status(429);
-    let accepted = stats.drive_calls() - quota_errors;
-    let achieved = accepted as f64 / m.secs;
-    let first_second = samples.first().map_or(quota_errors, |s| s.1);
-    // Accepted requests in each whole second; the median leaves out the ramp and the tail.
-    let mut per_second: Vec<f64> = samples
-        .windows(2)
-        .map(|p| ((p[1].0 - p[1].1) - (p[0].0 - p[0].1)) as f64)
-        .collect();
-    let series = per_second.clone();
-    let (median, _) = measure::p50_p99(&mut per_second);
-    let mut r = Report::new("quota");
-    r.set("users", n)
-        .set("quota_rps", quota_rps)
-        .set("settings", settings(&t))
-        .set("elapsed_s", m.secs)
-        .set("users_per_s", n as f64 / m.secs)
-        .set("accepted_drive_requests", accepted)
-        .set("achieved_rps", achieved)
-        .set("fraction_of_quota", achieved / quota_rps as f64)
-        .set("steady_rps_median", median)
-        .set("steady_fraction_of_quota", median / quota_rps as f64)
-        .set("accepted_per_second", series)
-        .set("quota_errors", quota_errors)
-        .set("quota_errors_first_second", first_second)
-        .set(
-            "quota_errors_after_first_second",
-            quota_errors - first_second,
-        )
-        .set("errors", cycle_errors(&o, n) + seeded.errors + first_errors);
-    finish(&mut r, &m, &w.google, &stats, n as f64);
-    w.stop(env).await?;
-    Ok(r)
 }
 
 /// Sizes for `all`: `quick` keeps the total well under two minutes on 2 cores. Each scenario
