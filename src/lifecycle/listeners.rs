@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+
+/// Request heads must arrive within this (each request of a keep-alive connection).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminServer;
@@ -19,7 +22,8 @@ pub(super) struct Listeners {
 
 pub(super) struct IntakeListener {
     listener: std::net::TcpListener,
-    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: super::http::Limits,
 }
 
 impl Listeners {
@@ -40,10 +44,23 @@ impl Listeners {
             .with_context(|| format!("cannot listen on [intake] listen = {listen}"))?;
         listener.set_nonblocking(true)?;
         let intake_addr = listener.local_addr()?;
-        let tls = load_tls(config).await?;
+        let tls = match (&config.raw.intake.tls_cert, &config.raw.intake.tls_key) {
+            (Some(cert), Some(key)) => Some(super::http::tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let i = &config.raw.intake;
+        let limits = super::http::Limits {
+            max_connections: i.max_connections,
+            first_byte_timeout: i.first_byte_timeout,
+            header_timeout: HEADER_TIMEOUT,
+        };
         Ok(Listeners {
             intake_addr,
-            intake: IntakeListener { listener, tls },
+            intake: IntakeListener {
+                listener,
+                tls,
+                limits,
+            },
             admin,
             metrics,
         })
@@ -74,64 +91,16 @@ impl Listeners {
 }
 
 impl IntakeListener {
-    /// Serves `router` until `handle` is told to shut down, or at once on `abort`.
+    /// Serves `router` until `stop` (then drains for `drain`), or at once on `abort`.
     pub(super) async fn serve(
         self,
         router: axum::Router,
-        handle: axum_server::Handle,
+        stop: CancellationToken,
         abort: CancellationToken,
+        drain: Duration,
     ) -> anyhow::Result<()> {
-        let make_service = router.into_make_service();
-        let server = async {
-            match self.tls {
-                Some(tls) => {
-                    let mut server = axum_server::from_tcp_rustls(self.listener, tls);
-                    configure_http(server.http_builder());
-                    server.handle(handle.clone()).serve(make_service).await
-                }
-                None => {
-                    let mut server = axum_server::from_tcp(self.listener);
-                    configure_http(server.http_builder());
-                    server.handle(handle.clone()).serve(make_service).await
-                }
-            }
-        };
-        tokio::select! {
-            served = server => served.context("the intake server failed"),
-            _ = abort.cancelled() => {
-                handle.shutdown();
-                Ok(())
-            }
-        }
+        let listener = tokio::net::TcpListener::from_std(self.listener)
+            .context("the intake listener is unusable")?;
+        super::http::serve(listener, self.tls, router, self.limits, stop, abort, drain).await
     }
-}
-
-async fn load_tls(
-    config: &ResolvedConfig,
-) -> anyhow::Result<Option<axum_server::tls_rustls::RustlsConfig>> {
-    let (Some(cert), Some(key)) = (&config.raw.intake.tls_cert, &config.raw.intake.tls_key) else {
-        return Ok(None);
-    };
-    // Fails only if a provider is already installed, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot load the TLS certificate {} and key {}",
-                cert.display(),
-                key.display()
-            )
-        })?;
-    Ok(Some(tls))
-}
-
-/// Slow clients must not hold connections open forever.
-fn configure_http(
-    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-) {
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
 }

@@ -2,6 +2,7 @@
 //! fake-google on a loopback port and a real SQLite file in a temporary folder.
 
 mod admin;
+mod admission;
 mod cli;
 mod crash;
 mod faults;
