@@ -154,7 +154,7 @@ impl Default for IntakeConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Where state lives. Default: `$STATE_DIRECTORY` (systemd's StateDirectory), else
@@ -168,6 +168,25 @@ pub struct StoreConfig {
     pub previous_key_files: Vec<PathBuf>,
     /// Connections in the pool.
     pub max_connections: u32,
+    /// Sync records, settled writes and gone instances older than this are pruned...
+    #[serde(with = "humantime_serde")]
+    pub keep_history: Duration,
+    /// ...except each user's newest sync records, this many.
+    pub keep_syncs_per_user: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: None,
+            url: None,
+            encryption_key_file: None,
+            previous_key_files: Vec::new(),
+            max_connections: 0,
+            keep_history: Duration::from_secs(7 * 86_400),
+            keep_syncs_per_user: 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -420,6 +420,10 @@ fn render_user(r: &UserDetail) -> String {
         ("created", time(Some(u.created_at))),
         ("last sync", time(r.sync.last_sync_at)),
         ("failures", r.sync.failures.to_string()),
+        (
+            "idle syncs",
+            format!("{} since the last recorded one", r.sync.idle_syncs),
+        ),
         ("syncing now", r.sync.syncing_now.to_string()),
         ("files", format!("{} ({} bytes)", r.files, r.bytes)),
         (

@@ -266,6 +266,7 @@ impl App {
             "intake-upkeep",
             forget_idle_clients(admission, shutdown.stop.clone()),
         );
+        tasks.spawn("prune", prune(services.clone(), shutdown.stop.clone()));
         tasks.spawn("recorder", recorder);
         tasks.spawn("resync", scheduler.clone().resync_loop());
         tasks.spawn("heartbeat", scheduler.clone().heartbeat_loop());
@@ -333,6 +334,29 @@ async fn drain(services: &Services, shutdown: &Shutdown) {
         );
         shutdown.abort.cancel();
         scheduler.wait_for_syncs(ABORT_DRAIN).await;
+    }
+}
+
+/// Keeps the tables that would only grow bounded: old sync records (each user's newest kept),
+/// settled writes, long-gone instances. In small batches, so no lock is held for long.
+async fn prune(services: Arc<Services>, stop: CancellationToken) -> anyhow::Result<()> {
+    const EVERY: Duration = Duration::from_secs(300);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+        let config = services.config();
+        let keep = &config.raw.store;
+        if let Err(e) = crate::store::prune_history(
+            services.store(),
+            keep.keep_history,
+            keep.keep_syncs_per_user,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "cannot prune the history; trying again later");
+        }
     }
 }
 

@@ -119,8 +119,8 @@ impl Scheduler {
                 ResyncTarget::All => due::active_subs(&mut conn).await?,
             };
             for sub in subs {
-                let baseline = due::last_sync_id(&mut conn, &sub).await?;
-                pending.insert(sub, baseline);
+                let (done, _) = due::syncs_done(&mut conn, &sub).await?;
+                pending.insert(sub, done);
             }
         }
         self.request_resync(target, kind).await?;
@@ -151,7 +151,7 @@ impl Scheduler {
         Ok(report)
     }
 
-    /// Moves the pending users whose newest sync record is past their baseline into `report`.
+    /// Moves the pending users with a sync finished since their baseline into `report`.
     async fn collect_finished_elsewhere(
         &self,
         pending: &mut HashMap<String, i64>,
@@ -160,11 +160,23 @@ impl Scheduler {
         let mut conn = self.store.pool().acquire().await?;
         let mut done = Vec::new();
         for (sub, baseline) in pending.iter() {
-            if due::last_sync_id(&mut conn, sub).await? > *baseline {
-                if let Some(last) = syncs::recent(&mut conn, sub, 1).await?.into_iter().next() {
-                    done.push((sub.clone(), last.outcome, last.error));
-                }
+            let (count, outcome) = due::syncs_done(&mut conn, sub).await?;
+            if count <= *baseline {
+                continue;
             }
+            let outcome = outcome
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(SyncOutcome::Failed);
+            // Only syncs that did something are recorded, failures among them.
+            let error = match outcome {
+                SyncOutcome::Ok => None,
+                _ => syncs::recent(&mut conn, sub, 1)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .and_then(|r| r.error),
+            };
+            done.push((sub.clone(), outcome, error));
         }
         for (sub, outcome, error) in done {
             pending.remove(&sub);

@@ -70,6 +70,8 @@ pub struct SyncView {
     pub last_sync_at: Option<i64>,
     pub resync_requested: bool,
     pub syncing_now: bool,
+    /// Syncs since the last one in `recent_syncs` that found nothing to do (not recorded).
+    pub idle_syncs: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -61,6 +61,7 @@ impl Services {
                 last_sync_at: state.last_sync_at,
                 resync_requested: state.resync != schedule::Resync::None,
                 syncing_now: self.scheduler.is_running(sub),
+                idle_syncs: state.idle_syncs,
             },
             credentials,
             files: totals.files,

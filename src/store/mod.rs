@@ -65,6 +65,36 @@ impl WriteTx {
     }
 }
 
+/// Prunes what only grows (see the `prune` task): sync records older than `keep` beyond each
+/// user's newest `keep_per_user`, settled writes older than `keep`, and instances not seen
+/// for a day. One short transaction per batch; returns how many rows went.
+pub async fn prune_history(
+    store: &Store,
+    keep: Duration,
+    keep_per_user: u32,
+) -> Result<u64, sqlx::Error> {
+    const BATCH: i64 = 1000;
+    let before = now_ms() - keep.as_millis() as i64;
+    let mut total = 0;
+    loop {
+        let mut tx = store.begin_write().await?;
+        let n = syncs::prune(tx.conn(), before, keep_per_user as i64, BATCH).await?
+            + writes::prune(tx.conn(), before, BATCH).await?;
+        tx.commit().await?;
+        total += n;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut tx = store.begin_write().await?;
+    total += schedule::prune_instances(tx.conn(), now_ms() - 86_400_000).await?;
+    tx.commit().await?;
+    if total > 0 {
+        tracing::debug!(rows = total, "pruned history");
+    }
+    Ok(total)
+}
+
 /// Milliseconds since the Unix epoch: the unit of every timestamp column.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

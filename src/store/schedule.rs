@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::credentials::{SealedAccess, SealedRefresh};
+use super::syncs::SyncOutcome;
 use super::{Backend, Conn, Flag};
 
 /// An admin's request to sync a user ahead of schedule (`ctl resync`), stored as 0, 1, 2 so
@@ -48,6 +49,8 @@ pub struct DueUser {
     pub has_writes: bool,
     #[sqlx(flatten)]
     pub listing: Listing,
+    /// Why the user is over a mirror limit, if it is.
+    pub over_quota: Option<String>,
 }
 
 /// A full listing in progress (see migration 0004): resumed at `page` by the next sync.
@@ -73,11 +76,13 @@ pub struct SyncState {
     pub last_sync_at: Option<i64>,
     #[sqlx(try_from = "i64", rename = "resync_requested")]
     pub resync: Resync,
+    /// Syncs since the last recorded one that found nothing to do.
+    pub idle_syncs: i64,
 }
 
 pub async fn sync_state(conn: &mut Conn, sub: &str) -> Result<Option<SyncState>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT page_token, next_sync_at, failures, last_sync_at, resync_requested \
+        "SELECT page_token, next_sync_at, failures, last_sync_at, resync_requested, idle_syncs \
          FROM users WHERE sub = $1",
     )
     .bind(sub)
@@ -143,7 +148,7 @@ pub async fn claim(
     let query = format!(
         "SELECT u.sub, u.page_token, u.failures, u.resync_requested, \
                 c.refresh_token, c.key_id, c.access_token, c.access_key_id, c.access_expires_at, \
-                u.listing_start, u.listing_page, u.listing_generation, \
+                u.listing_start, u.listing_page, u.listing_generation, u.over_quota, \
                 EXISTS (SELECT 1 FROM writes w WHERE w.sub = u.sub AND w.state = 'pending') \
                     AS has_writes \
          FROM users u JOIN credentials c ON c.sub = u.sub WHERE u.sub IN ({}) ORDER BY u.sub",
@@ -252,15 +257,6 @@ pub async fn live_instances(conn: &mut Conn, since: i64) -> Result<Vec<Instance>
     .bind(since)
     .fetch_all(conn)
     .await
-}
-
-/// The newest sync record id of a user (0 when none), to tell a new sync from old ones.
-pub async fn last_sync_id(conn: &mut Conn, sub: &str) -> Result<i64, sqlx::Error> {
-    let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM syncs WHERE sub = $1")
-        .bind(sub)
-        .fetch_one(conn)
-        .await?;
-    Ok(id.unwrap_or(0))
 }
 
 /// Starts listing generation `generation` from `start` (the changes token taken first).
@@ -372,6 +368,18 @@ pub async fn all_instances(conn: &mut Conn) -> Result<Vec<String>, sqlx::Error> 
         .await
 }
 
+/// Forgets instances not seen since `since` (a dead one's row, long after its leases expired).
+pub async fn prune_instances(conn: &mut Conn, since: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM instances WHERE last_seen_at < $1 \
+         AND id NOT IN (SELECT lease_owner FROM users WHERE lease_owner IS NOT NULL)",
+    )
+    .bind(since)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Frees every lease `owner` holds (it is known to be dead).
 pub async fn release_all(conn: &mut Conn, owner: &str) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
@@ -394,18 +402,29 @@ pub enum LastError<'a> {
     Set(&'a str),
 }
 
+/// How a sync ended, as the user's row keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    /// Not before this (backoff after failures; 0: the next cycle).
+    pub next_sync_at: i64,
+    pub failures: i64,
+    /// When it succeeded (`None`: it did not).
+    pub last_ok: Option<i64>,
+    pub last_error: LastError<'a>,
+    pub outcome: SyncOutcome,
+    /// Nothing changed and nothing failed: counted in `idle_syncs`, no row in `syncs`.
+    pub idle: bool,
+}
+
 /// What a finished sync changes on the user, in one statement: next sync time, failure count,
-/// last success, last error, and the lease given back.
+/// last success, last error, the count of syncs (idle ones apart), and the lease given back.
 pub async fn finish_sync(
     conn: &mut Conn,
     sub: &str,
     owner: &str,
-    next_sync_at: i64,
-    failures: i64,
-    last_ok: Option<i64>,
-    last_error: LastError<'_>,
+    f: &Finished<'_>,
 ) -> Result<(), sqlx::Error> {
-    let (change_error, error) = match last_error {
+    let (change_error, error) = match f.last_error {
         LastError::Keep => (false, None),
         LastError::Clear => (true, None),
         LastError::Set(e) => (true, Some(e)),
@@ -414,18 +433,33 @@ pub async fn finish_sync(
         "UPDATE users SET next_sync_at = $3, failures = $4, \
                 last_sync_at = COALESCE($5, last_sync_at), \
                 last_error = CASE WHEN $6 = 1 THEN $7 ELSE last_error END, \
+                idle_syncs = CASE WHEN $9 = 1 THEN idle_syncs + 1 ELSE 0 END, \
+                syncs_done = syncs_done + 1, last_outcome = $8, \
                 lease_owner = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_owner END, \
                 lease_expires_at = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_expires_at END \
          WHERE sub = $1",
     )
     .bind(sub)
     .bind(owner)
-    .bind(next_sync_at)
-    .bind(failures)
-    .bind(last_ok)
+    .bind(f.next_sync_at)
+    .bind(f.failures)
+    .bind(f.last_ok)
     .bind(change_error as i64)
     .bind(error)
+    .bind(f.outcome.as_str())
+    .bind(f.idle as i64)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// How many syncs of `sub` finished so far, and how the last one ended (for waiters).
+pub async fn syncs_done(conn: &mut Conn, sub: &str) -> Result<(i64, Option<String>), sqlx::Error> {
+    Ok(
+        sqlx::query_as("SELECT syncs_done, last_outcome FROM users WHERE sub = $1")
+            .bind(sub)
+            .fetch_optional(conn)
+            .await?
+            .unwrap_or((0, None)),
+    )
 }

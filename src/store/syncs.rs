@@ -86,3 +86,25 @@ pub async fn recent(
     .fetch_all(conn)
     .await
 }
+
+/// Deletes up to `batch` records finished before `before`, keeping each user's newest
+/// `keep_per_user` whatever their age; returns how many went. Small batches: no long lock.
+pub async fn prune(
+    conn: &mut Conn,
+    before: i64,
+    keep_per_user: i64,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM syncs WHERE id IN ( \
+             SELECT s.id FROM syncs s WHERE s.finished_at < $1 \
+               AND (SELECT COUNT(*) FROM syncs n WHERE n.sub = s.sub AND n.id > s.id) >= $2 \
+             LIMIT $3)",
+    )
+    .bind(before)
+    .bind(keep_per_user)
+    .bind(batch)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}

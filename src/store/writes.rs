@@ -167,3 +167,16 @@ pub async fn set_state(
     .await?;
     Ok(())
 }
+
+/// Deletes up to `batch` settled writes (done, conflict, failed) last changed before `before`.
+pub async fn prune(conn: &mut Conn, before: i64, batch: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM writes WHERE id IN ( \
+             SELECT id FROM writes WHERE state <> 'pending' AND updated_at < $1 LIMIT $2)",
+    )
+    .bind(before)
+    .bind(batch)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}

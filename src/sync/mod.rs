@@ -124,7 +124,8 @@ impl SyncEngine {
         if result.is_ok() {
             result = manifest::refresh(self, &user.sub, changed).await;
         }
-        if result.is_ok() && (changed || over.is_some()) {
+        // Only when a limit was hit now, or the flag is set and may be cleared.
+        if result.is_ok() && (over.is_some() || (changed && user.over_quota.is_some())) {
             result = self.record_over_quota(&user.sub, over).await;
         }
         let (outcome, error) = match result {

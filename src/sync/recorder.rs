@@ -109,18 +109,22 @@ async fn commit_with_retries(store: &Store, owner: &str, batch: &[Queued]) -> Re
 async fn commit(store: &Store, owner: &str, batch: &[Queued]) -> Result<(), sqlx::Error> {
     let mut tx = store.begin_write().await?;
     for (o, _) in batch {
-        syncs::insert(tx.conn(), &o.record).await?;
-        let ok = o.record.outcome == SyncOutcome::Ok;
-        schedule::finish_sync(
-            tx.conn(),
-            &o.record.sub,
-            owner,
-            o.next_sync_at,
-            o.failures,
-            ok.then_some(o.record.finished_at),
-            super::last_error(&o.record),
-        )
-        .await?;
+        let r = &o.record;
+        let ok = r.outcome == SyncOutcome::Ok;
+        // An idle sync is counted on the user's row, not recorded: history stays bounded.
+        let idle = ok && r.error.is_none() && r.added + r.updated + r.removed + r.uploaded == 0;
+        if !idle {
+            syncs::insert(tx.conn(), r).await?;
+        }
+        let finished = schedule::Finished {
+            next_sync_at: o.next_sync_at,
+            failures: o.failures,
+            last_ok: ok.then_some(r.finished_at),
+            last_error: super::last_error(r),
+            outcome: r.outcome,
+            idle,
+        };
+        schedule::finish_sync(tx.conn(), &r.sub, owner, &finished).await?;
     }
     tx.commit().await
 }

@@ -395,3 +395,47 @@ async fn a_manifest_of_the_users_items_and_paths_is_written_after_each_change() 
     app.assert_mirror_matches("man").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn idle_syncs_are_counted_not_recorded_and_old_history_is_pruned() {
+    let app = spawn_app().await;
+    user_with_files(&app, "hist", &[("a", "1")]).await;
+    // A month-old history of 40 records...
+    let old = now_ms() - 30 * 86_400_000;
+    for i in 0..40 {
+        sqlx::query(
+            "INSERT INTO syncs (sub, kind, started_at, finished_at, outcome) \
+             VALUES ('hist', 'incremental', $1, $1, 'ok')",
+        )
+        .bind(old + i)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    }
+    // ...then a sync that did something, and three idle ones.
+    for _ in 0..4 {
+        app.cycle().await;
+    }
+    let count = async || -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM syncs WHERE sub = 'hist'")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(count().await, 41, "only the first sync did something");
+    let user = app.services.user("hist").await.unwrap();
+    assert_eq!(user.sync.idle_syncs, 3);
+    // Records older than a week go, but for each user's newest 20.
+    let pruned = appdata_syncd::store::prune_history(
+        &app.store,
+        std::time::Duration::from_secs(7 * 86_400),
+        20,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pruned, 21);
+    assert_eq!(count().await, 20);
+    let newest = app.services.user("hist").await.unwrap().recent_syncs;
+    assert_eq!(newest[0].added, 1, "the real one is kept: {newest:?}");
+    app.stop().await;
+}
