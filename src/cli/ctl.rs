@@ -200,7 +200,7 @@ fn print_response(command: &Command, response: Response, json: bool) -> anyhow::
                     serde_json::json!({"error": code, "message": e.message})
                 );
             }
-            eprintln!("appdata-syncd ctl: {code}: {}", e.message);
+            eprintln!("appdata-syncd ctl: {code}: {}", clean(&e.message));
             Ok(ExitCode::FAILURE)
         }
         _ => anyhow::bail!("malformed response from the daemon"),
@@ -208,7 +208,7 @@ fn print_response(command: &Command, response: Response, json: bool) -> anyhow::
 }
 
 fn describe_event(e: &SyncEvent) -> String {
-    match e.phase {
+    clean(&match e.phase {
         SyncPhase::Started => format!("{}: sync started", e.sub),
         SyncPhase::Finished => format!(
             "{}: sync finished: {} (+{} ~{} -{} files, {} uploaded){}",
@@ -223,7 +223,7 @@ fn describe_event(e: &SyncEvent) -> String {
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default()
         ),
-    }
+    })
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> String {
@@ -237,8 +237,27 @@ fn time(ms: Option<i64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// Text from outside (file names, profiles, Google's error strings) with its control
+/// characters escaped, so that nothing a user or Google chose can drive the terminal.
+fn clean(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 /// Columns padded to their widest cell.
 fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| row.iter().map(|cell| clean(cell)).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -266,7 +285,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 fn pairs(rows: &[(&str, String)]) -> String {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     rows.iter()
-        .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+        .map(|(k, v)| format!("{k:<width$}  {}\n", clean(v)))
         .collect()
 }
 
@@ -475,4 +494,21 @@ fn render_files(r: &FileList) -> String {
         .collect();
     rows.sort();
     table(&["path", "id", "size", "md5", "modified"], rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_from_outside_are_escaped() {
+        let hostile = "evil\u{1b}[2J\rname\u{7}\n";
+        assert_eq!(clean(hostile), "evil\\u{1b}[2J\\rname\\u{7}\\n");
+        let out = table(&["name"], vec![vec![hostile.to_string()]]);
+        assert!(
+            !out.trim_end().contains('\u{1b}') && !out.trim_end().contains('\r'),
+            "{out:?}"
+        );
+        assert_eq!(clean("plain ünïcode"), "plain ünïcode");
+    }
 }

@@ -3,7 +3,13 @@
 //! filesystem, so atomic) and the directory fsynced: a path either holds complete content or
 //! the previous content, never a torn write. Leftover temporaries (a crash mid-write) are
 //! removed at start-up. A shared network filesystem works as long as its rename is atomic.
+//!
+//! Paths are rebuilt from ids (never read back from the database), and the mirror never goes
+//! through a symlink someone planted: a user's directory must be a real directory, files are
+//! opened with `O_NOFOLLOW`, and everything is created private (0700 / 0600) whatever the
+//! process's umask.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
@@ -21,7 +27,13 @@ impl LocalMirror {
     /// Opens the mirror at `root`, creating it, and removes temporaries a crash left behind.
     pub(super) fn open(root: &Path) -> std::io::Result<LocalMirror> {
         let tmp = root.join(TMP_DIR);
-        std::fs::create_dir_all(&tmp)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&tmp)?;
+        for dir in [root, tmp.as_path()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         for entry in std::fs::read_dir(&tmp)? {
             let entry = entry?;
             if entry.file_type()?.is_file() {
@@ -41,8 +53,28 @@ impl LocalMirror {
         self.root.join(relative)
     }
 
+    /// `root/relative`, when its directory is a real directory (or not there yet): never a
+    /// symlink to somewhere else.
+    fn beneath(&self, relative: &str) -> Result<PathBuf, MirrorError> {
+        let path = self.root.join(relative);
+        if let Some(dir) = path.parent().filter(|d| *d != self.root) {
+            if let Ok(m) = std::fs::symlink_metadata(dir) {
+                if !m.file_type().is_dir() {
+                    return Err(MirrorError::NotADirectory(dir.display().to_string()));
+                }
+            }
+        }
+        Ok(path)
+    }
+
+    /// A regular file is there (a symlink is not content).
     pub(super) async fn exists(&self, relative: &str) -> bool {
-        tokio::fs::metadata(self.absolute(relative)).await.is_ok()
+        match self.beneath(relative) {
+            Ok(path) => tokio::fs::symlink_metadata(path)
+                .await
+                .is_ok_and(|m| m.file_type().is_file()),
+            Err(_) => false,
+        }
     }
 
     /// A temporary file in `.tmp` for the content of `relative`; placed by [`LocalMirror::place`].
@@ -53,7 +85,13 @@ impl LocalMirror {
             relative.replace('/', "."),
             rand::random::<u64>()
         ));
-        let file = tokio::fs::File::create(&tmp).await?;
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)
+            .await?;
         Ok(LocalDownload {
             mirror: self.clone(),
             relative,
@@ -63,13 +101,15 @@ impl LocalMirror {
     }
 
     async fn place(&self, tmp: &Path, relative: &str) -> Result<(), MirrorError> {
-        let target = self.absolute(relative);
+        let target = self.beneath(relative)?;
         let dir = target
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
         let placed = async {
-            tokio::fs::create_dir_all(&dir).await?;
+            let mut builder = tokio::fs::DirBuilder::new();
+            builder.recursive(true).mode(0o700);
+            builder.create(&dir).await?;
             tokio::fs::rename(tmp, &target).await?;
             // The rename is durable only once the directory is.
             tokio::fs::File::open(&dir).await?.sync_all().await
@@ -87,7 +127,12 @@ impl LocalMirror {
         range: Option<std::ops::Range<u64>>,
     ) -> Result<Option<Content>, MirrorError> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let mut file = match tokio::fs::File::open(self.absolute(relative)).await {
+        let opened = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(self.beneath(relative)?)
+            .await;
+        let mut file = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -104,7 +149,7 @@ impl LocalMirror {
     }
 
     pub(super) async fn remove(&self, relative: &str) -> Result<(), MirrorError> {
-        match tokio::fs::remove_file(self.absolute(relative)).await {
+        match tokio::fs::remove_file(self.beneath(relative)?).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
@@ -113,6 +158,7 @@ impl LocalMirror {
 
     pub(super) async fn list_user(&self, sub: &str) -> Result<Vec<String>, MirrorError> {
         let dir = self.root.join(safe_component(sub)?);
+        self.beneath(&format!("{}/x", safe_component(sub)?))?;
         let mut entries = match tokio::fs::read_dir(dir).await {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -195,6 +241,34 @@ mod tests {
             std::fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn the_mirror_never_goes_through_a_planted_symlink_and_keeps_everything_private() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        // Someone replaces a user's directory with a link to elsewhere.
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("victim")).unwrap();
+        let err = mirror.write_bytes("victim", "f", b"x").await.unwrap_err();
+        assert!(matches!(err, MirrorError::NotADirectory(_)), "{err:?}");
+        assert!(mirror.read("victim/f", None).await.is_err());
+        assert!(!mirror.exists("victim/f").await);
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+        // A file replaced by a link is not content either.
+        mirror.write_bytes("u", "f", b"mine").await.unwrap();
+        std::fs::remove_file(dir.path().join("u/f")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("u/f")).unwrap();
+        assert!(!mirror.exists("u/f").await);
+        assert!(mirror.read("u/f", None).await.is_err());
+        // Private whatever the umask: 0700 directories, 0600 files.
+        mirror.write_bytes("u", "g", b"mine").await.unwrap();
+        for (path, want) in [("", 0o700), ("u", 0o700), (".tmp", 0o700), ("u/g", 0o600)] {
+            let mode = std::fs::metadata(dir.path().join(path)).unwrap().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{path}: {mode:o}");
+            assert_eq!(mode & want, want, "{path}: {mode:o}");
+        }
     }
 
     #[tokio::test]

@@ -38,6 +38,8 @@ pub enum MirrorError {
     ObjectStore(#[from] object_store::Error),
     #[error("the content is larger than the {0} bytes allowed")]
     TooLarge(u64),
+    #[error("{0} is not a directory (a symlink?): the mirror does not go through it")]
+    NotADirectory(String),
 }
 
 /// Where mirror contents live: `[sync] data_dir`, or what `[sync] mirror_url` names.
@@ -119,6 +121,7 @@ enum Backend {
 }
 
 /// What was written: size and md5 (hex) of the content.
+#[derive(Debug)]
 pub struct Written {
     pub size: i64,
     pub md5: String,
