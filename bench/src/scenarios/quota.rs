@@ -125,9 +125,10 @@ pub async fn quota(env: &Env, args: &QuotaArgs) -> anyhow::Result<Report> {
     let w = World::start(env, Tuning::raised()).await?;
     let seeded = w.seed("q", n).await?;
     let (_, first_errors) = first_cycle(&w, n).await?;
-    let tenant = match plan.share > 0.0 {
-        true => Some(Tenant::sign_in(&w.google, "other-tenant").await?),
-        false => None,
+    let tenant = if plan.share > 0.0 {
+        Some(Tenant::sign_in(&w.google, "other-tenant").await?)
+    } else {
+        None
     };
     w.daemon.tune(plan.tuning).await;
     w.google.set_faults(plan.faults()).await?;
