@@ -119,6 +119,10 @@ async fn rotate_key(path: &Path) -> anyhow::Result<ExitCode> {
 
 /// `serve`: the daemon under systemd (or any supervisor).
 fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+    // No core dumps and no ptrace by others of our uid: the process holds keys and tokens.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("appdata-syncd: cannot make the process non-dumpable: {e}");
+    }
     let config = Config::load(Some(path))?.resolve()?;
     let log = telemetry::init(&config.raw.log)?;
     runtime()?.block_on(async {

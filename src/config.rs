@@ -450,6 +450,7 @@ impl ClientSecret {
     }
 
     pub fn read(path: &Path) -> anyhow::Result<ClientSecret> {
+        crate::crypto::check_private(path, "client secret file")?;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read client secret file {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))

@@ -17,6 +17,8 @@ use base64::Engine;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
+use zeroize::Zeroizing;
 
 const NONCE_LEN: usize = 12;
 
@@ -55,7 +57,15 @@ pub enum CryptoError {
 pub struct Keyring {
     current: String,
     keys: Arc<HashMap<String, Aes256Gcm>>,
+    /// Values sealed under the current key since [`Keyring::take_encryptions`] last looked.
+    sealed: Arc<AtomicU64>,
 }
+
+/// AES-GCM with random 96-bit nonces stays within NIST's bound (collision probability under
+/// 2^-32) for 2^32 encryptions per key. The daemon counts them (persisted per key) and warns
+/// from half of that, so an operator rotates the key long before.
+pub const NONCE_SAFE_ENCRYPTIONS: u64 = 1 << 32;
+pub const WARN_ENCRYPTIONS: u64 = NONCE_SAFE_ENCRYPTIONS / 2;
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,32 +80,43 @@ impl Keyring {
     /// Loads the current key and any previous ones. A key file holds exactly 32 bytes: raw,
     /// or as 64 hex characters, or as base64 (a trailing newline is fine).
     pub fn from_files(current: &Path, previous: &[impl AsRef<Path>]) -> anyhow::Result<Keyring> {
-        let mut ring = Keyring::from_key(read_key_file(current)?);
+        let mut ring = Keyring::from_key(&*read_key_file(current)?);
         for p in previous {
             let key = read_key_file(p.as_ref())?;
             let id = key_id(&key);
             Arc::make_mut(&mut ring.keys)
                 .entry(id)
-                .or_insert_with(|| Aes256Gcm::new(&key.into()));
+                .or_insert_with(|| Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(&key[..])));
         }
         Ok(ring)
     }
 
-    pub fn from_key(key: [u8; 32]) -> Keyring {
-        let id = key_id(&key);
+    /// A ring of one key (the caller zeroizes its copy; the cipher zeroizes its own on drop).
+    pub fn from_key(key: &[u8; 32]) -> Keyring {
+        let id = key_id(key);
         let mut keys = HashMap::new();
-        keys.insert(id.clone(), Aes256Gcm::new(&key.into()));
+        keys.insert(
+            id.clone(),
+            Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(key)),
+        );
         Keyring {
             current: id,
             keys: Arc::new(keys),
+            sealed: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// How many values were sealed under the current key since the last call (and resets it),
+    /// for the persisted per-key count.
+    pub fn take_encryptions(&self) -> u64 {
+        self.sealed.swap(0, Ordering::Relaxed)
     }
 
     /// A throw-away key, for dev mode and tests.
     pub fn random() -> Keyring {
-        let mut key = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut key);
-        Keyring::from_key(key)
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut key[..]);
+        Keyring::from_key(&key)
     }
 
     pub fn current_id(&self) -> &str {
@@ -111,6 +132,7 @@ impl Keyring {
     }
 
     pub fn seal(&self, sub: &str, purpose: Purpose, secret: &SecretString) -> Sealed {
+        self.sealed.fetch_add(1, Ordering::Relaxed);
         let cipher = &self.keys[&self.current];
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -177,10 +199,33 @@ fn key_id(key: &[u8; 32]) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
-pub fn read_key_file(path: &Path) -> anyhow::Result<[u8; 32]> {
-    let raw = std::fs::read(path)
-        .with_context(|| format!("cannot read encryption key file {}", path.display()))?;
-    parse_key(&raw).with_context(|| format!("in encryption key file {}", path.display()))
+pub fn read_key_file(path: &Path) -> anyhow::Result<Zeroizing<[u8; 32]>> {
+    check_private(path, "encryption key file")?;
+    let raw = Zeroizing::new(
+        std::fs::read(path)
+            .with_context(|| format!("cannot read encryption key file {}", path.display()))?,
+    );
+    parse_key(&raw)
+        .map(Zeroizing::new)
+        .with_context(|| format!("in encryption key file {}", path.display()))
+}
+
+/// Refuses a secret file that its group or others may read (`chmod 600` it), except under
+/// `$CREDENTIALS_DIRECTORY`, where systemd hands credentials over with modes of its own.
+pub fn check_private(path: &Path, what: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let in_credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .is_some_and(|dir| path.starts_with(Path::new(&dir)));
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if !in_credentials && meta.mode() & 0o077 != 0 {
+        bail!(
+            "{what} {} is readable by its group or others (mode {:o}): chmod 600 it",
+            path.display(),
+            meta.mode() & 0o777
+        );
+    }
+    Ok(())
 }
 
 fn parse_key(raw: &[u8]) -> anyhow::Result<[u8; 32]> {

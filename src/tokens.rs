@@ -305,3 +305,22 @@ pub async fn reseal_all(store: &Store, keyring: &Keyring) -> anyhow::Result<Rese
         total: all.len(),
     })
 }
+
+/// Adds the values sealed since the last call to the key's persisted count, and warns when
+/// the count nears what AES-GCM with random nonces allows. Returns the key's total.
+pub async fn record_key_usage(store: &Store, keyring: &Keyring) -> Result<u64, sqlx::Error> {
+    let sealed = keyring.take_encryptions();
+    let mut tx = store.begin_write().await?;
+    let total = credentials::add_encryptions(tx.conn(), keyring.current_id(), sealed).await?;
+    tx.commit().await?;
+    if total >= crate::crypto::WARN_ENCRYPTIONS {
+        tracing::warn!(
+            key_id = keyring.current_id(),
+            encryptions = total,
+            limit = crate::crypto::NONCE_SAFE_ENCRYPTIONS,
+            "the encryption key has sealed many values; rotate it (README: Key rotation) \
+             before AES-GCM's random-nonce limit"
+        );
+    }
+    Ok(total)
+}

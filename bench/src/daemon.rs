@@ -56,6 +56,8 @@ impl Tuning {
 pub fn emulator_config(dir: &Path, google: &FakeGoogle) -> anyhow::Result<Config> {
     let key = dir.join("encryption.key");
     std::fs::write(&key, [42u8; 32]).context("writing the encryption key")?;
+    // Secrets readable by their owner only, as the daemon requires.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let base = &google.base;
     let mut config = Config::default();
     config.google.client_secret_file = Some(google.client_secret_file.clone());

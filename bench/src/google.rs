@@ -21,6 +21,11 @@ pub async fn serve_child(write_client_secret: &Path) -> anyhow::Result<()> {
     let json = serde_json::to_vec_pretty(&fg.client_secret_json())?;
     std::fs::write(write_client_secret, json)
         .with_context(|| format!("writing {}", write_client_secret.display()))?;
+    // Readable by its owner only, as the daemon requires of a secret.
+    std::fs::set_permissions(
+        write_client_secret,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     println!("{}", fg.base_url());
     let mut sink = Vec::new();
     let _ = tokio::io::stdin().read_to_end(&mut sink).await;

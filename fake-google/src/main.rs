@@ -42,6 +42,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &cli.write_client_secret {
         let json = serde_json::to_vec_pretty(&fg.client_secret_json())?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        // A client secret: readable by its owner only (appdata-syncd refuses it otherwise).
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     }
     let c = fg.clients();
     tracing::info!(

@@ -74,9 +74,10 @@ fn dev_config(
     listen: std::net::SocketAddr,
 ) -> anyhow::Result<ResolvedConfig> {
     let secret_path = dir.join("client_secret.json");
-    std::fs::write(
+    let _ = std::fs::remove_file(&secret_path);
+    write_private(
         &secret_path,
-        serde_json::to_vec_pretty(&google.client_secret_json())?,
+        &serde_json::to_vec_pretty(&google.client_secret_json())?,
     )?;
     let key_path = dir.join("encryption.key");
     if !key_path.exists() {

@@ -328,17 +328,29 @@ pub struct RateLimit {
     ceiling: AtomicU32,
     /// The rate in force (≤ the ceiling).
     current: AtomicU32,
-    /// When `current` last changed.
-    changed_at: parking_lot::Mutex<Instant>,
+    /// When the rate was last lowered, and last raised (or lowered: a decrease restarts the
+    /// climb). Apart, so that climbing back never hides a refusal from `slow_down`.
+    pace: parking_lot::Mutex<Pace>,
     /// Calls that had to wait, and for how long in total (for metrics and `ctl status`).
     waits: AtomicU64,
     waited_us: AtomicU64,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    lowered: Instant,
+    raised: Instant,
+}
+
 /// The rate after a refusal: this fraction of the rate in force.
 const DECREASE: f64 = 0.7;
-/// Decreases are this far apart at least; increases come this often.
+/// Decreases are this far apart at least (one burst of refusals counts once); increases come
+/// this often.
 const PACE_STEP: Duration = Duration::from_secs(1);
+/// After a decrease the rate holds this long before it climbs again.
+const HOLD_AFTER_DECREASE: Duration = Duration::from_secs(2);
+/// Each step of the climb adds the ceiling divided by this.
+const CLIMB_STEPS: u32 = 40;
 
 impl RateLimit {
     pub fn new(per_second: u32) -> Self {
@@ -347,11 +359,12 @@ impl RateLimit {
             limiter: RwLock::new(Arc::new(Self::build(per_second))),
             ceiling: AtomicU32::new(per_second),
             current: AtomicU32::new(per_second),
-            changed_at: parking_lot::Mutex::new(
-                Instant::now()
+            pace: parking_lot::Mutex::new(Pace {
+                lowered: Instant::now()
                     .checked_sub(PACE_STEP)
                     .unwrap_or_else(Instant::now),
-            ),
+                raised: Instant::now(),
+            }),
             waits: AtomicU64::new(0),
             waited_us: AtomicU64::new(0),
         }
@@ -384,13 +397,17 @@ impl RateLimit {
 
     /// Google said we are over quota: lower the rate in force (once per [`PACE_STEP`]).
     pub fn slow_down(&self) {
-        let mut changed_at = self.changed_at.lock();
-        if changed_at.elapsed() < PACE_STEP {
+        let mut pace = self.pace.lock();
+        if pace.lowered.elapsed() < PACE_STEP {
             return;
         }
         let lowered = ((self.current_rate() as f64) * DECREASE).floor().max(1.0) as u32;
-        *changed_at = Instant::now();
-        drop(changed_at);
+        let now = Instant::now();
+        *pace = Pace {
+            lowered: now,
+            raised: now,
+        };
+        drop(pace);
         tracing::info!(
             rate = lowered,
             "Google says we are over quota; slowing down"
@@ -398,23 +415,26 @@ impl RateLimit {
         self.apply(lowered);
     }
 
-    /// Climbs back towards the ceiling by a twentieth of it per [`PACE_STEP`] since the last
-    /// change.
+    /// Climbs back towards the ceiling, by 1/[`CLIMB_STEPS`] of it per [`PACE_STEP`], once
+    /// [`HOLD_AFTER_DECREASE`] has passed since the last decrease.
     fn recover(&self) {
         let (ceiling, current) = (self.rate(), self.current_rate());
         if current >= ceiling {
             return;
         }
-        let mut changed_at = self.changed_at.lock();
-        let steps = (changed_at.elapsed().as_millis() / PACE_STEP.as_millis()) as u32;
+        let mut pace = self.pace.lock();
+        if pace.lowered.elapsed() < HOLD_AFTER_DECREASE {
+            return;
+        }
+        let steps = (pace.raised.elapsed().as_millis() / PACE_STEP.as_millis()) as u32;
         if steps == 0 {
             return;
         }
         let raised = current
-            .saturating_add(steps.saturating_mul((ceiling / 20).max(1)))
+            .saturating_add(steps.saturating_mul((ceiling / CLIMB_STEPS).max(1)))
             .min(ceiling);
-        *changed_at = Instant::now();
-        drop(changed_at);
+        pace.raised = Instant::now();
+        drop(pace);
         self.apply(raised);
     }
 
@@ -505,16 +525,26 @@ mod tests {
 
     #[test]
     fn the_rate_drops_on_refusals_once_a_second_and_climbs_back() {
-        let limit = RateLimit::new(100);
+        let ago = |d: Duration| Instant::now() - d;
+        let limit = RateLimit::new(400);
         limit.slow_down();
         limit.slow_down();
-        assert_eq!(limit.current_rate(), 70, "a burst of refusals counts once");
-        *limit.changed_at.lock() -= PACE_STEP * 2;
+        assert_eq!(limit.current_rate(), 280, "a burst of refusals counts once");
+        limit.pace.lock().raised = ago(PACE_STEP * 2);
         limit.recover();
-        assert_eq!(limit.current_rate(), 80, "two steps of 5");
-        *limit.changed_at.lock() -= PACE_STEP * 100;
+        assert_eq!(limit.current_rate(), 280, "it holds right after a decrease");
+        limit.pace.lock().lowered = ago(HOLD_AFTER_DECREASE);
         limit.recover();
-        assert_eq!(limit.current_rate(), 100, "never above the ceiling");
+        assert_eq!(limit.current_rate(), 300, "two steps of 10");
+        // A refusal while climbing still counts.
+        limit.slow_down();
+        assert_eq!(limit.current_rate(), 210);
+        *limit.pace.lock() = Pace {
+            lowered: ago(PACE_STEP * 100),
+            raised: ago(PACE_STEP * 100),
+        };
+        limit.recover();
+        assert_eq!(limit.current_rate(), 400, "never above the ceiling");
         limit.set_rate(10);
         assert_eq!((limit.rate(), limit.current_rate()), (10, 10));
     }

@@ -267,6 +267,10 @@ impl App {
             forget_idle_clients(admission, shutdown.stop.clone()),
         );
         tasks.spawn("prune", prune(services.clone(), shutdown.stop.clone()));
+        tasks.spawn(
+            "key-usage",
+            count_key_usage(services.clone(), shutdown.stop.clone()),
+        );
         tasks.spawn("recorder", recorder);
         tasks.spawn("resync", scheduler.clone().resync_loop());
         tasks.spawn("heartbeat", scheduler.clone().heartbeat_loop());
@@ -356,6 +360,24 @@ async fn prune(services: Arc<Services>, stop: CancellationToken) -> anyhow::Resu
         .await
         {
             tracing::warn!(error = %e, "cannot prune the history; trying again later");
+        }
+    }
+}
+
+/// Persists how many values the encryption key sealed, every minute (and warns near the
+/// AES-GCM limit).
+async fn count_key_usage(services: Arc<Services>, stop: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => false,
+            _ = stop.cancelled() => true,
+        };
+        let keyring = services.config().keyring;
+        if let Err(e) = crate::tokens::record_key_usage(services.store(), &keyring).await {
+            tracing::warn!(error = %e, "cannot record the encryption key's usage");
+        }
+        if stopping {
+            return Ok(());
         }
     }
 }

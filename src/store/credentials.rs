@@ -182,3 +182,17 @@ pub async fn reseal(
     .await?;
     Ok(())
 }
+
+/// Adds `n` to the values sealed under `key_id`; returns the new total.
+pub async fn add_encryptions(conn: &mut Conn, key_id: &str, n: u64) -> Result<u64, sqlx::Error> {
+    let total: i64 = sqlx::query_scalar(
+        "INSERT INTO key_usage (key_id, encryptions) VALUES ($1, $2) \
+         ON CONFLICT (key_id) DO UPDATE SET encryptions = key_usage.encryptions + excluded.encryptions \
+         RETURNING encryptions",
+    )
+    .bind(key_id)
+    .bind(n as i64)
+    .fetch_one(conn)
+    .await?;
+    Ok(total.max(0) as u64)
+}

@@ -260,8 +260,12 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
     std::fs::write(&path, bytes).expect("writing a fixture");
+    // Secrets as the daemon requires them: readable by their owner only.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod of a fixture");
     path
 }
 

@@ -50,7 +50,7 @@ async fn check_config_fails_clearly_on_each_problem() {
     assert!(!ok);
     assert!(text.contains("cannot read client secret file"), "{text}");
 
-    std::fs::write(&secret, b"{\"web\": {\"client_id\": ").unwrap();
+    crate::helpers::write_private(&secret, b"{\"web\": {\"client_id\": ");
     let (ok, text) = check_config(&path);
     assert!(!ok);
     assert!(text.contains("not a Google client_secret.json"), "{text}");
@@ -61,7 +61,7 @@ async fn check_config_fails_clearly_on_each_problem() {
     assert!(!ok);
     assert!(text.contains("cannot read encryption key file"), "{text}");
 
-    std::fs::write(&key, [1u8; 16]).unwrap();
+    crate::helpers::write_private(&key, &[1u8; 16]);
     let (ok, text) = check_config(&path);
     assert!(!ok);
     assert!(text.contains("exactly 32 bytes"), "{text}");
@@ -155,7 +155,7 @@ async fn rotate_key_reencrypts_everything_under_the_new_key() {
     let key = dir.path().join("encryption.key");
     let old = dir.path().join("previous.key");
     std::fs::rename(&key, &old).unwrap();
-    std::fs::write(&key, [7u8; 32]).unwrap();
+    crate::helpers::write_private(&key, &[7u8; 32]);
     let mut with_previous = config.clone();
     with_previous.store.previous_key_files = vec![old.clone()];
     let path = write_config(dir.path(), &with_previous);
@@ -179,4 +179,22 @@ async fn rotate_key_reencrypts_everything_under_the_new_key() {
     let out = daemon.ctl(&["resync", "--all", "--wait"]).await;
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("2 synced"), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn secrets_readable_by_group_or_others_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let google = crate::helpers::google().await;
+    let dir = crate::helpers::test_dir();
+    let path = write_config(dir.path(), &test_config(dir.path(), &google));
+    assert!(check_config(&path).0);
+    for name in ["encryption.key", "client_secret.json"] {
+        let file = dir.path().join(name);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (ok, text) = check_config(&path);
+        assert!(!ok, "{name} at 0644 was accepted");
+        assert!(text.contains("chmod 600"), "{text}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert!(check_config(&path).0);
 }

@@ -30,10 +30,10 @@ pub async fn google() -> FakeGoogle {
 /// admin socket in `dir`, and a cron tick far away (tests step cycles themselves).
 pub fn test_config(dir: &Path, google: &FakeGoogle) -> Config {
     let secret = dir.join("client_secret.json");
-    std::fs::write(&secret, google.client_secret_json().to_string()).unwrap();
+    write_private(&secret, google.client_secret_json().to_string().as_bytes());
     let key = dir.join("encryption.key");
     if !key.exists() {
-        std::fs::write(&key, [42u8; 32]).unwrap();
+        write_private(&key, &[42u8; 32]);
     }
     let base = google.base_url();
     let mut config = Config::default();
@@ -72,6 +72,13 @@ pub fn write_config(dir: &Path, config: &Config) -> PathBuf {
     let path = dir.join("config.toml");
     std::fs::write(&path, config.to_toml().unwrap()).unwrap();
     path
+}
+
+/// Writes a secret as the daemon wants it: readable by its owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 pub fn free_port() -> u16 {
