@@ -2,6 +2,7 @@
 //! fake-google on a loopback port and a real SQLite file in a temporary folder.
 
 mod admin;
+mod api;
 mod cli;
 mod crash;
 mod faults;
@@ -9,6 +10,7 @@ mod helpers;
 mod intake;
 mod lifecycle;
 mod log_scan;
+mod openapi;
 mod s3;
 mod scale_out;
 mod sync;
