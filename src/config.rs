@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::crypto::Keyring;
+use crate::google::HttpVersion;
 use crate::scheduler::schedule::Schedule;
 pub use crate::sync::mirror::MirrorLocation;
 
@@ -61,9 +62,18 @@ pub struct GoogleConfig {
     pub redirect_uri: String,
     #[serde(deserialize_with = "string_or_list")]
     pub required_scopes: Vec<String>,
-    /// Timeout of one call to Google.
+    /// Timeout of one call to Google's JSON endpoints; for content transfers, the longest
+    /// wait for the next bytes (a big file may take as long as it needs while bytes flow).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// "1.1" or "2": the HTTP version spoken to Google.
+    pub http_version: HttpVersion,
+    /// Retries of a failed call wait this long first, doubling (with jitter) up to
+    /// `retry_max_delay`, as Google's error guide asks; Retry-After wins when longer.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
 }
 
 impl Default for GoogleConfig {
@@ -79,6 +89,9 @@ impl Default for GoogleConfig {
             redirect_uri: String::new(),
             required_scopes: vec![DRIVE_APPDATA_SCOPE.into()],
             request_timeout: Duration::from_secs(10),
+            http_version: HttpVersion::default(),
+            retry_initial_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(32),
         }
     }
 }

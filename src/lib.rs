@@ -9,7 +9,7 @@
 //! - [`google`]: Google's OAuth, ID-token and Drive endpoints; knows no database.
 //! - [`tokens`]: access tokens for sync (cache, single-flight refresh), grant revocation and
 //!   key rotation.
-//! - [`sync`]: one user's sync (full listing, changes feed, mirror writes, pushes).
+//! - [`sync`]: one user's sync (full listing, changes feed, mirror writes, queued writes).
 //! - [`scheduler`]: cron cycles, resyncs, concurrency, leases between instances.
 //! - [`services`]: the one handle the front doors share; every admin operation has its home.
 //! - [`intake`] and [`admin`]: the front doors (`POST /authcode`; the Unix admin socket).

@@ -61,6 +61,11 @@ pub fn rate_limit_wait(waited: Duration) {
     metrics::histogram!("appdata_syncd_rate_limit_wait_seconds").record(waited.as_secs_f64());
 }
 
+/// The rate of calls to Google in force (lowered by quota refusals, see `google::RateLimit`).
+pub fn request_rate(per_second: u32) {
+    metrics::gauge!("appdata_syncd_request_rate_per_second").set(per_second as f64);
+}
+
 /// How many users are in `state` (fed by the caller before each scrape).
 pub fn set_users(state: &'static str, n: i64) {
     metrics::gauge!("appdata_syncd_users", "state" => state).set(n as f64);

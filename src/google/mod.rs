@@ -56,6 +56,9 @@ pub enum GoogleError {
     /// Drive: the file is gone (deleted between listing and download, say).
     #[error("Google {endpoint}: file not found")]
     NotFound { endpoint: &'static str },
+    /// Drive: a file with the id we gave a create exists already.
+    #[error("Google {endpoint}: a file with that id exists already")]
+    AlreadyExists { endpoint: &'static str },
     /// Drive: the item has no binary content to download (a folder, a Google-native file).
     #[error("Google {endpoint}: the file has no content to download")]
     NotDownloadable { endpoint: &'static str },
@@ -78,6 +81,18 @@ impl GoogleError {
                 | GoogleError::Network { .. }
                 | GoogleError::Unavailable { .. }
                 | GoogleError::Malformed { .. }
+        )
+    }
+
+    /// Google said the project or the user is over quota (429, or 403 rateLimitExceeded /
+    /// userRateLimitExceeded): the caller should slow down, not only retry.
+    pub fn is_rate_limit(&self) -> bool {
+        matches!(
+            self,
+            GoogleError::Unavailable {
+                status: 429 | 403,
+                ..
+            }
         )
     }
 
@@ -298,20 +313,40 @@ pub fn oauth_error(
 }
 
 /// The one rate limiter every call to Google passes, so the daemon as a whole stays under the
-/// project's quota however many users sync at once. The rate can change on reload.
+/// project's quota however many users sync at once. The ceiling can change on reload.
+///
+/// Adaptive (AIMD): when Google answers that we are over quota (429 or a 403 rate-limit
+/// reason), the rate in force drops to 70 % (at most once a second, so one burst of refusals
+/// counts once); then it climbs back by a twentieth of the ceiling each second. A project that
+/// shares its quota with other services settles at its share instead of a storm of errors.
 pub struct RateLimit {
     limiter: RwLock<Arc<DefaultDirectRateLimiter>>,
-    per_second: AtomicU32,
+    /// The ceiling: `[sync] max_requests_per_second`.
+    ceiling: AtomicU32,
+    /// The rate in force (≤ the ceiling).
+    current: AtomicU32,
+    /// When `current` last changed.
+    changed_at: parking_lot::Mutex<Instant>,
     /// Calls that had to wait, and for how long in total (for metrics and `ctl status`).
     waits: AtomicU64,
     waited_us: AtomicU64,
 }
 
+/// The rate after a refusal: this fraction of the rate in force.
+const DECREASE: f64 = 0.7;
+/// Decreases are this far apart at least; increases come this often.
+const PACE_STEP: Duration = Duration::from_secs(1);
+
 impl RateLimit {
     pub fn new(per_second: u32) -> Self {
+        let per_second = per_second.max(1);
         Self {
             limiter: RwLock::new(Arc::new(Self::build(per_second))),
-            per_second: AtomicU32::new(per_second),
+            ceiling: AtomicU32::new(per_second),
+            current: AtomicU32::new(per_second),
+            changed_at: parking_lot::Mutex::new(
+                Instant::now().checked_sub(PACE_STEP).unwrap_or_else(Instant::now),
+            ),
             waits: AtomicU64::new(0),
             waited_us: AtomicU64::new(0),
         }
@@ -324,14 +359,61 @@ impl RateLimit {
         governor::RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
     }
 
+    /// A new ceiling (reload); the rate in force starts from it.
     pub fn set_rate(&self, per_second: u32) {
-        if self.per_second.swap(per_second, Ordering::Relaxed) != per_second {
-            *self.limiter.write() = Arc::new(Self::build(per_second));
+        let per_second = per_second.max(1);
+        if self.ceiling.swap(per_second, Ordering::Relaxed) != per_second {
+            self.apply(per_second);
         }
     }
 
+    /// The ceiling.
     pub fn rate(&self) -> u32 {
-        self.per_second.load(Ordering::Relaxed)
+        self.ceiling.load(Ordering::Relaxed)
+    }
+
+    /// The rate in force.
+    pub fn current_rate(&self) -> u32 {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    /// Google said we are over quota: lower the rate in force (once per [`PACE_STEP`]).
+    pub fn slow_down(&self) {
+        let mut changed_at = self.changed_at.lock();
+        if changed_at.elapsed() < PACE_STEP {
+            return;
+        }
+        let lowered = ((self.current_rate() as f64) * DECREASE).floor().max(1.0) as u32;
+        *changed_at = Instant::now();
+        drop(changed_at);
+        tracing::info!(rate = lowered, "Google says we are over quota; slowing down");
+        self.apply(lowered);
+    }
+
+    /// Climbs back towards the ceiling by a twentieth of it per [`PACE_STEP`] since the last
+    /// change.
+    fn recover(&self) {
+        let (ceiling, current) = (self.rate(), self.current_rate());
+        if current >= ceiling {
+            return;
+        }
+        let mut changed_at = self.changed_at.lock();
+        let steps = (changed_at.elapsed().as_millis() / PACE_STEP.as_millis()) as u32;
+        if steps == 0 {
+            return;
+        }
+        let raised = current
+            .saturating_add(steps.saturating_mul((ceiling / 20).max(1)))
+            .min(ceiling);
+        *changed_at = Instant::now();
+        drop(changed_at);
+        self.apply(raised);
+    }
+
+    fn apply(&self, per_second: u32) {
+        self.current.store(per_second, Ordering::Relaxed);
+        *self.limiter.write() = Arc::new(Self::build(per_second));
+        crate::metrics::request_rate(per_second);
     }
 
     /// (calls that waited, total wait)
@@ -343,6 +425,7 @@ impl RateLimit {
     }
 
     pub async fn wait(&self) {
+        self.recover();
         let limiter = self.limiter.read().clone();
         if limiter.check().is_ok() {
             return;
@@ -354,5 +437,26 @@ impl RateLimit {
         self.waited_us
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
         crate::metrics::rate_limit_wait(waited);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_drops_on_refusals_once_a_second_and_climbs_back() {
+        let limit = RateLimit::new(100);
+        limit.slow_down();
+        limit.slow_down();
+        assert_eq!(limit.current_rate(), 70, "a burst of refusals counts once");
+        *limit.changed_at.lock() -= PACE_STEP * 2;
+        limit.recover();
+        assert_eq!(limit.current_rate(), 80, "two steps of 5");
+        *limit.changed_at.lock() -= PACE_STEP * 100;
+        limit.recover();
+        assert_eq!(limit.current_rate(), 100, "never above the ceiling");
+        limit.set_rate(10);
+        assert_eq!((limit.rate(), limit.current_rate()), (10, 10));
     }
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ResolvedConfig;
 use crate::google::drive::DriveClient;
-use crate::google::http_client;
+use crate::google::Http;
 use crate::google::id_token::IdTokenVerifier;
 use crate::google::oauth::OAuthClient;
 use crate::google::RateLimit;
@@ -35,7 +35,7 @@ use crate::services::{Parts, Services};
 use crate::store::Store;
 use crate::sync::mirror::Mirror;
 use crate::sync::recorder::Recorder;
-use crate::sync::SyncEngine;
+use crate::sync::{RetryPolicy, SyncEngine};
 use crate::telemetry::LogHandle;
 use crate::tokens::Tokens;
 use listeners::Listeners;
@@ -74,6 +74,7 @@ impl App {
         let limit = Arc::new(RateLimit::new(config.raw.sync.max_requests_per_second));
         let mirror = Mirror::open_location(&config.mirror)
             .with_context(|| format!("cannot open the mirror at {}", config.mirror))?;
+        crate::sync::writes::adopt_legacy_pushes(&store, &mirror).await?;
         let tokens = Arc::new(Tokens::new(
             oauth.clone(),
             store.clone(),
@@ -89,6 +90,10 @@ impl App {
             store: store.clone(),
             mirror: mirror.clone(),
             limit: limit.clone(),
+            retry: RetryPolicy {
+                initial: config.raw.google.retry_initial_delay,
+                max: config.raw.google.retry_max_delay,
+            },
         });
         let scheduler = Scheduler::new(
             engine,
@@ -293,10 +298,10 @@ struct Google {
 impl Google {
     fn new(config: &ResolvedConfig) -> Google {
         let g = &config.raw.google;
-        let http = http_client(g.request_timeout);
+        let http = Http::new(g.request_timeout, g.http_version);
         Google {
             oauth: OAuthClient::new(
-                http.clone(),
+                http.api.clone(),
                 config.token_uri.clone(),
                 g.revoke_uri.clone(),
                 config.client.client_id.clone(),
@@ -304,7 +309,7 @@ impl Google {
                 g.redirect_uri.clone(),
             ),
             verifier: Arc::new(IdTokenVerifier::new(
-                http.clone(),
+                http.api.clone(),
                 g.jwks_uri.clone(),
                 config.client.client_id.clone(),
                 g.android_client_ids.clone(),

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::scheduler::CycleOutcome;
 use crate::store::api_keys::ApiKey;
 use crate::store::files::FileRow;
-use crate::store::pushes::Push;
+use crate::store::writes::Write;
 use crate::store::schedule::Instance;
 use crate::store::syncs::SyncRecord;
 use crate::store::users::{User, UserState, UserSummary};
@@ -54,7 +54,8 @@ pub struct UserDetail {
     pub files: i64,
     pub bytes: i64,
     pub recent_syncs: Vec<SyncRecord>,
-    pub pushes: Vec<Push>,
+    /// The last 10 writes queued for the user.
+    pub writes: Vec<Write>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use super::reports::{
 };
 use super::{ServiceError, Services};
 use crate::store::changes::{self, ChangeKind, NewChange};
-use crate::store::pushes::{self, NewPush};
+use crate::store::writes::{self, NewWrite, WriteOp};
 use crate::store::users::{self, User, UserState};
 use crate::store::{self, credentials, files, schedule, syncs};
 
@@ -67,7 +67,7 @@ impl Services {
             files: totals.files,
             bytes: totals.bytes,
             recent_syncs: syncs::recent(&mut conn, sub, 10).await?,
-            pushes: pushes::all(&mut conn, sub).await?,
+            writes: writes::recent(&mut conn, sub, 10).await?,
         })
     }
 
@@ -118,8 +118,8 @@ impl Services {
     }
 
     /// Queues `content` to be written as `name` into the user's appDataFolder on the next sync:
-    /// the file of that name if there is one (a conflict if Drive changes it meanwhile), else
-    /// a new file.
+    /// over the file of that name if there is one (a conflict if Drive changes it meanwhile),
+    /// else as a new file at the root (a conflict if one of that name appears meanwhile).
     pub async fn push(
         &self,
         sub: &str,
@@ -132,21 +132,28 @@ impl Services {
                 "the file name must not be empty".into(),
             ));
         }
-        let mut tx = self.store.begin_write().await?;
-        users::get(tx.conn(), sub)
-            .await?
-            .ok_or_else(|| ServiceError::UnknownUser(sub.to_string()))?;
-        let base = files::by_name(tx.conn(), sub, name).await?;
-        let push = NewPush {
-            name,
-            mime_type: mime_type.unwrap_or("application/octet-stream"),
-            content,
-            base_file_id: base.as_ref().map(|b| b.file_id.as_str()),
+        self.user_row(sub).await?;
+        let mut conn = self.store.pool().acquire().await?;
+        let base = files::by_name(&mut conn, sub, name).await?;
+        drop(conn);
+        let spooled = self.spool(futures::stream::iter([Ok::<_, std::io::Error>(
+            bytes::Bytes::copy_from_slice(content),
+        )]))
+        .await?;
+        let write = NewWrite {
+            file_id: base.as_ref().map(|b| b.file_id.clone()),
+            create_new: base.is_none(),
+            name: Some(name.to_string()),
+            mime_type: Some(mime_type.unwrap_or("application/octet-stream").to_string()),
+            spool: Some(spooled.name),
+            size: Some(spooled.size),
+            md5: Some(spooled.md5),
             base_version: base.as_ref().and_then(|b| b.version),
+            must_be_new: base.is_none(),
+            ..Default::default()
         };
-        let id = pushes::enqueue(tx.conn(), sub, &push, store::now_ms()).await?;
-        tx.commit().await?;
-        tracing::info!(user = %sub, push = id, name = %name, bytes = content.len(), "push queued by admin");
+        let id = self.queue_write(sub, WriteOp::Put, &write).await?;
+        tracing::info!(user = %sub, write = id, name = %name, bytes = content.len(), "push queued by admin");
         Ok(PushQueued {
             push: id,
             user: sub.to_string(),

@@ -107,6 +107,44 @@ pub async fn upsert(conn: &mut Conn, sub: &str, f: &FileRow) -> Result<(), sqlx:
     Ok(())
 }
 
+/// Marks the items of a listing page as seen by listing `generation`.
+pub async fn mark_seen(
+    conn: &mut Conn,
+    sub: &str,
+    ids: &[String],
+    generation: i64,
+) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let placeholders: Vec<String> = (3..ids.len() + 3).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "UPDATE files SET seen_generation = $2 WHERE sub = $1 AND file_id IN ({})",
+        placeholders.join(", ")
+    );
+    let mut q = sqlx::query(&sql).bind(sub).bind(generation);
+    for id in ids {
+        q = q.bind(id);
+    }
+    q.execute(conn).await?;
+    Ok(())
+}
+
+/// The items a complete listing `generation` did not see: gone from Drive.
+pub async fn unseen(
+    conn: &mut Conn,
+    sub: &str,
+    generation: i64,
+) -> Result<Vec<FileRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM files WHERE sub = $1 AND seen_generation < $2"
+    ))
+    .bind(sub)
+    .bind(generation)
+    .fetch_all(conn)
+    .await
+}
+
 pub async fn delete(conn: &mut Conn, sub: &str, file_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM files WHERE sub = $1 AND file_id = $2")
         .bind(sub)

@@ -20,6 +20,7 @@ pub mod syncs;
 pub mod user_pages;
 pub mod users;
 pub mod webhooks;
+pub mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;

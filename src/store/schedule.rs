@@ -43,9 +43,25 @@ pub struct DueUser {
     pub refresh_token: SealedRefresh,
     #[sqlx(flatten)]
     pub access: SealedAccess,
-    /// Uploads are queued for this user.
+    /// Writes are queued for this user.
     #[sqlx(try_from = "Flag")]
-    pub has_pushes: bool,
+    pub has_writes: bool,
+    #[sqlx(flatten)]
+    pub listing: Listing,
+}
+
+/// A full listing in progress (see migration 0004): resumed at `page` by the next sync.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct Listing {
+    /// The changes start token taken before the listing began; `None`: no listing in progress.
+    #[sqlx(rename = "listing_start")]
+    pub start: Option<String>,
+    /// The files.list page token of the next page; `None` with `start` set: the first page.
+    #[sqlx(rename = "listing_page")]
+    pub page: Option<String>,
+    /// The listing's number; items seen in it carry it.
+    #[sqlx(rename = "listing_generation")]
+    pub generation: i64,
 }
 
 /// The scheduling view of one user, for `ctl user`.
@@ -127,8 +143,9 @@ pub async fn claim(
     let query = format!(
         "SELECT u.sub, u.page_token, u.failures, u.resync_requested, \
                 c.refresh_token, c.key_id, c.access_token, c.access_key_id, c.access_expires_at, \
-                EXISTS (SELECT 1 FROM pushes p WHERE p.sub = u.sub AND p.state = 'pending') \
-                    AS has_pushes \
+                u.listing_start, u.listing_page, u.listing_generation, \
+                EXISTS (SELECT 1 FROM writes w WHERE w.sub = u.sub AND w.state = 'pending') \
+                    AS has_writes \
          FROM users u JOIN credentials c ON c.sub = u.sub WHERE u.sub IN ({}) ORDER BY u.sub",
         placeholders.join(", ")
     );
@@ -246,6 +263,48 @@ pub async fn last_sync_id(conn: &mut Conn, sub: &str) -> Result<i64, sqlx::Error
     Ok(id.unwrap_or(0))
 }
 
+/// Starts listing generation `generation` from `start` (the changes token taken first).
+pub async fn begin_listing(
+    conn: &mut Conn,
+    sub: &str,
+    start: &str,
+    generation: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE users SET listing_start = $2, listing_page = NULL, listing_generation = $3 \
+         WHERE sub = $1",
+    )
+    .bind(sub)
+    .bind(start)
+    .bind(generation)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Where the listing goes on: the next page's token.
+pub async fn save_listing_page(conn: &mut Conn, sub: &str, page: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET listing_page = $2 WHERE sub = $1")
+        .bind(sub)
+        .bind(page)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The listing is complete: the changes feed takes over from `start`.
+pub async fn end_listing(conn: &mut Conn, sub: &str, start: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE users SET page_token = $2, listing_start = NULL, listing_page = NULL \
+         WHERE sub = $1",
+    )
+    .bind(sub)
+    .bind(start)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub async fn set_page_token(
     conn: &mut Conn,
     sub: &str,
@@ -276,6 +335,7 @@ pub async fn request_resync(conn: &mut Conn, sub: &str, kind: Resync) -> Result<
 pub async fn take_resync_request(conn: &mut Conn, sub: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE users SET page_token = CASE WHEN resync_requested = 2 THEN NULL ELSE page_token END, \
+                listing_start = CASE WHEN resync_requested = 2 THEN NULL ELSE listing_start END, \
                 resync_requested = 0 WHERE sub = $1",
     )
     .bind(sub)

@@ -152,7 +152,7 @@ pub async fn counts_by_state(conn: &mut Conn) -> Result<Vec<(UserState, i64)>, s
         .collect())
 }
 
-/// Deletes the user and, by cascade, credentials, files, syncs and pushes.
+/// Deletes the user and, by cascade, credentials, files, syncs and writes.
 pub async fn delete(conn: &mut Conn, sub: &str) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM users WHERE sub = $1")
         .bind(sub)

@@ -1,4 +1,4 @@
-//! One user's sync: bring the local mirror to Drive's state, then upload queued pushes.
+//! One user's sync: bring the local mirror to Drive's state, then carry out queued writes.
 //!
 //! - First sync (no page token): fetch `changes.getStartPageToken` BEFORE listing, so nothing
 //!   that changes during the listing is missed; list the appDataFolder, download what is new or
@@ -13,7 +13,7 @@
 //! crash at any point resumes from the last committed page token and converges.
 
 pub mod mirror;
-mod push;
+pub mod writes;
 pub mod recorder;
 mod session;
 
@@ -29,6 +29,7 @@ use crate::store::syncs::{SyncKind, SyncOutcome, SyncRecord};
 use crate::store::{self, Store};
 use crate::tokens::{TokenError, Tokens};
 use mirror::{Mirror, MirrorError};
+pub use session::RetryPolicy;
 use session::Session;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,8 @@ pub struct SyncEngine {
     pub limit: Arc<RateLimit>,
     /// Commits outcomes in groups (see [`recorder`]).
     pub recorder: recorder::Recorder,
+    /// How long retries of a failed Google call wait.
+    pub retry: RetryPolicy,
 }
 
 /// Counters of one sync, for the record, the log line and metrics.
@@ -138,7 +141,7 @@ impl SyncEngine {
         }
     }
 
-    /// The sync proper: the changes feed (or a full listing), then queued pushes.
+    /// The sync proper: the changes feed (or a full listing), then queued writes.
     async fn walk(
         &self,
         session: &mut Session<'_>,
@@ -154,19 +157,21 @@ impl SyncEngine {
                 schedule::take_resync_request(tx.conn(), &user.sub).await?;
                 tx.commit().await?;
             }
+            // A full resync starts a listing afresh; otherwise one in progress is resumed.
+            let fresh = user.resync == Resync::Full;
             match (&user.page_token, kind) {
                 (Some(token), SyncKind::Incremental) => match session.incremental(token).await {
                     Err(SyncError::Google(GoogleError::InvalidPageToken { .. })) => {
                         tracing::info!(user = %user.sub, "saved page token is no longer valid; re-listing");
                         kind = SyncKind::Full;
-                        session.full().await
+                        session.full(&user.listing, true).await
                     }
                     other => other,
                 },
-                _ => session.full().await,
+                _ => session.full(&user.listing, fresh).await,
             }?;
-            if user.has_pushes {
-                session.push_pending().await?;
+            if user.has_writes {
+                session.write_pending().await?;
             }
             Ok(())
         }

@@ -9,17 +9,29 @@ use futures::TryStreamExt;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-use super::mirror::{Mirror, MirrorError, Written};
+use super::mirror::{Download, Mirror, MirrorError, Written};
 use super::{Counts, SyncEngine, SyncError};
 use crate::google::drive::DriveFile;
 use crate::google::GoogleError;
 use crate::store::files::{self, FileRow};
-use crate::store::schedule;
+use crate::store::schedule::{self, Listing};
 use crate::tokens::AccessToken;
 
-/// Attempts per Google call (first try included) and the total time one call may spend.
-const MAX_ATTEMPTS: usize = 6;
-const MAX_CALL_TIME: Duration = Duration::from_secs(120);
+/// Attempts per Google call (first try included) and the total time one call may spend: with
+/// Google's backoff (1 s doubling to 32 s) a per-minute quota window passes within them.
+const MAX_ATTEMPTS: usize = 8;
+const MAX_CALL_TIME: Duration = Duration::from_secs(180);
+/// Resumed reads of a download in a row that bring no new byte before it is given up.
+const MAX_STALLED_READS: u32 = 3;
+
+/// What a download brought.
+enum Fetched {
+    Content(Written),
+    /// The file is gone from Drive.
+    Gone,
+    /// Drive serves no content for it (`fileNotDownloadable`).
+    NotDownloadable,
+}
 
 pub(super) struct Session<'a> {
     pub(super) engine: &'a SyncEngine,
@@ -35,12 +47,20 @@ struct Retry {
     deadline: Instant,
 }
 
+/// Google's retry schedule: exponential backoff from `initial`, doubling, up to `max`, with
+/// random jitter. <https://developers.google.com/workspace/drive/api/guides/handle-errors#exponential-backoff>
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
 impl Retry {
-    fn new() -> Retry {
+    fn new(policy: RetryPolicy) -> Retry {
         Retry {
             backoff: backon::ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(20))
+                .with_min_delay(policy.initial)
+                .with_max_delay(policy.max)
                 .with_max_times(MAX_ATTEMPTS - 1)
                 .with_jitter()
                 .build(),
@@ -114,7 +134,7 @@ impl<'a> Session<'a> {
         F: Fn(SecretString) -> Fut,
         Fut: std::future::Future<Output = Result<T, GoogleError>>,
     {
-        let mut retry = Retry::new();
+        let mut retry = Retry::new(self.engine.retry);
         let mut refreshed_after_401 = false;
         let mut rejected = None;
         loop {
@@ -136,6 +156,10 @@ impl<'a> Session<'a> {
                 }
                 Err(e) => e,
             };
+            if e.transient().is_some_and(GoogleError::is_rate_limit) {
+                // Over quota: the whole instance slows down, not only this call.
+                self.engine.limit.slow_down();
+            }
             let Some(delay) = e.transient().and_then(|g| retry.next_delay(g)) else {
                 return Err(e);
             };
@@ -147,20 +171,55 @@ impl<'a> Session<'a> {
         }
     }
 
-    pub(super) async fn full(&mut self) -> Result<(), SyncError> {
+    /// A full listing of the appDataFolder, resumed where a failed sync left it unless
+    /// `fresh`. The changes start token is taken BEFORE listing, so nothing that changes
+    /// meanwhile is missed; items the complete listing did not see are gone from Drive.
+    pub(super) async fn full(&mut self, listing: &Listing, fresh: bool) -> Result<(), SyncError> {
+        let resumed = listing.start.is_some() && !fresh;
+        let result = match &listing.start {
+            Some(start) if !fresh => {
+                self.list(start, listing.page.clone(), listing.generation)
+                    .await
+            }
+            _ => self.fresh_listing(listing.generation).await,
+        };
+        match result {
+            // The saved files.list page token is no longer good: list again from the start.
+            Err(SyncError::Google(GoogleError::InvalidPageToken { .. })) if resumed => {
+                tracing::info!(user = %self.sub, "cannot resume the listing; listing again");
+                self.fresh_listing(listing.generation).await
+            }
+            other => other,
+        }
+    }
+
+    async fn fresh_listing(&mut self, previous_generation: i64) -> Result<(), SyncError> {
         let drive = self.engine.drive.clone();
-        // Before listing: changes made while we list will then show up in the next sync.
         let start = self
             .call(|t| {
                 let d = drive.clone();
                 async move { d.start_page_token(&t).await }
             })
             .await?;
+        let generation = previous_generation + 1;
+        let mut tx = self.engine.store.begin_write().await?;
+        schedule::begin_listing(tx.conn(), &self.sub, &start, generation).await?;
+        tx.commit().await?;
+        self.list(&start, None, generation).await
+    }
+
+    /// Lists from `page` (`None`: the first) to the end, saving the next page's token after
+    /// each page's items are committed; then drops what the listing did not see.
+    async fn list(
+        &mut self,
+        start: &str,
+        mut page: Option<String>,
+        generation: i64,
+    ) -> Result<(), SyncError> {
+        let drive = self.engine.drive.clone();
         let mut conn = self.engine.store.pool().acquire().await?;
         let mut known = files::by_id(&mut conn, &self.sub).await?;
         drop(conn);
-        let mut seen = HashSet::new();
-        let mut page: Option<String> = None;
         loop {
             self.check_cancel()?;
             let p = page.clone();
@@ -171,28 +230,56 @@ impl<'a> Session<'a> {
                     async move { d.list_files(&t, p.as_deref()).await }
                 })
                 .await?;
+            let ids: Vec<String> = list.files.iter().map(|f| f.id.clone()).collect();
             for file in list.files {
-                seen.insert(file.id.clone());
                 let old = known.remove(&file.id);
                 self.apply_file(file, old).await?;
             }
+            let mut tx = self.engine.store.begin_write().await?;
+            files::mark_seen(tx.conn(), &self.sub, &ids, generation).await?;
+            if let Some(next) = &list.next_page_token {
+                schedule::save_listing_page(tx.conn(), &self.sub, next).await?;
+            }
+            tx.commit().await?;
             match list.next_page_token {
                 Some(next) => page = Some(next),
                 None => break,
             }
         }
-        for (id, row) in known {
-            if !seen.contains(&id) {
-                self.remove_file(&id, Some(row)).await?;
-            }
+        self.drop_unseen(generation).await?;
+        let mut tx = self.engine.store.begin_write().await?;
+        schedule::end_listing(tx.conn(), &self.sub, start).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// After a complete listing: rows it did not see, and content no row accounts for (a
+    /// crash between placing content and committing its row, or a file that became
+    /// metadata-only), are removed.
+    async fn drop_unseen(&mut self, generation: i64) -> Result<(), SyncError> {
+        let mut conn = self.engine.store.pool().acquire().await?;
+        let gone = files::unseen(&mut conn, &self.sub, generation).await?;
+        drop(conn);
+        for row in gone {
+            self.remove_file(&row.file_id.clone(), Some(row)).await?;
         }
-        // Content with no row and no file on Drive: left by a crash before its row was committed.
+        let mut conn = self.engine.store.pool().acquire().await?;
+        let with_content: HashSet<String> = files::list(&mut conn, &self.sub)
+            .await?
+            .into_iter()
+            .filter(|r| !r.metadata_only)
+            .map(|r| r.file_id)
+            .collect();
+        drop(conn);
         for id in self.engine.mirror.list_user(&self.sub).await? {
-            if !seen.contains(&id) {
-                self.remove_file(&id, None).await?;
+            if !with_content.contains(&id) {
+                self.engine
+                    .mirror
+                    .remove(&Mirror::relative_path(&self.sub, &id)?)
+                    .await?;
             }
         }
-        self.save_page_token(&start).await
+        Ok(())
     }
 
     pub(super) async fn incremental(&mut self, saved: &str) -> Result<(), SyncError> {
@@ -241,18 +328,14 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Brings one file's mirror up to `file`: downloads only when the content changed.
+    /// Brings one item's mirror up to `file`: downloads only when the content changed;
+    /// folders and Google-native files (and anything Drive will not serve) are metadata only.
     async fn apply_file(&mut self, file: DriveFile, old: Option<FileRow>) -> Result<(), SyncError> {
         self.check_cancel()?;
         if file.trashed {
             return self.remove_file(&file.id, old).await;
         }
-        let local_path = Mirror::relative_path(&self.sub, &file.id)?;
-        let same_content = match (&old, &file.md5_checksum) {
-            (Some(o), Some(md5)) => o.md5.as_deref() == Some(md5.as_str()),
-            (Some(o), None) => o.version.is_some() && o.version == file.version,
-            (None, _) => false,
-        } && self.engine.mirror.exists(&local_path).await;
+        let metadata_only = file.is_metadata_only();
         let mut row = FileRow {
             file_id: file.id.clone(),
             name: file.name.clone(),
@@ -261,20 +344,36 @@ impl<'a> Session<'a> {
             md5: file.md5_checksum.clone(),
             version: file.version,
             modified_time: file.modified_time.clone(),
-            local_path,
+            local_path: Mirror::relative_path(&self.sub, &file.id)?,
             parent_id: file.parents.first().cloned(),
-            metadata_only: false,
+            metadata_only,
         };
+        if metadata_only {
+            return self.keep_metadata(row, old).await;
+        }
+        let same_content = match (&old, &file.md5_checksum) {
+            (Some(o), Some(md5)) => o.md5.as_deref() == Some(md5.as_str()),
+            (Some(o), None) => o.version.is_some() && o.version == file.version,
+            (None, _) => false,
+        } && old.as_ref().is_some_and(|o| !o.metadata_only)
+            && self.engine.mirror.exists(&row.local_path).await;
         if same_content {
             if old.as_ref() != Some(&row) {
-                // Renamed, or a new version with identical bytes: metadata only.
+                // Renamed, moved, or a new version with identical bytes: metadata only.
                 self.commit_file(&row).await?;
             }
             return Ok(());
         }
-        let Some(written) = self.download(&file).await? else {
+        let written = match self.download(&file).await? {
+            Fetched::Content(written) => written,
             // Deleted since it was listed: the changes feed will say so; treat as gone now.
-            return self.remove_file(&file.id, old).await;
+            Fetched::Gone => return self.remove_file(&file.id, old).await,
+            Fetched::NotDownloadable => {
+                tracing::info!(user = %self.sub, file = %file.id,
+                    "Drive serves no content for this item (fileNotDownloadable); mirroring its metadata only");
+                row.metadata_only = true;
+                return self.keep_metadata(row, old).await;
+            }
         };
         self.counts.bytes_down += written.size;
         row.size = Some(written.size);
@@ -288,34 +387,78 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Streams a file's content into the mirror, checked against Drive's md5. A cut
-    /// connection gets one more try; `None` when the file is gone from Drive.
-    async fn download(&mut self, file: &DriveFile) -> Result<Option<Written>, SyncError> {
-        let drive = self.engine.drive.clone();
-        let mut tries_left = 2;
+    /// An item mirrored as metadata only: its row, and no content (any a downloadable
+    /// version of it left is removed).
+    async fn keep_metadata(&mut self, mut row: FileRow, old: Option<FileRow>) -> Result<(), SyncError> {
+        let relative = std::mem::take(&mut row.local_path);
+        if old.as_ref() == Some(&row) {
+            return Ok(());
+        }
+        self.commit_file(&row).await?;
+        if old.as_ref().is_some_and(|o| !o.metadata_only) {
+            self.engine.mirror.remove(&relative).await?;
+        }
+        match old {
+            None => self.counts.added += 1,
+            Some(_) => self.counts.updated += 1,
+        }
+        Ok(())
+    }
+
+    /// Streams a file's content into the mirror, checked against Drive's md5. A body that
+    /// breaks off is resumed from the bytes received (a `Range` request) as long as each try
+    /// brings more; a checksum mismatch (the file changed while it was read) starts over once.
+    async fn download(&mut self, file: &DriveFile) -> Result<Fetched, SyncError> {
+        let mut fresh_starts = 2;
         loop {
-            tries_left -= 1;
-            let resp = match self
+            fresh_starts -= 1;
+            let mut download = self
+                .engine
+                .mirror
+                .start_download(&self.sub, &file.id)
+                .await?;
+            if let Err(e) = self.receive(file, &mut download).await {
+                download.abandon().await;
+                return match e {
+                    SyncError::Google(GoogleError::NotFound { .. }) => Ok(Fetched::Gone),
+                    SyncError::Google(GoogleError::NotDownloadable { .. }) => {
+                        Ok(Fetched::NotDownloadable)
+                    }
+                    e => Err(e),
+                };
+            }
+            match download.finish(file.md5_checksum.as_deref()).await {
+                Ok(written) => return Ok(Fetched::Content(written)),
+                Err(MirrorError::ChecksumMismatch) if fresh_starts > 0 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Feeds `download` the file's bytes, resuming with `Range` after each break.
+    async fn receive(&mut self, file: &DriveFile, download: &mut Download) -> Result<(), SyncError> {
+        let drive = self.engine.drive.clone();
+        let mut stalls = 0;
+        loop {
+            let offset = download.received();
+            let resp = self
                 .call(|t| {
                     let d = drive.clone();
                     let id = file.id.clone();
-                    async move { d.download(&t, &id).await }
+                    async move { d.download(&t, &id, offset).await }
                 })
-                .await
-            {
-                Err(SyncError::Google(GoogleError::NotFound { .. })) => return Ok(None),
-                other => other?,
-            };
+                .await?;
             let body = resp.bytes_stream().map_err(|e| e.without_url());
-            let expected = file.md5_checksum.as_deref();
-            match self
-                .engine
-                .mirror
-                .write_stream(&self.sub, &file.id, body, expected)
-                .await
-            {
-                Ok(w) => return Ok(Some(w)),
-                Err(MirrorError::ChecksumMismatch | MirrorError::Download(_)) if tries_left > 0 => {
+            match download.feed(body).await {
+                Ok(()) => return Ok(()),
+                Err(MirrorError::Download(why)) => {
+                    stalls = if download.received() > offset { 0 } else { stalls + 1 };
+                    if stalls >= MAX_STALLED_READS {
+                        return Err(MirrorError::Download(why).into());
+                    }
+                    tracing::debug!(user = %self.sub, file = %file.id, received = download.received(),
+                        reason = %why, "download interrupted; resuming from the bytes received");
+                    self.check_cancel()?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -339,10 +482,8 @@ impl<'a> Session<'a> {
             tx.commit().await?;
             self.counts.removed += 1;
         }
-        let path = match &old {
-            Some(row) => row.local_path.clone(),
-            None => Mirror::relative_path(&self.sub, file_id)?,
-        };
+        // Rebuilt from the ids, never read back from the row.
+        let path = Mirror::relative_path(&self.sub, file_id)?;
         self.engine.mirror.remove(&path).await?;
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 
-use super::{clamp, safe_component, Content, Mirror, MirrorError};
+use super::{clamp, safe_component, Content, MirrorError};
 
 pub(super) const TMP_DIR: &str = ".tmp";
 
@@ -45,17 +45,12 @@ impl LocalMirror {
         tokio::fs::metadata(self.absolute(relative)).await.is_ok()
     }
 
-    /// A temporary file in `.tmp` for the content of `file_id`; placed by [`LocalMirror::place`].
-    pub(super) async fn start(
-        &self,
-        sub: &str,
-        file_id: &str,
-    ) -> Result<LocalDownload, MirrorError> {
-        let relative = Mirror::relative_path(sub, file_id)?;
+    /// A temporary file in `.tmp` for the content of `relative`; placed by [`LocalMirror::place`].
+    pub(super) async fn start(&self, relative: &str) -> Result<LocalDownload, MirrorError> {
+        let relative = relative.to_string();
         let tmp = self.root.join(TMP_DIR).join(format!(
-            "{}.{}.{:016x}",
-            safe_component(sub)?,
-            safe_component(file_id)?,
+            "{}.{:016x}",
+            relative.replace('/', "."),
             rand::random::<u64>()
         ));
         let file = tokio::fs::File::create(&tmp).await?;
@@ -180,6 +175,7 @@ impl LocalDownload {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Mirror;
     use super::*;
 
     #[tokio::test]

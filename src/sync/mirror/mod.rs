@@ -184,9 +184,40 @@ impl Mirror {
     /// Starts receiving the content of `file_id`: feed it chunks (in several streams if a
     /// download is resumed), then [`Download::finish`] checks the md5 and makes it visible.
     pub async fn start_download(&self, sub: &str, file_id: &str) -> Result<Download, MirrorError> {
+        self.start_at(&Self::relative_path(sub, file_id)?).await
+    }
+
+    /// Starts receiving content to be written to Drive later (a write's content), kept under
+    /// `.spool/NAME` beside the mirror, so that whichever instance syncs the user can read it.
+    pub async fn start_spool(&self, name: &str) -> Result<Download, MirrorError> {
+        self.start_at(&Self::spool_path(name)?).await
+    }
+
+    /// Where the spool file `name` lives, relative to the root.
+    pub fn spool_path(name: &str) -> Result<String, MirrorError> {
+        Ok(format!("{SPOOL_DIR}/{}", safe_component(name)?))
+    }
+
+    /// Copies content within the mirror (a written file's spool into place), atomically.
+    pub async fn copy(&self, from: &str, to: &str) -> Result<Written, MirrorError> {
+        let content = self
+            .read(from, None)
+            .await?
+            .ok_or_else(|| MirrorError::Io(std::io::ErrorKind::NotFound.into()))?;
+        let mut download = self.start_at(to).await?;
+        match download.feed(content.body).await {
+            Ok(()) => download.finish(None).await,
+            Err(e) => {
+                download.abandon().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_at(&self, relative: &str) -> Result<Download, MirrorError> {
         let sink = match &self.backend {
-            Backend::Local(l) => Sink::Local(l.start(sub, file_id).await?),
-            Backend::Object(o) => Sink::Object(o.start(sub, file_id)?),
+            Backend::Local(l) => Sink::Local(l.start(relative).await?),
+            Backend::Object(o) => Sink::Object(o.start(relative)?),
         };
         Ok(Download {
             sink,
@@ -266,6 +297,10 @@ impl Mirror {
         }
     }
 }
+
+/// Where writes' content waits, under the root (never a user's directory: subs are plain
+/// components that cannot start with '.').
+const SPOOL_DIR: &str = ".spool";
 
 /// Content read back from the mirror.
 pub struct Content {

@@ -16,7 +16,7 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload, WriteMultipart};
 
-use super::{clamp, safe_component, Content, Mirror, MirrorError};
+use super::{clamp, safe_component, Content, MirrorError};
 
 /// Content up to this size is buffered in memory and sent with a single PUT.
 pub const INLINE_LIMIT: usize = 8 * 1024 * 1024;
@@ -91,10 +91,10 @@ impl ObjectMirror {
 
     /// An object upload for the content of `file_id`: buffered in memory up to the inline
     /// limit, a multipart upload beyond it; nothing is visible until [`ObjectDownload::finish`].
-    pub(super) fn start(&self, sub: &str, file_id: &str) -> Result<ObjectDownload, MirrorError> {
+    pub(super) fn start(&self, relative: &str) -> Result<ObjectDownload, MirrorError> {
         Ok(ObjectDownload {
             mirror: self.clone(),
-            key: self.key(&Mirror::relative_path(sub, file_id)?),
+            key: self.key(relative),
             inline: Vec::new(),
             inline_size: 0,
             multipart: None,
@@ -238,6 +238,7 @@ impl ObjectDownload {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Mirror;
     use super::*;
     use md5::{Digest, Md5};
     use object_store::memory::InMemory;

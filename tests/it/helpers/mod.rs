@@ -45,6 +45,9 @@ pub fn test_config(dir: &Path, google: &FakeGoogle) -> Config {
     config.google.drive_api_base = base.clone();
     config.google.android_client_ids = vec![google.clients().android_client_id];
     config.google.request_timeout = Duration::from_secs(2);
+    // Google's schedule (1 s doubling to 32 s) is the default; tests retry on a shorter one.
+    config.google.retry_initial_delay = Duration::from_millis(50);
+    config.google.retry_max_delay = Duration::from_secs(2);
     config.intake.listen = "127.0.0.1:0".parse().unwrap();
     config.store.state_dir = Some(dir.to_path_buf());
     config.store.encryption_key_file = Some(key);
