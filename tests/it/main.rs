@@ -6,6 +6,7 @@ mod api;
 mod cli;
 mod crash;
 mod faults;
+mod feed_race;
 mod helpers;
 mod intake;
 mod lifecycle;
