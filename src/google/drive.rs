@@ -47,7 +47,10 @@ pub struct NewFile<'a> {
 #[derive(Debug, Clone)]
 pub enum UploadTarget<'a> {
     Create(NewFile<'a>),
-    Update { file_id: &'a str, mime_type: &'a str },
+    Update {
+        file_id: &'a str,
+        mime_type: &'a str,
+    },
 }
 
 /// Where a resumable upload stands, as the session reports it.
@@ -228,7 +231,9 @@ impl DriveClient {
     ) -> Result<DriveFile, GoogleError> {
         const E: &str = "files.get";
         let path = format!("/drive/v3/files/{}", urlencode(file_id));
-        let resp = self.get(E, token, &path, &[("fields", FILE_FIELDS)]).await?;
+        let resp = self
+            .get(E, token, &path, &[("fields", FILE_FIELDS)])
+            .await?;
         json(E, resp).await
     }
 
@@ -338,7 +343,11 @@ impl DriveClient {
     /// Deletes a file (a folder: with everything in it). Gone already is not an error here:
     /// the caller decides.
     /// <https://developers.google.com/workspace/drive/api/reference/rest/v3/files/delete>
-    pub async fn delete_file(&self, token: &SecretString, file_id: &str) -> Result<(), GoogleError> {
+    pub async fn delete_file(
+        &self,
+        token: &SecretString,
+        file_id: &str,
+    ) -> Result<(), GoogleError> {
         const E: &str = "files.delete";
         let url = format!("{}/drive/v3/files/{}", self.base, urlencode(file_id));
         let req = self.http.api.delete(url).bearer_auth(token.expose_secret());
@@ -414,7 +423,11 @@ impl DriveClient {
         let range = if chunk.is_empty() {
             format!("bytes */{total}")
         } else {
-            format!("bytes {}-{}/{total}", offset, offset + chunk.len() as u64 - 1)
+            format!(
+                "bytes {}-{}/{total}",
+                offset,
+                offset + chunk.len() as u64 - 1
+            )
         };
         let req = self
             .http

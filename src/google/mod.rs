@@ -345,7 +345,9 @@ impl RateLimit {
             ceiling: AtomicU32::new(per_second),
             current: AtomicU32::new(per_second),
             changed_at: parking_lot::Mutex::new(
-                Instant::now().checked_sub(PACE_STEP).unwrap_or_else(Instant::now),
+                Instant::now()
+                    .checked_sub(PACE_STEP)
+                    .unwrap_or_else(Instant::now),
             ),
             waits: AtomicU64::new(0),
             waited_us: AtomicU64::new(0),
@@ -386,7 +388,10 @@ impl RateLimit {
         let lowered = ((self.current_rate() as f64) * DECREASE).floor().max(1.0) as u32;
         *changed_at = Instant::now();
         drop(changed_at);
-        tracing::info!(rate = lowered, "Google says we are over quota; slowing down");
+        tracing::info!(
+            rate = lowered,
+            "Google says we are over quota; slowing down"
+        );
         self.apply(lowered);
     }
 

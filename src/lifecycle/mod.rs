@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ResolvedConfig;
 use crate::google::drive::DriveClient;
-use crate::google::Http;
 use crate::google::id_token::IdTokenVerifier;
 use crate::google::oauth::OAuthClient;
+use crate::google::Http;
 use crate::google::RateLimit;
 use crate::intake::signin::SignIn;
 use crate::intake::{self, IntakeState};

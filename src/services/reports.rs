@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 use crate::scheduler::CycleOutcome;
 use crate::store::api_keys::ApiKey;
 use crate::store::files::FileRow;
-use crate::store::writes::Write;
 use crate::store::schedule::Instance;
 use crate::store::syncs::SyncRecord;
 use crate::store::users::{User, UserState, UserSummary};
 use crate::store::webhooks::EndpointStats;
+use crate::store::writes::Write;
 
 /// `ctl status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

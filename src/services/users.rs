@@ -8,8 +8,8 @@ use super::reports::{
 };
 use super::{ServiceError, Services};
 use crate::store::changes::{self, ChangeKind, NewChange};
-use crate::store::writes::{self, NewWrite, WriteOp};
 use crate::store::users::{self, User, UserState};
+use crate::store::writes::{self, NewWrite, WriteOp};
 use crate::store::{self, credentials, files, schedule, syncs};
 
 /// `ctl users` lists at most this many.
@@ -136,10 +136,11 @@ impl Services {
         let mut conn = self.store.pool().acquire().await?;
         let base = files::by_name(&mut conn, sub, name).await?;
         drop(conn);
-        let spooled = self.spool(futures::stream::iter([Ok::<_, std::io::Error>(
-            bytes::Bytes::copy_from_slice(content),
-        )]))
-        .await?;
+        let spooled = self
+            .spool(futures::stream::iter([Ok::<_, std::io::Error>(
+                bytes::Bytes::copy_from_slice(content),
+            )]))
+            .await?;
         let write = NewWrite {
             file_id: base.as_ref().map(|b| b.file_id.clone()),
             create_new: base.is_none(),

@@ -46,11 +46,14 @@ impl Services {
         let head = changes::head(tx.conn()).await?;
         let cursor =
             webhooks::lock_cursor(tx.conn(), self.store.backend(), name, head.last_seq).await?;
-        if cursor >= head.last_seq {
-            return Ok(0);
-        }
-        let found = changes::after(tx.conn(), cursor, FILL_BATCH).await?;
+        let found = if cursor < head.last_seq {
+            changes::after(tx.conn(), cursor, FILL_BATCH).await?
+        } else {
+            Vec::new()
+        };
         let Some(through) = found.last().map(|c| c.seq) else {
+            // Committed all the same: a new endpoint's start is now fixed.
+            tx.commit().await?;
             return Ok(0);
         };
         let seen = found.len();

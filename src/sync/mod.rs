@@ -13,9 +13,9 @@
 //! crash at any point resumes from the last committed page token and converges.
 
 pub mod mirror;
-pub mod writes;
 pub mod recorder;
 mod session;
+pub mod writes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -389,7 +389,11 @@ impl<'a> Session<'a> {
 
     /// An item mirrored as metadata only: its row, and no content (any a downloadable
     /// version of it left is removed).
-    async fn keep_metadata(&mut self, mut row: FileRow, old: Option<FileRow>) -> Result<(), SyncError> {
+    async fn keep_metadata(
+        &mut self,
+        mut row: FileRow,
+        old: Option<FileRow>,
+    ) -> Result<(), SyncError> {
         let relative = std::mem::take(&mut row.local_path);
         if old.as_ref() == Some(&row) {
             return Ok(());
@@ -436,7 +440,11 @@ impl<'a> Session<'a> {
     }
 
     /// Feeds `download` the file's bytes, resuming with `Range` after each break.
-    async fn receive(&mut self, file: &DriveFile, download: &mut Download) -> Result<(), SyncError> {
+    async fn receive(
+        &mut self,
+        file: &DriveFile,
+        download: &mut Download,
+    ) -> Result<(), SyncError> {
         let drive = self.engine.drive.clone();
         let mut stalls = 0;
         loop {
@@ -452,7 +460,11 @@ impl<'a> Session<'a> {
             match download.feed(body).await {
                 Ok(()) => return Ok(()),
                 Err(MirrorError::Download(why)) => {
-                    stalls = if download.received() > offset { 0 } else { stalls + 1 };
+                    stalls = if download.received() > offset {
+                        0
+                    } else {
+                        stalls + 1
+                    };
                     if stalls >= MAX_STALLED_READS {
                         return Err(MirrorError::Download(why).into());
                     }

@@ -64,8 +64,7 @@ impl Session<'_> {
                     (None, Some(id)) => files::delete(tx.conn(), &self.sub, id).await?,
                     (None, None) => {}
                 }
-                writes::set_state(tx.conn(), w.id, WriteState::Done, None, store::now_ms())
-                    .await?;
+                writes::set_state(tx.conn(), w.id, WriteState::Done, None, store::now_ms()).await?;
                 tx.commit().await?;
                 if row.is_none() {
                     if let Some(id) = &w.file_id {
@@ -111,11 +110,14 @@ impl Session<'_> {
         let mut conn = self.engine.store.pool().acquire().await?;
         if w.create_new {
             if w.must_be_new {
-                let taken = files::list(&mut conn, &self.sub).await?.into_iter().find(|f| {
-                    Some(&f.name) == w.name.as_ref()
-                        && f.parent_id == w.parent_id
-                        && Some(&f.file_id) != w.file_id.as_ref()
-                });
+                let taken = files::list(&mut conn, &self.sub)
+                    .await?
+                    .into_iter()
+                    .find(|f| {
+                        Some(&f.name) == w.name.as_ref()
+                            && f.parent_id == w.parent_id
+                            && Some(&f.file_id) != w.file_id.as_ref()
+                    });
                 if let Some(f) = taken {
                     return Ok(Some(format!(
                         "an item named {:?} was created there on Drive (id {}) after the write was queued",
@@ -132,7 +134,9 @@ impl Session<'_> {
         Ok(match current {
             // Deleting what is gone already is done, not a conflict.
             None if w.op == WriteOp::Delete => None,
-            None => Some(format!("file {id} was deleted on Drive after the write was queued")),
+            None => Some(format!(
+                "file {id} was deleted on Drive after the write was queued"
+            )),
             Some(cur) if w.base_md5.is_some() && cur.md5 != w.base_md5 => Some(format!(
                 "the file changed on Drive (md5 {}, the write expected {})",
                 cur.md5.as_deref().unwrap_or("none"),
@@ -205,7 +209,11 @@ impl Session<'_> {
             version: file.version,
             modified_time: file.modified_time.clone(),
             local_path: relative,
-            parent_id: file.parents.first().cloned().or_else(|| w.parent_id.clone()),
+            parent_id: file
+                .parents
+                .first()
+                .cloned()
+                .or_else(|| w.parent_id.clone()),
             metadata_only: false,
         })
     }
@@ -311,7 +319,11 @@ impl Session<'_> {
         }
     }
 
-    async fn read_spool(&self, spool: &str, range: std::ops::Range<u64>) -> Result<Bytes, SyncError> {
+    async fn read_spool(
+        &self,
+        spool: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, SyncError> {
         let content = self
             .engine
             .mirror
@@ -323,7 +335,11 @@ impl Session<'_> {
                     "the write's content is missing from the spool",
                 ))
             })?;
-        let chunks: Vec<Bytes> = content.body.try_collect().await.map_err(super::mirror::MirrorError::Io)?;
+        let chunks: Vec<Bytes> = content
+            .body
+            .try_collect()
+            .await
+            .map_err(super::mirror::MirrorError::Io)?;
         Ok(chunks.concat().into())
     }
 
@@ -344,7 +360,12 @@ impl Session<'_> {
         }
     }
 
-    async fn finish(&self, w: &Write, state: WriteState, error: Option<&str>) -> Result<(), SyncError> {
+    async fn finish(
+        &self,
+        w: &Write,
+        state: WriteState,
+        error: Option<&str>,
+    ) -> Result<(), SyncError> {
         let mut tx = self.engine.store.begin_write().await?;
         writes::set_state(tx.conn(), w.id, state, error, store::now_ms()).await?;
         tx.commit().await?;

@@ -15,3 +15,4 @@ mod openapi;
 mod s3;
 mod scale_out;
 mod sync;
+mod webhooks;
