@@ -41,7 +41,7 @@ async fn writer(store: Store, w: usize) {
         changes::record(tx.conn(), &change, store::now_ms())
             .await
             .unwrap();
-        if (w + i) % 3 == 0 {
+        if (w + i).is_multiple_of(3) {
             let hold = rand::thread_rng().gen_range(1..15);
             tokio::time::sleep(Duration::from_millis(hold)).await;
         }

@@ -26,6 +26,9 @@ struct Received {
     bad_signatures: Vec<String>,
 }
 
+/// The receiver's handler state: what it got, and the key it checks signatures with.
+type ReceiverState = (Arc<Mutex<Received>>, Arc<Vec<u8>>);
+
 struct Receiver {
     url: String,
     got: Arc<Mutex<Received>>,
@@ -70,10 +73,7 @@ async fn receiver(key: Vec<u8>) -> Receiver {
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(
-            |axum::extract::State((got, key)): axum::extract::State<(
-                Arc<Mutex<Received>>,
-                Arc<Vec<u8>>,
-            )>,
+            |axum::extract::State((got, key)): axum::extract::State<ReceiverState>,
              headers: HeaderMap,
              body: axum::body::Bytes| async move {
                 let mut got = got.lock();
@@ -82,7 +82,7 @@ async fn receiver(key: Vec<u8>) -> Receiver {
                         let n = got.attempts.entry(id.clone()).or_default();
                         *n += 1;
                         let seq: u64 = id.trim_start_matches("msg_").parse().unwrap_or(0);
-                        if seq % 4 == 0 && *n == 1 {
+                        if seq.is_multiple_of(4) && *n == 1 {
                             return StatusCode::SERVICE_UNAVAILABLE;
                         }
                         got.bodies.insert(id, json);
@@ -195,28 +195,29 @@ async fn webhooks_deliver_every_change_signed_through_a_restart_and_a_sigkill() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 
-    let got = hook.got.lock();
-    assert!(got.bad_signatures.is_empty(), "{:?}", got.bad_signatures);
-    let received: Vec<String> = got.bodies.keys().cloned().collect();
-    let mut expected_sorted = expected.clone();
-    expected_sorted.sort();
-    assert_eq!(
-        received, expected_sorted,
-        "every change, once deduplicated, none unknown"
-    );
-    let retried = got.attempts.values().filter(|n| **n > 1).count();
-    assert!(retried >= 3, "503s were retried ({retried})");
-    let sign_ins = got
-        .bodies
-        .values()
-        .filter(|b| b["type"] == "user.signed_in")
-        .count();
-    assert_eq!(sign_ins, 11);
-    for (id, body) in got.bodies.iter() {
-        assert_eq!(body["type"], body["data"]["type"], "{id}");
-        assert!(body["timestamp"].is_string() && body["data"]["cursor"].is_string());
+    {
+        let got = hook.got.lock();
+        assert!(got.bad_signatures.is_empty(), "{:?}", got.bad_signatures);
+        let received: Vec<String> = got.bodies.keys().cloned().collect();
+        let mut expected_sorted = expected.clone();
+        expected_sorted.sort();
+        assert_eq!(
+            received, expected_sorted,
+            "every change, once deduplicated, none unknown"
+        );
+        let retried = got.attempts.values().filter(|n| **n > 1).count();
+        assert!(retried >= 3, "503s were retried ({retried})");
+        let sign_ins = got
+            .bodies
+            .values()
+            .filter(|b| b["type"] == "user.signed_in")
+            .count();
+        assert_eq!(sign_ins, 11);
+        for (id, body) in got.bodies.iter() {
+            assert_eq!(body["type"], body["data"]["type"], "{id}");
+            assert!(body["timestamp"].is_string() && body["data"]["cursor"].is_string());
+        }
     }
-    drop(got);
 
     // Messages delivered but not recorded when the daemon was killed are sent again once
     // their lease expires (at-least-once): the outbox drains.
@@ -359,10 +360,11 @@ async fn a_change_reaches_a_healthy_receiver_within_a_second() {
     .await;
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "delivered after {took:?}");
-    let got = hook.got.lock();
-    let body = got.bodies.values().next().unwrap();
-    assert_eq!(body["type"], "user.signed_in");
-    assert_eq!(body["data"]["sub"], "fast1");
-    drop(got);
+    {
+        let got = hook.got.lock();
+        let body = got.bodies.values().next().unwrap();
+        assert_eq!(body["type"], "user.signed_in");
+        assert_eq!(body["data"]["sub"], "fast1");
+    }
     app.stop().await;
 }
