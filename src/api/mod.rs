@@ -48,6 +48,7 @@ pub fn router(services: Arc<Services>) -> Router {
             state.clone(),
             auth::require_key,
         ))
+        .layer(middleware::map_response(count))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -183,6 +184,12 @@ impl From<DataError> for ApiError {
             DataError::CursorExpired => ApiError::new(S::GONE, "cursor_expired", message),
         }
     }
+}
+
+/// Counts every answer by status (`appdata_syncd_api_requests_total`), refusals included.
+async fn count(response: Response) -> Response {
+    crate::metrics::api_request(response.status().as_u16());
+    response
 }
 
 async fn not_found() -> ApiError {
