@@ -634,3 +634,98 @@ async fn openapi_document_and_server_agree() {
     );
     app.stop().await;
 }
+
+/// `[api] tls_cert`/`tls_key`: the API serves HTTPS with its own certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_https_with_the_configured_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let at = |name: &str| certs.path().join(name);
+    let (ca, cert, key) = (at("ca.pem"), at("cert.pem"), at("key.pem"));
+    std::fs::write(
+        at("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    // A test CA, and a leaf for 127.0.0.1 signed by it (rustls refuses a CA as a leaf).
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(certs.path())
+            .args(args)
+            .output()
+            .expect("openssl (Debian package openssl) makes the test certificates");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ]
+        .iter()
+        .chain(&[
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+        ]
+        .iter()
+        .chain(&["-keyout", "key.pem", "-out", "leaf.csr"])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    openssl(
+        &[
+            "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        ]
+        .iter()
+        .chain(&[
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            "cert.pem",
+            "-extfile",
+            "leaf.ext",
+        ])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    let (c2, k2) = (cert.clone(), key.clone());
+    let app = spawn_app_with(move |c| {
+        c.api.listen = Some("127.0.0.1:0".into());
+        c.api.tls_cert = Some(c2);
+        c.api.tls_key = Some(k2);
+    })
+    .await;
+    let base = app.api.clone().unwrap();
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    let key = app.services.create_api_key("tls", false).await.unwrap().key;
+    let mut api = ApiClient::new(base.clone(), &key);
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    api.http = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .build()
+        .unwrap();
+    let head = api.get("/v1/changes/cursor").await;
+    assert_eq!(head.status, 200);
+    // Plain HTTP on the TLS port gets no API answer.
+    let plain = reqwest::get(base.replace("https://", "http://") + "/v1/changes/cursor").await;
+    assert!(plain.map_or(true, |r| !r.status().is_success()));
+    app.stop().await;
+}

@@ -368,3 +368,53 @@ async fn a_change_reaches_a_healthy_receiver_within_a_second() {
     }
     app.stop().await;
 }
+
+/// Two instances on one PostgreSQL database, one endpoint: with a healthy receiver, every
+/// message is delivered exactly once between them (claims take a lease, SKIP LOCKED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_deliver_each_message_once() {
+    let shared = crate::helpers::test_dir();
+    let Some(db) = crate::helpers::postgres_or_skip(shared.path()) else {
+        return;
+    };
+    let key: Vec<u8> = (100..132u8).collect();
+    let secret = shared.path().join("w.secret");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&key);
+    std::fs::write(&secret, format!("whsec_{encoded}")).unwrap();
+    let hook = receiver(key).await;
+    let config = |c: &mut Config| {
+        c.store.url = Some(db.clone());
+        c.api.webhooks = vec![WebhookConfig {
+            name: "shared".into(),
+            url: hook.url.clone(),
+            secret_file: secret.clone(),
+            events: vec![],
+            concurrency: 4,
+            timeout: Duration::from_secs(2),
+            retry_for: Duration::from_secs(3600),
+        }];
+    };
+    let a = crate::helpers::spawn_app_with(config).await;
+    let b = crate::helpers::spawn_app_with(config).await;
+    for i in 0..30 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        app.sign_in(&format!("two{i:02}")).await;
+    }
+    crate::helpers::eventually("30 deliveries", Duration::from_secs(60), async || {
+        hook.got.lock().bodies.len() >= 30
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    {
+        let got = hook.got.lock();
+        assert_eq!(got.bodies.len(), 30);
+        // Every fourth message is refused once on purpose: two attempts, no more.
+        for (id, n) in &got.attempts {
+            let seq: u64 = id.trim_start_matches("msg_").parse().unwrap();
+            let want = if seq.is_multiple_of(4) { 2 } else { 1 };
+            assert_eq!(*n, want, "{id} was sent {n} times");
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}
