@@ -97,6 +97,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(Some(path))?.resolve()?;
     println!("{}: OK", path.display());
+    for warning in config.warnings() {
+        println!("  warning: {warning}");
+    }
     for (key, value) in config.settings() {
         println!("  {key:<32} {value}");
     }

@@ -55,9 +55,11 @@ pub struct GoogleConfig {
     pub revoke_uri: String,
     /// Base of the Drive API: `{base}/drive/v3/...` and `{base}/upload/drive/v3/...`.
     pub drive_api_base: String,
-    /// Allowed `azp` claims (the Android app's client ids). Empty: any.
+    /// Allowed `azp` claims (the Android app's client ids). Empty refuses to start unless
+    /// `allow_any_android_client` says that any client of the project may sign users in.
     #[serde(deserialize_with = "string_or_list")]
     pub android_client_ids: Vec<String>,
+    pub allow_any_android_client: bool,
     /// The redirect_uri used in the code exchange: "" for Android apps.
     pub redirect_uri: String,
     #[serde(deserialize_with = "string_or_list")]
@@ -86,6 +88,7 @@ impl Default for GoogleConfig {
             revoke_uri: "https://oauth2.googleapis.com/revoke".into(),
             drive_api_base: "https://www.googleapis.com".into(),
             android_client_ids: Vec::new(),
+            allow_any_android_client: false,
             redirect_uri: String::new(),
             required_scopes: vec![DRIVE_APPDATA_SCOPE.into()],
             request_timeout: Duration::from_secs(10),
@@ -103,6 +106,37 @@ pub struct IntakeConfig {
     /// PEM certificate chain; with tls_key, the intake serves HTTPS.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Open connections at most; past it, silent ones make room, then new ones are refused.
+    pub max_connections: usize,
+    /// A connection that sends nothing (or does not finish its TLS handshake) within this is
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// Sign-ins in progress at once; past it, `POST /authcode` answers 503 with Retry-After.
+    pub max_concurrent_signins: usize,
+    /// Sign-ins per client address per minute; past it, 429 with Retry-After.
+    pub signins_per_client_per_minute: u32,
+    /// Calls to Google's token endpoint for sign-ins, per second: a budget of their own, apart
+    /// from `[sync] max_requests_per_second`; past it, 503 with Retry-After.
+    pub token_calls_per_second: u32,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` / `Forwarded`
+    /// headers name the client; from anyone else those headers are ignored.
+    #[serde(deserialize_with = "networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// Addresses (`10.0.0.1`) or CIDR ranges (`10.0.0.0/8`), as a list or a comma-separated string.
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    string_or_list(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("{s:?} is not an address or a CIDR range"))
+                })
+        })
+        .collect()
 }
 
 impl Default for IntakeConfig {
@@ -111,6 +145,12 @@ impl Default for IntakeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls_cert: None,
             tls_key: None,
+            max_connections: 1024,
+            first_byte_timeout: Duration::from_secs(5),
+            max_concurrent_signins: 64,
+            signins_per_client_per_minute: 30,
+            token_calls_per_second: 50,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -616,6 +656,13 @@ impl Config {
         if self.google.required_scopes.is_empty() {
             bail!("[google] required_scopes must not be empty");
         }
+        if self.google.android_client_ids.is_empty() && !self.google.allow_any_android_client {
+            bail!(
+                "[google] android_client_ids is empty: set your Android app's OAuth client ids \
+                 (any client of the Google project could sign users in otherwise), or set \
+                 allow_any_android_client = true if that is what you want"
+            );
+        }
         Ok((client, token_uri))
     }
 
@@ -630,6 +677,20 @@ impl Config {
     }
 
     fn check_intake(&self) -> anyhow::Result<()> {
+        let i = &self.intake;
+        for (key, value) in [
+            ("max_connections", i.max_connections as u64),
+            ("max_concurrent_signins", i.max_concurrent_signins as u64),
+            (
+                "signins_per_client_per_minute",
+                i.signins_per_client_per_minute as u64,
+            ),
+            ("token_calls_per_second", i.token_calls_per_second as u64),
+        ] {
+            if value == 0 {
+                bail!("[intake] {key} must be at least 1");
+            }
+        }
         match (&self.intake.tls_cert, &self.intake.tls_key) {
             (Some(cert), Some(key)) => {
                 for p in [cert, key] {
@@ -798,6 +859,27 @@ impl ResolvedConfig {
         derived("sync.mirror", self.mirror_description());
         derived("sync.instance_id", self.instance_id());
         m
+    }
+
+    /// What is valid but almost surely wrong, for `check-config` and the start-up log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for scope in &self.raw.google.required_scopes {
+            // Google returns granted scopes as full URLs (`openid` is the one short name it
+            // keeps): a short name here would never match, and every sign-in would be refused.
+            if scope != "openid" && !scope.starts_with("https://") {
+                let full = match scope.as_str() {
+                    "email" => "https://www.googleapis.com/auth/userinfo.email".to_string(),
+                    "profile" => "https://www.googleapis.com/auth/userinfo.profile".to_string(),
+                    other => format!("https://www.googleapis.com/auth/{other}"),
+                };
+                out.push(format!(
+                    "[google] required_scopes contains {scope:?}, which Google never returns: \
+                     it reports granted scopes as full URLs; write {full:?}"
+                ));
+            }
+        }
+        out
     }
 
     /// Keys whose value differs between `self` and `new`, as [`ResolvedConfig::settings`]

@@ -66,6 +66,16 @@ pub fn request_rate(per_second: u32) {
     metrics::gauge!("appdata_syncd_request_rate_per_second").set(per_second as f64);
 }
 
+/// A connection refused at the cap (every open connection had already spoken).
+pub fn connection_refused() {
+    metrics::counter!("appdata_syncd_intake_connections_refused_total").increment(1);
+}
+
+/// A silent connection closed to make room for a new one at the cap.
+pub fn connection_evicted() {
+    metrics::counter!("appdata_syncd_intake_connections_evicted_total").increment(1);
+}
+
 /// How many users are in `state` (fed by the caller before each scrape).
 pub fn set_users(state: &'static str, n: i64) {
     metrics::gauge!("appdata_syncd_users", "state" => state).set(n as f64);

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use appdata_syncd::config::Config;
+use appdata_syncd::google::HttpVersion;
 use appdata_syncd::lifecycle::App;
 use appdata_syncd::scheduler::{CycleOutcome, Scheduler, SyncPhase};
+use appdata_syncd::services::reports::RateLimitStatus;
 use appdata_syncd::services::Services;
 use appdata_syncd::store::Store;
 use serde::Serialize;
@@ -62,16 +64,38 @@ pub fn emulator_config(dir: &Path, google: &FakeGoogle) -> anyhow::Result<Config
     config.google.drive_api_base = base.clone();
     config.google.android_client_ids = vec![google.android_client_id.clone()];
     config.store.encryption_key_file = Some(key);
+    // Every sign-in of a benchmark comes from one loopback client, far faster than any app's:
+    // the intake's admission limits (per client, at once, token calls) would measure themselves.
+    config.intake.signins_per_client_per_minute = 1_000_000;
+    config.intake.max_concurrent_signins = 4096;
+    config.intake.token_calls_per_second = 1_000_000;
     Ok(config)
 }
 
-/// Which database a daemon uses and which of the daemons sharing it this one is.
+/// Which database a daemon uses, which of the daemons sharing it this one is, and how it
+/// talks to Google.
 #[derive(Clone, Copy)]
 pub struct Placement<'a> {
     /// `[store] url`; `None`: the SQLite file in the scenario directory.
     pub database_url: Option<&'a str>,
     /// 0 for the first (or only) daemon.
     pub index: usize,
+    /// `[google] http_version`: fixed at build, unlike [`Tuning`].
+    pub http_version: HttpVersion,
+}
+
+/// `--http-version 1.1|2`, read through the daemon's own serde names so the two agree.
+pub fn parse_http_version(s: &str) -> Result<HttpVersion, String> {
+    serde_json::from_value(serde_json::Value::from(s))
+        .map_err(|_| format!("{s:?}: expected 1.1 or 2"))
+}
+
+/// The string form of `v` (`"1.1"`, `"2"`), as config.toml spells it.
+pub fn http_version_name(v: HttpVersion) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|j| j.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{v:?}"))
 }
 
 pub struct Daemon {
@@ -115,6 +139,7 @@ impl Daemon {
         config.sync.schedule = "0 0 0 1 1 *".into();
         config.sync.concurrency = tuning.concurrency;
         config.sync.max_requests_per_second = tuning.max_requests_per_second;
+        config.google.http_version = place.http_version;
         let app = App::build(config.resolve()?, None)
             .await
             .context("building the daemon")?;
@@ -140,6 +165,16 @@ impl Daemon {
         self.services.set_request_rate(t.max_requests_per_second);
         // Lowering concurrency retires permits from a spawned task; let it run.
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// The rate limiter as `ctl status` shows it: the ceiling and the rate in force (AIMD).
+    pub async fn rate_limit(&self) -> anyhow::Result<RateLimitStatus> {
+        let status = self
+            .services
+            .status()
+            .await
+            .context("the daemon's status")?;
+        Ok(status.rate_limit)
     }
 
     /// One full cycle over every due user.

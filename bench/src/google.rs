@@ -36,6 +36,7 @@ pub struct FakeGoogle {
     pub base: String,
     pub client_secret_file: PathBuf,
     pub android_client_id: String,
+    pub web: WebClient,
     http: reqwest::Client,
 }
 
@@ -45,6 +46,9 @@ pub struct FakeGoogle {
 pub struct Stats {
     pub requests: BTreeMap<String, u64>,
     pub by_status: BTreeMap<String, u64>,
+    /// `http.1`, `http.2` (Google calls by protocol), `resumable.*`, …; zeros are left out.
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -63,6 +67,25 @@ impl Stats {
     pub fn status(&self, code: u16) -> u64 {
         self.by_status.get(&code.to_string()).copied().unwrap_or(0)
     }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    /// Google calls by HTTP version, as `{"http.1": n, "http.2": n}`.
+    pub fn http_versions(&self) -> BTreeMap<&'static str, u64> {
+        ["http.1", "http.2"]
+            .into_iter()
+            .map(|k| (k, self.counter(k)))
+            .collect()
+    }
+}
+
+/// The web client the daemon signs users in with (`/_emulator/clients`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebClient {
+    pub client_id: String,
+    pub client_secret: String,
 }
 
 impl FakeGoogle {
@@ -99,6 +122,7 @@ impl FakeGoogle {
         #[derive(Deserialize)]
         struct Clients {
             android_client_id: String,
+            web: WebClient,
         }
         let clients: Clients = http
             .get(format!("{base}/_emulator/clients"))
@@ -113,6 +137,7 @@ impl FakeGoogle {
             base,
             client_secret_file,
             android_client_id: clients.android_client_id,
+            web: clients.web,
             http,
         })
     }
@@ -167,6 +192,35 @@ impl FakeGoogle {
             .json()
             .await?;
         Ok(c.code)
+    }
+
+    /// An access token of the user's own, for a client other than the daemon: a code minted
+    /// and redeemed at `/token` with the web client, as a second backend of the same Google
+    /// project would. Counts one `token` call; call it before the stats are reset.
+    pub async fn access_token(&self, sub: &str) -> anyhow::Result<String> {
+        #[derive(Deserialize)]
+        struct Issued {
+            access_token: String,
+        }
+        let code = self.mint_code(sub).await?;
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("client_id", self.web.client_id.as_str()),
+            ("client_secret", self.web.client_secret.as_str()),
+            ("redirect_uri", ""),
+        ];
+        let resp = self
+            .http
+            .post(format!("{}/token", self.base))
+            .form(&form)
+            .send()
+            .await
+            .context("POST /token")?;
+        if !resp.status().is_success() {
+            bail!("POST /token: {}", resp.status());
+        }
+        Ok(resp.json::<Issued>().await?.access_token)
     }
 
     /// Creates or updates the file named `name` in the user's appDataFolder, as the phone would.

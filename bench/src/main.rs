@@ -9,6 +9,7 @@
 //! - [`database`]: SQLite in the scenario directory, or a scratch PostgreSQL database.
 //! - [`daemon`]: the daemon built from a `Config` exactly as `appdata-syncd` builds it.
 //! - [`scenarios`]: intake, first-sync, idle-cycle, churn, quota, all.
+//! - [`tenant`]: quota's other client of the same Google project, at a fixed rate.
 //! - [`soak`]: M minutes of sign-ins, changes, faults, admin commands and restarts, then the
 //!   invariants; its daemon runs in a child process (hidden `soak-daemon`) so it can be killed.
 //! - [`report`]: one [`report::Report`] per scenario, printed as a table or a JSON line.
@@ -25,10 +26,12 @@ mod measure;
 mod report;
 mod scenarios;
 mod soak;
+mod tenant;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use appdata_syncd::google::HttpVersion;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -81,6 +84,11 @@ enum Scenario {
         /// Latency fake-google adds to every Drive call during the measured cycle.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// `[google] http_version` of the daemon: 1.1 (a pool of keep-alive connections) or 2
+        /// (h2c with prior knowledge, requests multiplexed on few connections).
+        #[arg(long, value_name = "1.1|2", default_value = "1.1",
+              value_parser = daemon::parse_http_version)]
+        http_version: HttpVersion,
         /// A PostgreSQL server, postgres://USER@HOST:PORT: each run creates a database of its
         /// own there and drops it at the end (unless --keep). Default: an SQLite file.
         #[arg(long, value_name = "URL")]
@@ -101,20 +109,10 @@ enum Scenario {
         #[command(flatten)]
         tuning: TuningArgs,
     },
-    /// fake-google enforces Q Drive requests/s (429 rateLimitExceeded beyond it); the daemon's
-    /// limiter is set to Q unless --max-rps says otherwise.
-    Quota {
-        #[arg(long, default_value_t = 3000)]
-        users: usize,
-        #[arg(long, default_value_t = 200)]
-        quota_rps: u64,
-        /// [sync] max_requests_per_second for the measured cycle (default: Q).
-        #[arg(long)]
-        max_rps: Option<u32>,
-        /// [sync] concurrency for the measured cycle (default: the daemon's default).
-        #[arg(long)]
-        concurrency: Option<usize>,
-    },
+    /// fake-google enforces the project's Drive quota, Q requests/s or Q·60 a minute,
+    /// optionally shared with another tenant; the daemon must use what is left without
+    /// failing a sync.
+    Quota(QuotaArgs),
     /// Sign-ins, emulator changes, random faults, admin commands and daemon restarts for M
     /// minutes, then the invariants; exit status 1 on any violation.
     Soak {
@@ -157,6 +155,39 @@ pub struct TuningArgs {
     /// Overrides [sync] max_requests_per_second of the `raised` profile.
     #[arg(long)]
     pub max_rps: Option<u32>,
+}
+
+/// The quota scenario's quota and who else uses it.
+#[derive(Args, Clone, Debug)]
+pub struct QuotaArgs {
+    /// Already-synced users, each synced once (one Drive call each). Default: 3000, or with
+    /// `--window minute` 120·Q (two minutes of work at Q/s).
+    #[arg(long)]
+    pub users: Option<usize>,
+    /// Q: the project's quota in requests per second.
+    #[arg(long, default_value_t = 200)]
+    pub quota_rps: u64,
+    /// `second`: fake-google's `quota_rps` = Q (a fixed one-second window; 429 beyond it).
+    /// `minute`: `quota_per_minute` = Q·60 (a sliding 60 s window; 403 rateLimitExceeded).
+    #[arg(long, value_enum, default_value_t = QuotaWindow::Second)]
+    pub window: QuotaWindow,
+    /// Another client of the same project sends Drive requests at this fraction of Q (0 to
+    /// below 1) with its own user and token; the daemon is not told.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub other_tenant: f64,
+    /// [sync] max_requests_per_second, the limiter's ceiling (default: Q, or 2·Q with
+    /// `--window minute`, so that the daemon must find the rate from Google's refusals).
+    #[arg(long)]
+    pub max_rps: Option<u32>,
+    /// [sync] concurrency for the measured cycle (default: the daemon's default).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaWindow {
+    Second,
+    Minute,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,6 +270,7 @@ async fn run(
         Scenario::IdleCycle {
             users,
             latency_ms,
+            http_version,
             database,
             instances,
             tuning,
@@ -255,9 +287,13 @@ async fn run(
                      daemons share users only through a PostgreSQL database"
                 );
             }
+            let link = s::Link {
+                latency_ms,
+                http_version,
+            };
             for n in users {
                 for &k in &instances {
-                    for r in s::idle_cycle(env, n, latency_ms, &tuning, &backend, k).await? {
+                    for r in s::idle_cycle(env, n, link, &tuning, &backend, k).await? {
                         emit(r);
                     }
                 }
@@ -274,14 +310,7 @@ async fn run(
                 }
             }
         }
-        Scenario::Quota {
-            users,
-            quota_rps,
-            max_rps,
-            concurrency,
-        } => {
-            emit(s::quota(env, users, quota_rps, max_rps, concurrency).await?);
-        }
+        Scenario::Quota(args) => emit(s::quota(env, &args).await?),
         Scenario::All { quick } => {
             let started = std::time::Instant::now();
             let all_clean = s::all(env, out.json, quick).await?;

@@ -51,6 +51,18 @@ pub struct Fault {
     /// Media bodies (`alt=media`) are streamed at this many bytes per second, so a client's
     /// read timeout and resume (`Range`) can be tested. Combines with `reset_rate`.
     pub body_bytes_per_sec: Option<u64>,
+    /// Every `alt=media` body (whole or a range) is cut after this many bytes and the
+    /// connection dropped, while every other call of the family is served whole: a line that
+    /// breaks periodically, which only a client that resumes with `Range` gets through.
+    pub media_cut_after_bytes: Option<u64>,
+    /// Every resumable-upload chunk (`PUT` to a session) keeps at most this many bytes, then
+    /// the connection drops without an answer: only a client that asks the session how much
+    /// it holds and resumes from there completes the upload.
+    pub upload_cut_after_bytes: Option<u64>,
+    /// Fraction (0..1) of successful `files.create` / `files.update` calls that are carried
+    /// out but whose answer is lost (the connection drops): the client must find out what
+    /// happened without making a second file.
+    pub lost_answer_rate: f64,
     /// Answer every request of the family with `302 Found` and this `Location` instead of
     /// serving it. A client must never follow it; point it at `{base}/_emulator/redirect-target`
     /// and the `redirect_target.hits` stats counter shows whether one did.
@@ -67,6 +79,12 @@ impl Fault {
                 ));
             }
         }
+        if self.upload_cut_after_bytes == Some(0) {
+            return Err("upload_cut_after_bytes must be at least 1".into());
+        }
+        if self.media_cut_after_bytes == Some(0) {
+            return Err("media_cut_after_bytes must be at least 1".into());
+        }
         if self.body_bytes_per_sec == Some(0) {
             return Err("body_bytes_per_sec must be at least 1".into());
         }
@@ -80,6 +98,7 @@ impl Fault {
         for (name, rate) in [
             ("error_rate", self.error_rate),
             ("reset_rate", self.reset_rate),
+            ("lost_answer_rate", self.lost_answer_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be within 0..1"));
@@ -104,6 +123,10 @@ impl Fault {
 
     pub(crate) fn roll_error(&self) -> bool {
         self.error_rate > 0.0 && rand::thread_rng().gen::<f64>() < self.error_rate
+    }
+
+    pub(crate) fn roll_lost_answer(&self) -> bool {
+        self.lost_answer_rate > 0.0 && rand::thread_rng().gen::<f64>() < self.lost_answer_rate
     }
 
     pub(crate) fn roll_reset(&self) -> bool {

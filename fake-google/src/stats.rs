@@ -120,9 +120,13 @@ pub(crate) enum Counter {
     /// Google-endpoint requests by HTTP version.
     Http1,
     Http2,
+    /// `alt=media` answers that served a byte range (206).
+    MediaRanged,
+    /// Creates and updates carried out whose answer `lost_answer_rate` dropped.
+    AnswersLost,
 }
 
-const ALL_COUNTERS: [Counter; 11] = [
+const ALL_COUNTERS: [Counter; 13] = [
     Counter::ResumableSessions,
     Counter::ResumableChunks,
     Counter::ResumableQueries,
@@ -134,6 +138,8 @@ const ALL_COUNTERS: [Counter; 11] = [
     Counter::RedirectTargetHits,
     Counter::Http1,
     Counter::Http2,
+    Counter::MediaRanged,
+    Counter::AnswersLost,
 ];
 
 impl Counter {
@@ -150,6 +156,8 @@ impl Counter {
             Counter::RedirectTargetHits => "redirect_target.hits",
             Counter::Http1 => "http.1",
             Counter::Http2 => "http.2",
+            Counter::MediaRanged => "media.ranged",
+            Counter::AnswersLost => "answers.lost",
         }
     }
 }
@@ -235,7 +243,7 @@ pub struct Stats {
     pub by_status: BTreeMap<String, u64>,
     /// Other counters: `resumable.sessions`, `resumable.chunks`, `resumable.status_queries`,
     /// `resumable.completed`, `resumable.cut`, `json.gzip`, `json.plain`, `redirects.sent`,
-    /// `redirect_target.hits`, `http.1`, `http.2`. Zero counters are left out.
+    /// `redirect_target.hits`, `http.1`, `http.2`, `media.ranged`, `answers.lost`. Zero counters are left out.
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
 }

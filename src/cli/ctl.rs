@@ -452,6 +452,10 @@ fn render_status(r: &Status) -> String {
                 states
             },
         ),
+        (
+            "reauth (24 h)",
+            format!("{} became reauth_required", r.reauth_required_last_day),
+        ),
         ("syncs running", r.syncs_running.to_string()),
         ("syncs queued", r.syncs_queued.to_string()),
         ("last cycle", last),
@@ -459,8 +463,11 @@ fn render_status(r: &Status) -> String {
         (
             "rate limit",
             format!(
-                "{}/s, {} waits ({} ms)",
-                r.rate_limit.per_second, r.rate_limit.waits, r.rate_limit.waited_ms
+                "{}/s of {}/s, {} waits ({} ms)",
+                r.rate_limit.current_per_second,
+                r.rate_limit.per_second,
+                r.rate_limit.waits,
+                r.rate_limit.waited_ms
             ),
         ),
     ])
@@ -537,19 +544,25 @@ fn render_user(r: &UserDetail) -> String {
 }
 
 fn render_files(r: &FileList) -> String {
-    let rows = r
+    let paths = crate::store::files::paths(&r.files);
+    let mut rows: Vec<Vec<String>> = r
         .files
         .iter()
         .map(|f| {
+            let size = match (f.metadata_only, f.mime_type.as_deref()) {
+                (true, Some(crate::store::files::FOLDER_MIME)) => "folder".to_string(),
+                (true, _) => "no content".to_string(),
+                (false, _) => opt(&f.size),
+            };
             vec![
+                paths.get(&f.file_id).cloned().unwrap_or_default(),
                 f.file_id.clone(),
-                f.name.clone(),
-                opt(&f.size),
+                size,
                 opt(&f.md5),
                 opt(&f.modified_time),
-                f.local_path.clone(),
             ]
         })
         .collect();
-    table(&["id", "name", "size", "md5", "modified", "path"], rows)
+    rows.sort();
+    table(&["path", "id", "size", "md5", "modified"], rows)
 }

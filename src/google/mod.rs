@@ -39,8 +39,9 @@ pub enum GoogleError {
     /// The refresh token or auth code is no good: revoked, expired, used, or for another client.
     #[error("Google rejected the grant: {description}")]
     InvalidGrant { description: String },
-    /// Our own client id or secret is wrong: an operator must fix client_secret.json.
-    #[error("Google rejected this server's OAuth client ({error}: {description}); check client_secret.json")]
+    /// Our own OAuth client is misconfigured (client id or secret, or the redirect URI): an
+    /// operator must fix the configuration; retrying cannot help.
+    #[error("Google rejected this server's OAuth client ({error}: {description})")]
     InvalidClient { error: String, description: String },
     /// The access token was not accepted (401 from an API).
     #[error("Google {endpoint} did not accept the access token")]
@@ -295,10 +296,12 @@ pub fn oauth_error(
         "invalid_grant" => GoogleError::InvalidGrant {
             description: parsed.error_description,
         },
-        "invalid_client" | "unauthorized_client" => GoogleError::InvalidClient {
-            error: parsed.error,
-            description: parsed.error_description,
-        },
+        "invalid_client" | "unauthorized_client" | "redirect_uri_mismatch" => {
+            GoogleError::InvalidClient {
+                error: parsed.error,
+                description: parsed.error_description,
+            }
+        }
         _ => GoogleError::Rejected {
             endpoint,
             status: status.as_u16(),
@@ -448,6 +451,57 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server on loopback that answers every request with `body` (and no Content-Length
+    /// when `chunked`, so the cap must hold while streaming).
+    async fn serve(body: Vec<u8>, chunked: bool) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(move || {
+            let body = body.clone();
+            async move {
+                if chunked {
+                    let stream = futures::stream::iter(
+                        body.chunks(64 * 1024)
+                            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+                            .collect::<Vec<_>>(),
+                    );
+                    axum::body::Body::from_stream(stream)
+                } else {
+                    axum::body::Body::from(body)
+                }
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_answer_larger_than_any_real_one_is_refused_not_buffered() {
+        for chunked in [false, true] {
+            let url = serve(vec![b'x'; 2 * 1024 * 1024], chunked).await;
+            let resp = http_client(Duration::from_secs(5))
+                .get(&url)
+                .send()
+                .await
+                .unwrap();
+            let err = read_capped("token", resp, 256 * 1024).await.unwrap_err();
+            assert!(
+                matches!(&err, GoogleError::Malformed { reason, .. } if reason.contains("larger than")),
+                "{err:?}"
+            );
+        }
+        let url = serve(b"{}".to_vec(), true).await;
+        let resp = http_client(Duration::from_secs(5))
+            .get(&url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            &read_capped("token", resp, 256 * 1024).await.unwrap()[..],
+            b"{}"
+        );
+    }
 
     #[test]
     fn the_rate_drops_on_refusals_once_a_second_and_climbs_back() {

@@ -4,13 +4,14 @@
 //! Every error is JSON `{"error": code, "message": text}`; messages never contain a token, a
 //! code, or anything internal (those go to the log, without secrets).
 
+pub mod admission;
 pub mod signin;
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,8 +20,14 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
+
 use crate::google::GoogleError;
 use crate::store::Store;
+use admission::{Admission, Refusal};
 use signin::{SignIn, SignInError};
 
 /// Bodies larger than this are refused with 413: an auth code is a few hundred bytes.
@@ -35,6 +42,9 @@ pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 pub struct IntakeState {
     pub signin: Arc<SignIn>,
     pub store: Store,
+    pub admission: Arc<Admission>,
+    /// Every sign-in in progress: shutdown waits for them (see `sign_in`).
+    pub signins: TaskTracker,
 }
 
 pub fn router(state: IntakeState) -> Router {
@@ -53,6 +63,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     extra: Option<serde_json::Value>,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -62,6 +74,7 @@ impl ApiError {
             code,
             message: message.into(),
             extra: None,
+            retry_after: None,
         }
     }
 
@@ -83,7 +96,13 @@ impl IntoResponse for ApiError {
                 obj.extend(extra.clone());
             }
         }
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+        }
+        resp
     }
 }
 
@@ -103,12 +122,22 @@ impl From<SignInError> for ApiError {
                 "upstream_timeout",
                 "Google did not answer in time; try again",
             ),
-            SignInError::Google(ref g @ G::InvalidClient { .. }) => {
-                tracing::error!(error = %g, "sign-in failed: this server's OAuth client is misconfigured");
+            SignInError::Google(G::InvalidClient { error, description }) => {
+                let setting = if error == "redirect_uri_mismatch" {
+                    "[google] redirect_uri (\"\" for Android apps; it must match the one the app used)"
+                } else {
+                    "[google] client_secret_file (the Web application client whose id the app passes as serverClientId)"
+                };
+                tracing::error!(
+                    google_error = %error,
+                    description = %description,
+                    setting,
+                    "sign-in failed: Google refuses this server's OAuth configuration; fix the setting named here"
+                );
                 ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_error",
-                    "the server could not complete the sign-in with Google",
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_misconfigured",
+                    "the server's Google sign-in is misconfigured; its operator has been told in the log",
                 )
             }
             SignInError::Google(ref g) => {
@@ -231,18 +260,26 @@ pub fn parse_auth_code(headers: &HeaderMap, body: &[u8]) -> Result<SecretString,
 
 async fn post_authcode(
     State(state): State<IntakeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let headers = request.headers().clone();
-    // Only reading the body is bounded: once the code is redeemed at Google, the sign-in
-    // runs to its end even if the client has gone, or the refresh token would be lost.
-    let result = match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, &())).await {
-        Ok(body) => handle_authcode(&state, &headers, body).await,
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
-        )),
+    let result = match state
+        .admission
+        .check_client(state.admission.client(peer, &headers))
+    {
+        Err(refusal) => Err(refused(refusal)),
+        // Only reading the body is bounded in time: once the code is redeemed at Google, the
+        // sign-in runs to its end in a task of its own (see `sign_in`).
+        Ok(()) => match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, &())).await
+        {
+            Ok(body) => handle_authcode(&state, &headers, body).await,
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+            )),
+        },
     };
     crate::metrics::intake_request(match &result {
         Ok(_) => "ok",
@@ -260,6 +297,27 @@ async fn post_authcode(
         }
         other => other,
     }
+}
+
+/// 503 (shed: try again in a second) or 429 (this client, later), with Retry-After.
+fn refused(refusal: Refusal) -> ApiError {
+    let (status, code, message, retry) = match refusal {
+        Refusal::Overloaded => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many sign-ins at once; try again shortly".to_string(),
+            Duration::from_secs(1),
+        ),
+        Refusal::TooManyFromClient { retry_after } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many sign-ins from this address; try again later".to_string(),
+            retry_after,
+        ),
+    };
+    let mut e = ApiError::new(status, code, message);
+    e.retry_after = Some(retry);
+    e
 }
 
 async fn handle_authcode(
@@ -283,26 +341,46 @@ async fn handle_authcode(
         }
     })?;
     let code = parse_auth_code(headers, &body)?;
-    let started = std::time::Instant::now();
-    match state.signin.sign_in(&code).await {
-        Ok(done) => {
-            tracing::info!(
+    let slot = state.admission.take_slot().map_err(refused)?;
+    let done = sign_in(state, code, slot).await?;
+    // What the app needs, and no more (no email: the answer may be logged on the way).
+    Ok(Json(json!({ "status": done.state.as_str() })).into_response())
+}
+
+/// Runs the sign-in as a task of its own: once Google has issued a refresh token the sign-in
+/// must end in the database or in a revocation, even if the client hangs up or the drain
+/// period ends, and dropping this handler's future must not cut it short.
+async fn sign_in(
+    state: &IntakeState,
+    code: SecretString,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> Result<signin::SignedIn, ApiError> {
+    let signin = state.signin.clone();
+    let task = state.signins.spawn(async move {
+        let started = std::time::Instant::now();
+        let result = signin.sign_in(&code).await;
+        drop(slot);
+        match &result {
+            Ok(done) => tracing::info!(
                 user = %done.sub,
                 new_refresh_token = done.new_refresh_token,
                 state = done.state.as_str(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "sign-in stored"
-            );
-            Ok(Json(json!({
-                "user": done.sub,
-                "email": done.email,
-                "status": done.state.as_str(),
-            }))
-            .into_response())
+            ),
+            Err(e) => tracing::info!(error = %e, "sign-in refused"),
         }
+        result
+    });
+    match task.await {
+        Ok(result) => result.map_err(ApiError::from),
         Err(e) => {
-            tracing::info!(error = %e, "sign-in refused");
-            Err(e.into())
+            tracing::error!(error = %e, "a sign-in task failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the sign-in failed; try again",
+            ))
         }
     }
 }

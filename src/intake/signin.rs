@@ -66,9 +66,12 @@ impl SignIn {
         let Some(sub) = id_token.and_then(unverified_sub) else {
             return;
         };
+        // When the database cannot tell (it is why the sign-in failed, often), revoke anyway: a
+        // stranded token locks a new user out until they remove access by hand, while an
+        // existing user whose grant this kills is signing in again right now.
         let held = match self.store.pool().acquire().await {
-            Ok(mut conn) => credentials::exists(&mut conn, &sub).await.unwrap_or(true),
-            Err(_) => true,
+            Ok(mut conn) => credentials::exists(&mut conn, &sub).await.unwrap_or(false),
+            Err(_) => false,
         };
         if held {
             return;

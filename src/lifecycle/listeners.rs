@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+
+/// Request heads must arrive within this (each request of a keep-alive connection).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminServer;
@@ -19,11 +22,12 @@ pub(super) struct Listeners {
     pub(super) api: Option<ApiListener>,
 }
 
-/// The data API's listener: TCP (plain or TLS) or a Unix socket.
+/// The data API's listener: TCP (plain or TLS, through the same server as the intake) or a
+/// Unix socket.
 pub(super) enum ApiListener {
     Tcp {
         listener: std::net::TcpListener,
-        tls: Option<axum_server::tls_rustls::RustlsConfig>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
     },
     Unix {
         listener: std::os::unix::net::UnixListener,
@@ -31,9 +35,13 @@ pub(super) enum ApiListener {
     },
 }
 
+/// Connections the data API serves at once: the operator's backend, not the internet.
+const API_MAX_CONNECTIONS: usize = 1024;
+
 pub(super) struct IntakeListener {
     listener: std::net::TcpListener,
-    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: super::http::Limits,
 }
 
 impl Listeners {
@@ -54,14 +62,27 @@ impl Listeners {
             .with_context(|| format!("cannot listen on [intake] listen = {listen}"))?;
         listener.set_nonblocking(true)?;
         let intake_addr = listener.local_addr()?;
-        let tls = load_tls(&config.raw.intake.tls_cert, &config.raw.intake.tls_key).await?;
+        let tls = match (&config.raw.intake.tls_cert, &config.raw.intake.tls_key) {
+            (Some(cert), Some(key)) => Some(super::http::tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let i = &config.raw.intake;
+        let limits = super::http::Limits {
+            max_connections: i.max_connections,
+            first_byte_timeout: i.first_byte_timeout,
+            header_timeout: HEADER_TIMEOUT,
+        };
         let api = match &config.api.listen {
-            Some(listen) => Some(ApiListener::bind(listen, config).await?),
+            Some(listen) => Some(ApiListener::bind(listen, config)?),
             None => None,
         };
         Ok(Listeners {
             intake_addr,
-            intake: IntakeListener { listener, tls },
+            intake: IntakeListener {
+                listener,
+                tls,
+                limits,
+            },
             admin,
             metrics,
             api,
@@ -113,127 +134,64 @@ impl Listeners {
 }
 
 impl IntakeListener {
-    /// Serves `router` until `handle` is told to shut down, or at once on `abort`.
+    /// Serves `router` until `stop` (then drains for `drain`), or at once on `abort`.
     pub(super) async fn serve(
         self,
         router: axum::Router,
-        handle: axum_server::Handle,
+        stop: CancellationToken,
         abort: CancellationToken,
+        drain: Duration,
     ) -> anyhow::Result<()> {
-        let make_service = router.into_make_service();
-        let server = async {
-            match self.tls {
-                Some(tls) => {
-                    let mut server = axum_server::from_tcp_rustls(self.listener, tls);
-                    configure_http(server.http_builder());
-                    server.handle(handle.clone()).serve(make_service).await
-                }
-                None => {
-                    let mut server = axum_server::from_tcp(self.listener);
-                    configure_http(server.http_builder());
-                    server.handle(handle.clone()).serve(make_service).await
-                }
-            }
-        };
-        tokio::select! {
-            served = server => served.context("the intake server failed"),
-            _ = abort.cancelled() => {
-                handle.shutdown();
-                Ok(())
-            }
-        }
+        let listener = tokio::net::TcpListener::from_std(self.listener)
+            .context("the intake listener is unusable")?;
+        super::http::serve(listener, self.tls, router, self.limits, stop, abort, drain).await
     }
 }
 
 impl ApiListener {
-    async fn bind(listen: &ApiListen, config: &ResolvedConfig) -> anyhow::Result<ApiListener> {
+    fn bind(listen: &ApiListen, config: &ResolvedConfig) -> anyhow::Result<ApiListener> {
         match listen {
             ApiListen::Tcp(addr) => {
                 let listener = std::net::TcpListener::bind(addr)
                     .with_context(|| format!("cannot listen on [api] listen = {addr}"))?;
                 listener.set_nonblocking(true)?;
-                let tls = load_tls(&config.raw.api.tls_cert, &config.raw.api.tls_key).await?;
+                let tls = match (&config.raw.api.tls_cert, &config.raw.api.tls_key) {
+                    (Some(cert), Some(key)) => Some(super::http::tls_acceptor(cert, key)?),
+                    _ => None,
+                };
                 Ok(ApiListener::Tcp { listener, tls })
             }
-            ApiListen::Unix(path) => {
-                use std::os::unix::fs::PermissionsExt;
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("cannot create {}", dir.display()))?;
-                }
-                if path.exists() {
-                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                        anyhow::bail!(
-                            "[api] listen = {}: another process serves this socket",
-                            path.display()
-                        );
-                    }
-                    std::fs::remove_file(path).with_context(|| {
-                        format!("cannot remove the stale socket {}", path.display())
-                    })?;
-                }
-                let listener = std::os::unix::net::UnixListener::bind(path)
-                    .with_context(|| format!("cannot create the API socket {}", path.display()))?;
-                listener.set_nonblocking(true)?;
-                // Keys authenticate every request; the mode keeps strangers from even trying.
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-                if let Some(group) = &config.raw.admin.group {
-                    let gid = nix::unistd::Group::from_name(group)?
-                        .with_context(|| format!("no group {group:?}"))?
-                        .gid;
-                    nix::unistd::chown(path, None, Some(gid)).with_context(|| {
-                        format!("cannot give {} to group {group}", path.display())
-                    })?;
-                }
-                Ok(ApiListener::Unix {
-                    listener,
-                    path: path.clone(),
-                })
-            }
+            ApiListen::Unix(path) => bind_unix(path, config.raw.admin.group.as_deref()),
         }
     }
 
-    /// Serves `router` until `stop`, then lets requests in flight finish for a few seconds
-    /// (long polls end at once: the feed is closed at the same time).
+    /// Serves `router` until `stop`, then lets requests in flight finish for `drain` (long
+    /// polls end at once: the feed is closed at the same time), or ends at once on `abort`.
     pub(super) async fn serve(
         self,
         router: axum::Router,
         stop: CancellationToken,
+        abort: CancellationToken,
+        drain: Duration,
     ) -> anyhow::Result<()> {
         match self {
             ApiListener::Tcp { listener, tls } => {
-                let make_service =
-                    router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-                let handle = axum_server::Handle::new();
-                let stopper = {
-                    let handle = handle.clone();
-                    async move {
-                        stop.cancelled().await;
-                        handle.graceful_shutdown(Some(Duration::from_secs(5)));
-                    }
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .context("the data API listener is unusable")?;
+                let limits = super::http::Limits {
+                    max_connections: API_MAX_CONNECTIONS,
+                    first_byte_timeout: HEADER_TIMEOUT,
+                    header_timeout: HEADER_TIMEOUT,
                 };
-                let server = async {
-                    match tls {
-                        Some(tls) => {
-                            let mut server = axum_server::from_tcp_rustls(listener, tls);
-                            configure_http(server.http_builder());
-                            server.handle(handle.clone()).serve(make_service).await
-                        }
-                        None => {
-                            let mut server = axum_server::from_tcp(listener);
-                            configure_http(server.http_builder());
-                            server.handle(handle.clone()).serve(make_service).await
-                        }
-                    }
-                };
-                let (served, ()) = tokio::join!(server, stopper);
-                served.context("the data API server failed")
+                super::http::serve(listener, tls, router, limits, stop, abort, drain).await
             }
             ApiListener::Unix { listener, path } => {
                 let listener = tokio::net::UnixListener::from_std(listener)?;
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
+                let served = tokio::select! {
+                    served = axum::serve(listener, router)
+                        .with_graceful_shutdown(stop.cancelled_owned()) => served,
+                    _ = abort.cancelled() => Ok(()),
+                };
                 let _ = std::fs::remove_file(&path);
                 served.context("the data API server failed")
             }
@@ -241,33 +199,37 @@ impl ApiListener {
     }
 }
 
-async fn load_tls(
-    cert: &Option<std::path::PathBuf>,
-    key: &Option<std::path::PathBuf>,
-) -> anyhow::Result<Option<axum_server::tls_rustls::RustlsConfig>> {
-    let (Some(cert), Some(key)) = (cert, key) else {
-        return Ok(None);
-    };
-    // Fails only if a provider is already installed, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot load the TLS certificate {} and key {}",
-                cert.display(),
-                key.display()
-            )
-        })?;
-    Ok(Some(tls))
-}
-
-/// Slow clients must not hold connections open forever.
-fn configure_http(
-    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-) {
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+/// The API's Unix socket: a stale socket file replaced, a live one refused; mode 0660 and
+/// `[admin] group`.
+fn bind_unix(path: &std::path::Path, group: Option<&str>) -> anyhow::Result<ApiListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "[api] listen = {}: another process serves this socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot create the API socket {}", path.display()))?;
+    listener.set_nonblocking(true)?;
+    // Keys authenticate every request; the mode keeps strangers from even trying.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(group) = group {
+        let gid = nix::unistd::Group::from_name(group)?
+            .with_context(|| format!("no group {group:?}"))?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid))
+            .with_context(|| format!("cannot give {} to group {group}", path.display()))?;
+    }
+    Ok(ApiListener::Unix {
+        listener,
+        path: path.to_path_buf(),
+    })
 }

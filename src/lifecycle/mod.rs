@@ -10,6 +10,7 @@
 //! so nothing it started outlives it. Signals are in [`signals`]; systemd's notify protocol in
 //! [`crate::notify`].
 
+pub mod http;
 mod listeners;
 pub mod signals;
 pub mod tasks;
@@ -28,6 +29,7 @@ use crate::google::id_token::IdTokenVerifier;
 use crate::google::oauth::OAuthClient;
 use crate::google::Http;
 use crate::google::RateLimit;
+use crate::intake::admission::Admission;
 use crate::intake::signin::SignIn;
 use crate::intake::{self, IntakeState};
 use crate::scheduler::{Scheduler, Shutdown};
@@ -44,6 +46,8 @@ use tasks::Tasks;
 
 /// How long in-flight intake requests get to finish once shutdown starts.
 const INTAKE_DRAIN: Duration = Duration::from_secs(10);
+/// How long shutdown waits for sign-ins in progress (a code exchange, a revocation).
+const SIGNIN_DRAIN: Duration = Duration::from_secs(30);
 /// After the grace period and `abort`, how long syncs get to reach their next checkpoint.
 const ABORT_DRAIN: Duration = Duration::from_secs(10);
 
@@ -58,10 +62,15 @@ pub struct App {
     recorder_done: CancellationToken,
     recorder: BoxedTask,
     tasks: Tasks,
+    /// Sign-ins in progress, which shutdown lets finish (see `intake::sign_in`).
+    signins: tokio_util::task::TaskTracker,
 }
 
 impl App {
     pub async fn build(config: ResolvedConfig, log: Option<LogHandle>) -> anyhow::Result<App> {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let store = Store::connect(&config.store_url, config.raw.store.max_connections).await?;
         store.migrate().await?;
         let shutdown = Shutdown::new();
@@ -128,6 +137,7 @@ impl App {
             shutdown,
             recorder_done,
             recorder: Box::pin(recorder_task),
+            signins: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -179,16 +189,25 @@ impl App {
         let services = self.services.clone();
         let scheduler = services.scheduler().clone();
         let (tasks, stop) = (self.tasks.clone(), self.shutdown.clone());
+        let signins = self.signins.clone();
         if let Err(e) = scheduler.reclaim_dead_local_instances().await {
             tracing::warn!(error = %e, "cannot check for dead instances' leases");
         }
-        let intake = self.start_tasks();
+        self.start_tasks();
         crate::notify::ready(&services.summary());
         let failure = tokio::select! {
             _ = shutdown.cancelled() => None,
             failed = tasks.failure() => Some(failed),
         };
-        drain(&services, &stop, intake).await;
+        drain(&services, &stop).await;
+        // A sign-in holding a fresh refresh token ends in the database or in a revocation.
+        signins.close();
+        if tokio::time::timeout(SIGNIN_DRAIN, signins.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sign-ins still running at exit");
+        }
         drop(stop_everything);
         if !tasks.wait(INTAKE_DRAIN + ABORT_DRAIN).await {
             tracing::warn!("some tasks did not end in time; exiting anyway");
@@ -207,8 +226,8 @@ impl App {
         }
     }
 
-    /// Starts every long-lived task; returns the intake server's handle, for its drain.
-    fn start_tasks(self) -> axum_server::Handle {
+    /// Starts every long-lived task.
+    fn start_tasks(self) {
         let App {
             services,
             signin,
@@ -216,25 +235,37 @@ impl App {
             shutdown,
             recorder,
             tasks,
+            signins,
             ..
         } = self;
         let scheduler = services.scheduler().clone();
         let config = services.config();
         listeners.log_serving(&config);
+        let admission = Arc::new(Admission::new(&config.raw.intake));
         let router = intake::router(IntakeState {
             signin,
             store: services.store().clone(),
+            admission: admission.clone(),
+            signins: signins.clone(),
         });
         let (intake, admin, metrics, api) = listeners.into_parts();
         start_data_api(&tasks, &services, api, &shutdown);
-        let handle = axum_server::Handle::new();
         tasks.spawn(
             "intake",
-            intake.serve(router, handle.clone(), shutdown.abort.clone()),
+            intake.serve(
+                router,
+                shutdown.stop.clone(),
+                shutdown.abort.clone(),
+                INTAKE_DRAIN,
+            ),
         );
         tasks.spawn(
             "admin",
             admin.serve(services.clone(), shutdown.stop.clone()),
+        );
+        tasks.spawn(
+            "intake-upkeep",
+            forget_idle_clients(admission, shutdown.stop.clone()),
         );
         tasks.spawn("recorder", recorder);
         tasks.spawn("resync", scheduler.clone().resync_loop());
@@ -250,7 +281,6 @@ impl App {
         if let Some(metrics) = metrics {
             tasks.spawn("metrics", serve_metrics(metrics, services, shutdown.stop));
         }
-        handle
     }
 }
 
@@ -284,7 +314,8 @@ fn start_data_api(
     }
     if let Some(api) = api {
         let router = crate::api::router(services.clone());
-        tasks.spawn("api", api.serve(router, stop));
+        let abort = shutdown.abort.clone();
+        tasks.spawn("api", api.serve(router, stop, abort, INTAKE_DRAIN));
     }
 }
 
@@ -321,7 +352,7 @@ impl Google {
 
 /// Stop intake and new work, let running syncs finish within the grace period, then abort
 /// them at their next checkpoint and let the recorder commit their outcomes.
-async fn drain(services: &Services, shutdown: &Shutdown, intake: axum_server::Handle) {
+async fn drain(services: &Services, shutdown: &Shutdown) {
     shutdown.stop.cancel();
     services.feed().close();
     crate::notify::stopping();
@@ -332,7 +363,6 @@ async fn drain(services: &Services, shutdown: &Shutdown, intake: axum_server::Ha
         grace_s = grace.as_secs(),
         "shutting down: no new sign-ins or syncs; letting running syncs finish"
     );
-    intake.graceful_shutdown(Some(INTAKE_DRAIN));
     if !scheduler.wait_for_syncs(grace).await {
         tracing::warn!(
             running_syncs = scheduler.running(),
@@ -340,6 +370,19 @@ async fn drain(services: &Services, shutdown: &Shutdown, intake: axum_server::Ha
         );
         shutdown.abort.cancel();
         scheduler.wait_for_syncs(ABORT_DRAIN).await;
+    }
+}
+
+/// The intake's per-client limiter keeps a state per address: forget the idle ones.
+async fn forget_idle_clients(
+    admission: Arc<Admission>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => admission.forget_idle_clients(),
+            _ = stop.cancelled() => return Ok(()),
+        }
     }
 }
 

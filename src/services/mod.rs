@@ -163,6 +163,9 @@ impl Services {
         // An instance is live if it renewed within a lease (it renews every third of one).
         let since = store::now_ms() - self.scheduler.lease().as_millis() as i64 - 5_000;
         let instances = schedule::live_instances(&mut conn, since).await?;
+        let day_ago = store::now_ms() - 86_400_000;
+        let reauth_required_last_day =
+            user_rows::count_changed_since(&mut conn, UserState::ReauthRequired, day_ago).await?;
         let (waits, waited) = self.limit.waits();
         Ok(Status {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -171,12 +174,14 @@ impl Services {
             instance: self.scheduler.instance().to_string(),
             instances,
             users_by_state,
+            reauth_required_last_day,
             syncs_running: self.scheduler.running(),
             syncs_queued: self.scheduler.queued(),
             last_cycle: self.scheduler.last_cycle(),
             next_cycle_at: self.scheduler.next_cycle(),
             rate_limit: RateLimitStatus {
                 per_second: self.limit.rate(),
+                current_per_second: self.limit.current_rate(),
                 waits,
                 waited_ms: waited.as_millis() as u64,
             },

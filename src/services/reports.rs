@@ -25,6 +25,9 @@ pub struct Status {
     pub instance: String,
     pub instances: Vec<Instance>,
     pub users_by_state: BTreeMap<UserState, i64>,
+    /// Users who became reauth_required in the last 24 hours: many at once means Google stopped
+    /// honouring the refresh tokens (a consent screen in Testing mode gives 7-day tokens).
+    pub reauth_required_last_day: i64,
     pub syncs_running: usize,
     pub syncs_queued: usize,
     pub last_cycle: Option<CycleOutcome>,
@@ -34,7 +37,10 @@ pub struct Status {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RateLimitStatus {
+    /// The ceiling, `[sync] max_requests_per_second`.
     pub per_second: u32,
+    /// The rate in force: lower while Google says the project is over quota.
+    pub current_per_second: u32,
     pub waits: u64,
     pub waited_ms: u64,
 }

@@ -152,6 +152,19 @@ pub async fn counts_by_state(conn: &mut Conn) -> Result<Vec<(UserState, i64)>, s
         .collect())
 }
 
+/// How many users are in `state` and entered it (or changed otherwise) since `since`.
+pub async fn count_changed_since(
+    conn: &mut Conn,
+    state: UserState,
+    since: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE state = $1 AND updated_at >= $2")
+        .bind(state.as_str())
+        .bind(since)
+        .fetch_one(conn)
+        .await
+}
+
 /// Deletes the user and, by cascade, credentials, files, syncs and writes.
 pub async fn delete(conn: &mut Conn, sub: &str) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM users WHERE sub = $1")

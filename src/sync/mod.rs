@@ -12,6 +12,7 @@
 //! a 401. Files are committed one by one after their content is in place ([`mirror`]), so a
 //! crash at any point resumes from the last committed page token and converges.
 
+mod manifest;
 pub mod mirror;
 pub mod recorder;
 mod session;
@@ -103,8 +104,11 @@ impl SyncEngine {
             .tokens
             .usable_cached(&user.sub, user.access.get().as_ref(), started);
         let mut session = Session::new(self, &user.sub, access, cancel);
-        let (kind, result) = self.walk(&mut session, &user).await;
-        let counts = session.into_counts();
+        let (kind, mut result) = self.walk(&mut session, &user).await;
+        let (counts, changed) = session.into_counts();
+        if result.is_ok() {
+            result = manifest::refresh(self, &user.sub, changed).await;
+        }
         let (outcome, error) = match result {
             Ok(()) => (SyncOutcome::Ok, None),
             Err(SyncError::Token(TokenError::Revoked(_))) => (SyncOutcome::ReauthRequired, None),

@@ -38,6 +38,8 @@ pub(super) struct Session<'a> {
     pub(super) sub: String,
     access: Option<AccessToken>,
     pub(super) counts: Counts,
+    /// Some row of the user changed (content or metadata): the manifest is rewritten.
+    pub(super) changed: bool,
     cancel: &'a CancellationToken,
 }
 
@@ -89,12 +91,13 @@ impl<'a> Session<'a> {
             sub: sub.to_string(),
             access,
             counts: Counts::default(),
+            changed: false,
             cancel,
         }
     }
 
-    pub(super) fn into_counts(self) -> Counts {
-        self.counts
+    pub(super) fn into_counts(self) -> (Counts, bool) {
+        (self.counts, self.changed)
     }
 
     pub(super) fn check_cancel(&self) -> Result<(), SyncError> {
@@ -477,10 +480,11 @@ impl<'a> Session<'a> {
         }
     }
 
-    pub(super) async fn commit_file(&self, row: &FileRow) -> Result<(), SyncError> {
+    pub(super) async fn commit_file(&mut self, row: &FileRow) -> Result<(), SyncError> {
         let mut tx = self.engine.store.begin_write().await?;
         files::upsert(tx.conn(), &self.sub, row).await?;
         tx.commit().await?;
+        self.changed = true;
         Ok(())
     }
 
@@ -493,10 +497,48 @@ impl<'a> Session<'a> {
             files::delete(tx.conn(), &self.sub, file_id).await?;
             tx.commit().await?;
             self.counts.removed += 1;
+            self.changed = true;
         }
         // Rebuilt from the ids, never read back from the row.
         let path = Mirror::relative_path(&self.sub, file_id)?;
         self.engine.mirror.remove(&path).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_follow_googles_schedule_one_second_doubling_to_32_with_jitter() {
+        let policy = RetryPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(32),
+        };
+        let mut retry = Retry::new(policy);
+        let e = GoogleError::Unavailable {
+            endpoint: "x",
+            status: 503,
+            retry_after: None,
+        };
+        retry.deadline = Instant::now() + Duration::from_secs(3600);
+        let mut delays = Vec::new();
+        while let Some(d) = retry.next_delay(&e) {
+            delays.push(d);
+        }
+        assert_eq!(delays.len(), MAX_ATTEMPTS - 1);
+        for (d, base) in delays.iter().zip([1u64, 2, 4, 8, 16, 32, 32]) {
+            let base = Duration::from_secs(base);
+            assert!(*d >= base && *d < base * 2, "{d:?} for a base of {base:?}");
+        }
+        // Retry-After wins when it asks for longer.
+        let mut retry = Retry::new(policy);
+        let slow = GoogleError::Unavailable {
+            endpoint: "x",
+            status: 429,
+            retry_after: Some(Duration::from_secs(30)),
+        };
+        assert!(retry.next_delay(&slow).unwrap() >= Duration::from_secs(30));
     }
 }

@@ -38,6 +38,7 @@ async fn assert_converged(dir: &Path, google: &FakeGoogle, pool: &sqlx::AnyPool,
     let mut on_disk: Vec<(String, String)> = std::fs::read_dir(dir.join("mirror").join(sub))
         .map(|entries| {
             entries
+                .filter(|e| e.as_ref().unwrap().file_name() != "manifest.json")
                 .map(|e| {
                     let e = e.unwrap();
                     let bytes = std::fs::read(e.path()).unwrap();

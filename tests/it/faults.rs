@@ -286,6 +286,9 @@ async fn a_full_disk_fails_the_sync_clearly_and_it_completes_once_there_is_room(
         for e in entries {
             let e = e.unwrap();
             let name = e.file_name().into_string().unwrap();
+            if name == "manifest.json" {
+                continue;
+            }
             let row = rows.iter().find(|(id, _)| *id == name);
             let bytes = std::fs::read(e.path()).unwrap();
             let md5 = crate::helpers::hex(&md5::Md5::digest(&bytes));

@@ -16,6 +16,13 @@ use parking_lot::Mutex;
 static EMULATORS: LazyLock<Mutex<Vec<Emulator>>> = LazyLock::new(Default::default);
 /// Google-looking values seen in the in-process logs so far.
 static SEEN: LazyLock<Mutex<Vec<String>>> = LazyLock::new(Default::default);
+/// The in-process daemons' ERROR lines (few), for tests that check what an operator is told.
+static ERRORS: LazyLock<Mutex<Vec<String>>> = LazyLock::new(Default::default);
+
+/// Every ERROR line the in-process daemons of the suite logged so far, joined.
+pub fn error_lines() -> String {
+    ERRORS.lock().join("\n")
+}
 
 pub fn register(emulator: &Emulator) {
     EMULATORS.lock().push(emulator.clone());
@@ -93,6 +100,12 @@ pub struct Capture {
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
+        if text.contains("ERROR") {
+            let mut errors = ERRORS.lock();
+            if errors.len() < 10_000 {
+                errors.push(text.to_string());
+            }
+        }
         if PREFIXES.iter().any(|p| text.contains(p)) {
             let found = candidates(&text);
             if !found.is_empty() {

@@ -2,11 +2,13 @@
 //! fake-google on a loopback port and a real SQLite file in a temporary folder.
 
 mod admin;
+mod admission;
 mod api;
 mod cli;
 mod crash;
 mod faults;
 mod feed_race;
+mod fidelity;
 mod helpers;
 mod intake;
 mod lifecycle;

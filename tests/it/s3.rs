@@ -83,16 +83,19 @@ impl Bucket {
         format!("s3://{}/{prefix}", self.name)
     }
 
-    /// Every key under `prefix`, sorted.
+    /// Every content key under `prefix` (users' manifests left out), sorted.
     async fn keys(&self, prefix: &str) -> Vec<String> {
         let prefix = Path::from(prefix);
         let mut keys: Vec<String> = self
             .store
             .list(Some(&prefix))
             .map_ok(|m| m.location.to_string())
-            .try_collect()
+            .try_collect::<Vec<String>>()
             .await
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .filter(|k| !k.ends_with("/manifest.json"))
+            .collect();
         keys.sort();
         keys
     }

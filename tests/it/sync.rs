@@ -364,3 +364,34 @@ async fn a_ciphertext_copied_to_another_user_does_not_decrypt_and_only_that_user
     app.assert_mirror_matches("victim").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_manifest_of_the_users_items_and_paths_is_written_after_each_change() {
+    let app = spawn_app().await;
+    app.google_user("man");
+    let e = app.google.emulator();
+    let folder = e.create_folder("man", "cfg", None).unwrap();
+    let f = e
+        .create_file_in("man", Some(&folder.id), "settings.json", "{}", None)
+        .unwrap();
+    app.sign_in("man").await;
+    app.cycle().await;
+    let read = || {
+        let text = std::fs::read_to_string(app.data_dir().join("man/manifest.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let m = read();
+    assert_eq!(m["sub"], "man");
+    assert_eq!(m["files"][&f.id]["path"], "cfg/settings.json");
+    assert_eq!(m["files"][&f.id]["md5"], f.md5_checksum);
+    assert_eq!(m["files"][&folder.id]["metadata_only"], true);
+    let first = m["generated_at"].as_i64().unwrap();
+    // An idle sync leaves it alone; a rename rewrites it.
+    app.cycle().await;
+    assert_eq!(read()["generated_at"].as_i64().unwrap(), first);
+    e.rename_file("man", &folder.id, "config").unwrap();
+    app.cycle().await;
+    assert_eq!(read()["files"][&f.id]["path"], "config/settings.json");
+    app.assert_mirror_matches("man").await;
+    app.stop().await;
+}

@@ -201,6 +201,7 @@ async fn check_mirror(soak: &Soak, store: &Store, sub: &str) -> anyhow::Result<u
         Ok(entries) => entries
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "manifest.json")
             .collect(),
         Err(_) => HashSet::new(),
     };

@@ -229,6 +229,7 @@ pub(crate) async fn files_list(
 }
 
 pub(crate) async fn files_get(
+    State(emu): State<Emulator>,
     Authed(account): Authed,
     Path(file_id): Path<String>,
     RawQuery(q): RawQuery,
@@ -259,7 +260,11 @@ pub(crate) async fn files_get(
         .unwrap_or(HeaderValue::from_static(DEFAULT_MIME));
     let content = entry.content.clone();
     drop(drive);
-    super::download::respond(mime, content, headers.get(header::RANGE))
+    let resp = super::download::respond(mime, content, headers.get(header::RANGE))?;
+    if resp.status() == StatusCode::PARTIAL_CONTENT {
+        emu.stats.inc(crate::stats::Counter::MediaRanged);
+    }
+    Ok(resp)
 }
 
 /// 403 `fileNotDownloadable`, Drive's answer to `alt=media` on a folder or a Docs file

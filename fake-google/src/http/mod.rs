@@ -35,9 +35,10 @@ const UPLOAD_BODY_LIMIT: usize = 256 * 1024 * 1024;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DropConnection;
 
-/// On a resumable `PUT`: `reset_rate` picked it; the handler keeps half and drops the line.
+/// On a resumable `PUT`: the handler keeps this many bytes of the chunk (`None`: half, for
+/// `reset_rate`; `upload_cut_after_bytes` otherwise) and drops the line.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct CutUpload;
+pub(crate) struct CutUpload(pub(crate) Option<u64>);
 
 pub(crate) fn router(emu: Emulator) -> Router {
     let google = Router::new()
@@ -281,12 +282,32 @@ async fn faulty(
         return refusal(family, fault.status(), retry, fault.status() == 403);
     }
     let reset = fault.roll_reset();
-    if reset && served.endpoint == Some(Endpoint::FilesResumable) {
-        req.extensions_mut().insert(CutUpload);
-        return next.run(req).await;
+    if served.endpoint == Some(Endpoint::FilesResumable) {
+        match (reset, fault.upload_cut_after_bytes) {
+            (_, Some(limit)) => req.extensions_mut().insert(CutUpload(Some(limit))),
+            (true, None) => req.extensions_mut().insert(CutUpload(None)),
+            (false, None) => None,
+        };
+        if reset || fault.upload_cut_after_bytes.is_some() {
+            return next.run(req).await;
+        }
     }
     let resp = served.finish(emu, next.run(req).await).await;
+    let created_or_updated = matches!(
+        served.endpoint,
+        Some(Endpoint::FilesCreate | Endpoint::FilesUpdate)
+    );
+    if created_or_updated && resp.status().is_success() && fault.roll_lost_answer() {
+        // Done, but the client never hears so: a timeout or a dropped line after the fact.
+        emu.stats.inc(Counter::AnswersLost);
+        let mut lost = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        lost.extensions_mut().insert(DropConnection);
+        return lost;
+    }
     let media = served.endpoint == Some(Endpoint::FilesDownload) && resp.status().is_success();
+    if let (true, Some(limit)) = (media, fault.media_cut_after_bytes) {
+        return cut_after(resp, limit).await;
+    }
     match (media, fault.body_bytes_per_sec) {
         (true, Some(rate)) => throttled(resp, rate, reset).await,
         _ if reset => truncated(resp).await,
@@ -422,6 +443,24 @@ fn reset_error() -> std::io::Error {
 
 /// The response with a Content-Length promising more than is sent: the body stream fails
 /// half way, and hyper drops the connection.
+/// The first `limit` bytes of the body, then a dropped connection (when there is more).
+async fn cut_after(resp: Response, limit: u64) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    if bytes.len() as u64 <= limit {
+        return axum::http::Response::from_parts(parts, Body::from(bytes));
+    }
+    let promised = bytes.len();
+    let head = bytes.slice(..limit as usize);
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![Ok(head), Err(reset_error())];
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(promised));
+    axum::http::Response::from_parts(parts, Body::from_stream(futures::stream::iter(chunks)))
+}
+
 async fn truncated(resp: Response) -> Response {
     let (mut parts, body) = resp.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)

@@ -195,7 +195,7 @@ pub(crate) async fn put(
     }
     let session = sessions.get_mut(&id).expect("checked above");
     let range = header_str(&headers, "content-range");
-    let cut = extensions.get::<CutUpload>().is_some();
+    let cut = extensions.get::<CutUpload>().map(|c| c.0);
     match step(&emu, session, range, body, cut) {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
@@ -208,7 +208,7 @@ fn step(
     s: &mut Session,
     range: Option<&str>,
     body: Bytes,
-    cut: bool,
+    cut: Option<Option<u64>>,
 ) -> DriveResult {
     let put = parse_content_range(range, body.len())?;
     let total = match put {
@@ -257,9 +257,14 @@ fn step(
         ));
     }
     emu.stats.inc(Counter::ResumableChunks);
-    if cut {
-        // The connection drops half way: what arrived is kept, no answer is sent.
-        s.received.extend_from_slice(&body[..body.len() / 2]);
+    let kept = match cut {
+        Some(None) => Some(body.len() / 2),
+        Some(Some(limit)) if (limit as usize) < body.len() => Some(limit as usize),
+        _ => None,
+    };
+    if let Some(kept) = kept {
+        // The connection drops part way: what arrived is kept, no answer is sent.
+        s.received.extend_from_slice(&body[..kept]);
         emu.stats.inc(Counter::ResumableCut);
         let mut resp = StatusCode::INTERNAL_SERVER_ERROR.into_response();
         resp.extensions_mut().insert(DropConnection);

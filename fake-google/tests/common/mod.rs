@@ -26,7 +26,12 @@ impl Env {
         let base = fg.base_url();
         Env {
             fg,
-            http: reqwest::Client::new(),
+            // Raw bodies, as Google sends them: the workspace may turn reqwest's gzip feature
+            // on, and an automatically decompressing client would hide Content-Encoding.
+            http: reqwest::Client::builder()
+                .no_gzip()
+                .build()
+                .expect("an HTTP client"),
             base,
         }
     }

@@ -281,11 +281,32 @@ impl Mirror {
         }
     }
 
-    /// The file ids that have content for a user (to sweep what no row accounts for).
+    /// The file ids that have content for a user (to sweep what no row accounts for); the
+    /// manifest is not one.
     pub async fn list_user(&self, sub: &str) -> Result<Vec<String>, MirrorError> {
-        match &self.backend {
-            Backend::Local(l) => l.list_user(sub).await,
-            Backend::Object(o) => o.list_user(sub).await,
+        let names = match &self.backend {
+            Backend::Local(l) => l.list_user(sub).await?,
+            Backend::Object(o) => o.list_user(sub).await?,
+        };
+        Ok(names.into_iter().filter(|n| n != MANIFEST).collect())
+    }
+
+    /// `SUB/manifest.json`: what the user's directory holds, for readers of the files alone.
+    /// (Drive ids have no '.', so no file's content can have this name.)
+    pub fn manifest_path(sub: &str) -> Result<String, MirrorError> {
+        Ok(format!("{}/{MANIFEST}", safe_component(sub)?))
+    }
+
+    /// Replaces `relative` with `content`, atomically.
+    pub async fn put(&self, relative: &str, content: bytes::Bytes) -> Result<(), MirrorError> {
+        let mut download = self.start_at(relative).await?;
+        let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(content)]);
+        match download.feed(body).await {
+            Ok(()) => download.finish(None).await.map(|_| ()),
+            Err(e) => {
+                download.abandon().await;
+                Err(e)
+            }
         }
     }
 
@@ -297,6 +318,9 @@ impl Mirror {
         }
     }
 }
+
+/// The name of each user's manifest in the user's directory.
+pub const MANIFEST: &str = "manifest.json";
 
 /// Where writes' content waits, under the root (never a user's directory: subs are plain
 /// components that cannot start with '.').

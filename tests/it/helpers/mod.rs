@@ -54,6 +54,11 @@ pub fn test_config(dir: &Path, google: &FakeGoogle) -> Config {
     config.admin.socket = dir.join("admin.sock");
     config.store.url = postgres::test_database_url(dir);
     config.store.max_connections = 8;
+    // Every sign-in of the suite comes from loopback, faster than any app: admission limits
+    // are off unless a test is about them (tests/it/admission.rs).
+    config.intake.signins_per_client_per_minute = 1_000_000;
+    config.intake.max_concurrent_signins = 4096;
+    config.intake.token_calls_per_second = 1_000_000;
     config.sync.schedule = NEVER.into();
     config.sync.max_requests_per_second = 10_000;
     config

@@ -1,22 +1,27 @@
 //! The scenarios. Each starts a fresh [`World`] (temp dir, fake-google child, daemon), seeds
 //! users through the real intake, then measures one phase between [`Window::open`] and
 //! [`Window::close`]: wall time, CPU of this process and of the emulator, and peak RSS.
-//! idle-cycle can also run on a fresh PostgreSQL database with several daemons sharing it.
+//! idle-cycle can also run on a fresh PostgreSQL database with several daemons sharing it;
+//! [`quota`] (its own module) runs the daemon against a project quota, shared or not.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use appdata_syncd::google::HttpVersion;
 use appdata_syncd::scheduler::CycleOutcome;
 use appdata_syncd::store::now_ms;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::daemon::{Daemon, Placement, Tuning};
+use crate::daemon::{http_version_name, Daemon, Placement, Tuning};
 use crate::database::{Backend, ScratchDatabase};
 use crate::google::{FakeGoogle, Stats};
 use crate::measure;
 use crate::report::Report;
 use crate::{Profiles, TuningArgs};
+
+mod quota;
+pub use quota::quota;
 
 /// What p50_ms/p99_ms measure, and how they differ from the `syncs` table's figures.
 const SYNC_TIME: &str = "p50_ms/p99_ms: scheduler 'started' to 'finished' event, which includes \
@@ -66,21 +71,24 @@ struct Seeded {
 
 impl World {
     async fn start(env: &Env, tuning: Tuning) -> anyhow::Result<World> {
-        World::start_shared(env, tuning, None, 1).await
+        World::start_shared(env, tuning, None, 1, HttpVersion::default()).await
     }
 
-    /// `instances` daemons on `database_url` (`None`: one daemon on SQLite).
+    /// `instances` daemons on `database_url` (`None`: one daemon on SQLite), speaking
+    /// `http_version` to fake-google.
     async fn start_shared(
         env: &Env,
         tuning: Tuning,
         database_url: Option<&str>,
         instances: usize,
+        http_version: HttpVersion,
     ) -> anyhow::Result<World> {
         let dir = env.scratch_dir("appdata-syncd-bench-")?;
         let google = FakeGoogle::spawn(dir.path()).await?;
         let place = |index| Placement {
             database_url,
             index,
+            http_version,
         };
         let daemon = Daemon::start(dir.path(), &google, tuning, place(0)).await?;
         let mut peers = Vec::new();
@@ -440,10 +448,19 @@ fn payload(size: usize, seed: usize) -> Vec<u8> {
 /// idle-cycle with `instances` daemons sharing one database. On PostgreSQL each call gets a
 /// freshly seeded database of its own, dropped afterwards (unless --keep) even when the run
 /// fails.
+/// How the daemon reaches fake-google in idle-cycle.
+#[derive(Debug, Clone, Copy)]
+pub struct Link {
+    /// Added by fake-google to every Drive call of the measured cycle.
+    pub latency_ms: u64,
+    /// `[google] http_version`.
+    pub http_version: HttpVersion,
+}
+
 pub async fn idle_cycle(
     env: &Env,
     n: usize,
-    latency_ms: u64,
+    link: Link,
     tuning: &TuningArgs,
     backend: &Backend,
     instances: usize,
@@ -454,12 +471,11 @@ pub async fn idle_cycle(
                 instances == 1,
                 "{instances} instances need a shared PostgreSQL database (--database)"
             );
-            idle_cycle_on(env, n, latency_ms, tuning, None, 1).await
+            idle_cycle_on(env, n, link, tuning, None, 1).await
         }
         Backend::Postgres(server) => {
             let db = ScratchDatabase::create(server).await?;
-            let measured =
-                idle_cycle_on(env, n, latency_ms, tuning, Some(&db.url), instances).await;
+            let measured = idle_cycle_on(env, n, link, tuning, Some(&db.url), instances).await;
             let dropped = db.finish(env.keep).await;
             let reports = measured?;
             dropped?;
@@ -471,12 +487,20 @@ pub async fn idle_cycle(
 async fn idle_cycle_on(
     env: &Env,
     n: usize,
-    latency_ms: u64,
+    link: Link,
     tuning: &TuningArgs,
     database_url: Option<&str>,
     instances: usize,
 ) -> anyhow::Result<Vec<Report>> {
-    let w = World::start_shared(env, Tuning::raised(), database_url, instances).await?;
+    let latency_ms = link.latency_ms;
+    let w = World::start_shared(
+        env,
+        Tuning::raised(),
+        database_url,
+        instances,
+        link.http_version,
+    )
+    .await?;
     let seeded = w.seed("i", n).await?;
     log(format!(
         "seeded {n} users through the intake in {:.1} s ({:.0}/s)",
@@ -518,6 +542,7 @@ async fn idle_cycle_on(
         r.set("users", n)
             .set("latency_ms", latency_ms)
             .set("settings", settings(&t))
+            .set("http_version", http_version_name(link.http_version))
             .set("elapsed_s", m.secs)
             .set("users_per_s", n as f64 / m.secs)
             .set("us_per_user", m.secs * 1e6 / n as f64)
@@ -526,7 +551,9 @@ async fn idle_cycle_on(
                 stats.drive_calls() as f64 / n as f64,
             )
             .set("token_refreshes", stats.count("token"))
-            .set("daemon_token_refreshes", o.token_refreshes);
+            .set("daemon_token_refreshes", o.token_refreshes)
+            // Google calls of the measured cycle by the protocol fake-google saw.
+            .set("http_requests", stats.http_versions());
         if database_url.is_some() {
             r.set("synced_per_instance", &shares);
         }
@@ -608,81 +635,6 @@ pub async fn churn(
     }
     w.stop(env).await?;
     Ok(reports)
-}
-
-pub async fn quota(
-    env: &Env,
-    n: usize,
-    quota_rps: u64,
-    max_rps: Option<u32>,
-    concurrency: Option<usize>,
-) -> anyhow::Result<Report> {
-    let w = World::start(env, Tuning::raised()).await?;
-    let seeded = w.seed("q", n).await?;
-    let (_, first_errors) = first_cycle(&w, n).await?;
-    let t = Tuning {
-        profile: "quota",
-        concurrency: concurrency.unwrap_or(Tuning::defaults().concurrency),
-        max_requests_per_second: max_rps.unwrap_or(quota_rps.min(u32::MAX as u64) as u32),
-    };
-    w.daemon.tune(t).await;
-    w.google
-        .set_faults(json!({ "drive": { "quota_rps": quota_rps, "error_status": 429 } }))
-        .await?;
-    w.google.reset_stats().await?;
-    let window = Window::open(&w.google);
-    // (drive requests, 429s) once a second while the cycle runs.
-    let mut samples: Vec<(u64, u64)> = Vec::new();
-    let sampler = async {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            match w.google.stats().await {
-                Ok(s) => samples.push((s.drive_calls(), s.status(429))),
-                Err(e) => log(format!("stats sample failed: {e:#}")),
-            }
-        }
-    };
-    let o = tokio::select! {
-        o = w.daemon.cycle() => o,
-        () = sampler => unreachable!("the sampler never ends"),
-    };
-    let m = window.close(&w.google);
-    let stats = w.google.stats().await?;
-    let quota_errors = stats.status(429);
-    let accepted = stats.drive_calls() - quota_errors;
-    let achieved = accepted as f64 / m.secs;
-    let first_second = samples.first().map_or(quota_errors, |s| s.1);
-    // Accepted requests in each whole second; the median leaves out the ramp and the tail.
-    let mut per_second: Vec<f64> = samples
-        .windows(2)
-        .map(|p| ((p[1].0 - p[1].1) - (p[0].0 - p[0].1)) as f64)
-        .collect();
-    let series = per_second.clone();
-    let (median, _) = measure::p50_p99(&mut per_second);
-    let mut r = Report::new("quota");
-    r.set("users", n)
-        .set("quota_rps", quota_rps)
-        .set("settings", settings(&t))
-        .set("elapsed_s", m.secs)
-        .set("users_per_s", n as f64 / m.secs)
-        .set("accepted_drive_requests", accepted)
-        .set("achieved_rps", achieved)
-        .set("fraction_of_quota", achieved / quota_rps as f64)
-        .set("steady_rps_median", median)
-        .set("steady_fraction_of_quota", median / quota_rps as f64)
-        .set("accepted_per_second", series)
-        .set("quota_errors", quota_errors)
-        .set("quota_errors_first_second", first_second)
-        .set(
-            "quota_errors_after_first_second",
-            quota_errors - first_second,
-        )
-        .set("errors", cycle_errors(&o, n) + seeded.errors + first_errors);
-    finish(&mut r, &m, &w.google, &stats, n as f64);
-    w.stop(env).await?;
-    Ok(r)
 }
 
 /// Sizes for `all`: `quick` keeps the total well under two minutes on 2 cores. Each scenario
