@@ -300,18 +300,19 @@ async fn ctl_manages_api_keys_and_refusals_are_logged_without_the_key() {
     let list = daemon.ctl(&["api-key", "list"]).await;
     assert!(list.stdout.starts_with("NAME"), "{}", list.stdout);
     assert!(list.stdout.contains("backend-ro") && list.stdout.contains("write"));
-    let listed = daemon.ctl(&["api-key", "list", "--json"]).await.json();
-    let ro = listed["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["name"] == "backend-ro")
-        .unwrap()
-        .clone();
-    assert!(
-        ro["revoked_at"].is_i64() && ro["last_used_at"].is_i64(),
-        "{ro}"
-    );
+    // last_used_at is written off the request's path: give it a moment.
+    crate::helpers::eventually("last_used_at", Duration::from_secs(10), async || {
+        let listed = daemon.ctl(&["api-key", "list", "--json"]).await.json();
+        let ro = listed["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == "backend-ro")
+            .unwrap()
+            .clone();
+        ro["revoked_at"].is_i64() && ro["last_used_at"].is_i64()
+    })
+    .await;
     assert!(!list.stdout.contains(&key[4..]));
 
     // The log line is written before the answer is sent; give the file a moment.
