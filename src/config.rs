@@ -195,6 +195,15 @@ pub struct SyncConfig {
     /// another instance takes it over.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// A file bigger than this is not mirrored (kept as metadata; the user is over_quota).
+    pub max_file_bytes: u64,
+    /// A user's mirrored content stays under this; content past it is not mirrored.
+    pub max_user_bytes: u64,
+    /// Items a user may have in the mirror; items past it are not mirrored at all.
+    pub max_files_per_user: u64,
+    /// Below this much free space on the mirror's filesystem no download starts (the sync
+    /// fails and is retried later), so the disk never fills up to the database's detriment.
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for SyncConfig {
@@ -208,6 +217,10 @@ impl Default for SyncConfig {
             shutdown_grace: Duration::from_secs(20),
             instance_id: None,
             lease: Duration::from_secs(60),
+            max_file_bytes: 1 << 30,
+            max_user_bytes: 10 << 30,
+            max_files_per_user: 100_000,
+            min_free_disk_bytes: 1 << 30,
         }
     }
 }

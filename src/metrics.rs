@@ -76,6 +76,11 @@ pub fn connection_evicted() {
     metrics::counter!("appdata_syncd_intake_connections_evicted_total").increment(1);
 }
 
+/// How many users are over a mirror limit (content withheld).
+pub fn set_users_over_quota(n: i64) {
+    metrics::gauge!("appdata_syncd_users_over_quota").set(n as f64);
+}
+
 /// How many users are in `state` (fed by the caller before each scrape).
 pub fn set_users(state: &'static str, n: i64) {
     metrics::gauge!("appdata_syncd_users", "state" => state).set(n as f64);

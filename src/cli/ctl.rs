@@ -511,6 +511,7 @@ fn render_user(r: &UserDetail) -> String {
         ("name", opt(&u.profile.name)),
         ("state", u.state.to_string()),
         ("last error", opt(&u.last_error)),
+        ("over quota", opt(&u.over_quota)),
         ("created", time(Some(u.created_at))),
         ("last sync", time(r.sync.last_sync_at)),
         ("failures", r.sync.failures.to_string()),

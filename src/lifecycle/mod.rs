@@ -37,7 +37,7 @@ use crate::services::{Parts, Services};
 use crate::store::Store;
 use crate::sync::mirror::Mirror;
 use crate::sync::recorder::Recorder;
-use crate::sync::{RetryPolicy, SyncEngine};
+use crate::sync::{Limits, RetryPolicy, SyncEngine};
 use crate::telemetry::LogHandle;
 use crate::tokens::Tokens;
 use listeners::Listeners;
@@ -102,6 +102,12 @@ impl App {
             retry: RetryPolicy {
                 initial: config.raw.google.retry_initial_delay,
                 max: config.raw.google.retry_max_delay,
+            },
+            limits: Limits {
+                max_file_bytes: config.raw.sync.max_file_bytes,
+                max_user_bytes: config.raw.sync.max_user_bytes,
+                max_files_per_user: config.raw.sync.max_files_per_user,
+                min_free_disk_bytes: config.raw.sync.min_free_disk_bytes,
             },
         });
         let scheduler = Scheduler::new(
@@ -424,6 +430,9 @@ async fn serve_metrics(
                 for (state, n) in counts {
                     crate::metrics::set_users(state.as_str(), n);
                 }
+            }
+            if let Ok(n) = services.users_over_quota().await {
+                crate::metrics::set_users_over_quota(n);
             }
         }
     };

@@ -157,6 +157,11 @@ impl Services {
         Ok(user_rows::counts_by_state(&mut conn).await?)
     }
 
+    pub async fn users_over_quota(&self) -> Result<i64, ServiceError> {
+        let mut conn = self.store.pool().acquire().await?;
+        Ok(user_rows::count_over_quota(&mut conn).await?)
+    }
+
     pub async fn status(&self) -> Result<Status, ServiceError> {
         let users_by_state = self.users_by_state().await?.into_iter().collect();
         let mut conn = self.store.pool().acquire().await?;

@@ -107,6 +107,29 @@ pub async fn upsert(conn: &mut Conn, sub: &str, f: &FileRow) -> Result<(), sqlx:
     Ok(())
 }
 
+/// Items with content on Drive that the mirror withholds (over a limit): metadata-only rows
+/// that are not folders or Google-native files.
+const WITHHELD: &str = "metadata_only = 1 \
+     AND (mime_type IS NULL OR mime_type NOT LIKE 'application/vnd.google-apps.%')";
+
+pub async fn withheld(conn: &mut Conn, sub: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM files WHERE sub = $1 AND {WITHHELD}"
+    ))
+    .bind(sub)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn list_withheld(conn: &mut Conn, sub: &str) -> Result<Vec<FileRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM files WHERE sub = $1 AND {WITHHELD} ORDER BY file_id"
+    ))
+    .bind(sub)
+    .fetch_all(conn)
+    .await
+}
+
 /// Marks the items of a listing page as seen by listing `generation`.
 pub async fn mark_seen(
     conn: &mut Conn,
@@ -154,7 +177,7 @@ pub async fn delete(conn: &mut Conn, sub: &str, file_id: &str) -> Result<(), sql
     Ok(())
 }
 
-/// How much is mirrored for one user.
+/// How much is mirrored for one user: items, and bytes of content in the mirror.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Totals {
     pub files: i64,
@@ -163,7 +186,9 @@ pub struct Totals {
 
 pub async fn totals(conn: &mut Conn, sub: &str) -> Result<Totals, sqlx::Error> {
     sqlx::query_as(
-        "SELECT COUNT(*) AS files, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes \
+        "SELECT COUNT(*) AS files, \
+                CAST(COALESCE(SUM(CASE WHEN metadata_only = 0 THEN size ELSE 0 END), 0) AS BIGINT) \
+                    AS bytes \
          FROM files WHERE sub = $1",
     )
     .bind(sub)

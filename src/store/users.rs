@@ -44,6 +44,8 @@ pub struct User {
     #[sqlx(try_from = "String")]
     pub state: UserState,
     pub last_error: Option<String>,
+    /// Why the user's content is not all mirrored (a limit); `None` within limits.
+    pub over_quota: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -76,7 +78,7 @@ pub async fn upsert_profile(conn: &mut Conn, p: &Profile, now: i64) -> Result<()
 pub async fn get(conn: &mut Conn, sub: &str) -> Result<Option<User>, sqlx::Error> {
     sqlx::query_as(
         "SELECT sub, email, email_verified, name, given_name, family_name, picture, locale, \
-                state, last_error, created_at, updated_at FROM users WHERE sub = $1",
+                state, last_error, over_quota, created_at, updated_at FROM users WHERE sub = $1",
     )
     .bind(sub)
     .fetch_optional(conn)
@@ -122,7 +124,9 @@ pub async fn list_summary(
 ) -> Result<Vec<UserSummary>, sqlx::Error> {
     sqlx::query_as(
         "SELECT u.sub, u.email, u.state, u.last_sync_at, u.last_error, \
-                COUNT(f.file_id) AS files, CAST(COALESCE(SUM(f.size), 0) AS BIGINT) AS bytes \
+                COUNT(f.file_id) AS files, \
+                CAST(COALESCE(SUM(CASE WHEN f.metadata_only = 0 THEN f.size ELSE 0 END), 0) AS BIGINT) \
+                    AS bytes \
          FROM users u LEFT JOIN files f ON f.sub = u.sub \
          WHERE ($1 IS NULL OR u.state = $1) \
          GROUP BY u.sub, u.email, u.state, u.last_sync_at, u.last_error \
@@ -150,6 +154,26 @@ pub async fn counts_by_state(conn: &mut Conn) -> Result<Vec<(UserState, i64)>, s
             (*state, n)
         })
         .collect())
+}
+
+pub async fn set_over_quota(
+    conn: &mut Conn,
+    sub: &str,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET over_quota = $2 WHERE sub = $1")
+        .bind(sub)
+        .bind(reason)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// How many users are over a mirror limit.
+pub async fn count_over_quota(conn: &mut Conn) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE over_quota IS NOT NULL")
+        .fetch_one(conn)
+        .await
 }
 
 /// How many users are in `state` and entered it (or changed otherwise) since `since`.

@@ -45,6 +45,9 @@ pub enum SyncError {
     Database(#[from] sqlx::Error),
     #[error("stopped by shutdown")]
     Cancelled,
+    /// The mirror's filesystem is under its free-space floor: no download starts.
+    #[error("the mirror's disk has {free} bytes free, under [sync] min_free_disk_bytes ({floor}); no download until there is room")]
+    DiskFloor { free: u64, floor: u64 },
 }
 
 impl SyncError {
@@ -72,6 +75,18 @@ pub struct SyncEngine {
     pub recorder: recorder::Recorder,
     /// How long retries of a failed Google call wait.
     pub retry: RetryPolicy,
+    /// What one user may put in the mirror.
+    pub limits: Limits,
+}
+
+/// What one user may put in the mirror (`[sync] max_file_bytes`, `max_user_bytes`,
+/// `max_files_per_user`), and the free space the disk keeps (`min_free_disk_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_file_bytes: u64,
+    pub max_user_bytes: u64,
+    pub max_files_per_user: u64,
+    pub min_free_disk_bytes: u64,
 }
 
 /// Counters of one sync, for the record, the log line and metrics.
@@ -105,9 +120,12 @@ impl SyncEngine {
             .usable_cached(&user.sub, user.access.get().as_ref(), started);
         let mut session = Session::new(self, &user.sub, access, cancel);
         let (kind, mut result) = self.walk(&mut session, &user).await;
-        let (counts, changed) = session.into_counts();
+        let (counts, changed, over) = session.into_counts();
         if result.is_ok() {
             result = manifest::refresh(self, &user.sub, changed).await;
+        }
+        if result.is_ok() && (changed || over.is_some()) {
+            result = self.record_over_quota(&user.sub, over).await;
         }
         let (outcome, error) = match result {
             Ok(()) => (SyncOutcome::Ok, None),
@@ -174,6 +192,7 @@ impl SyncEngine {
                 },
                 _ => session.full(&user.listing, fresh).await,
             }?;
+            session.retry_withheld().await?;
             if user.has_writes {
                 session.write_pending().await?;
             }
@@ -181,6 +200,23 @@ impl SyncEngine {
         }
         .await;
         (kind, result)
+    }
+
+    /// Says whether the user is over a limit: `over` when this sync hit one; otherwise the
+    /// flag stays while content is withheld, and goes when none is.
+    async fn record_over_quota(&self, sub: &str, over: Option<String>) -> Result<(), SyncError> {
+        let mut tx = self.store.begin_write().await?;
+        let reason = match over {
+            Some(reason) => Some(reason),
+            None if crate::store::files::withheld(tx.conn(), sub).await? > 0 => return Ok(()),
+            None => None,
+        };
+        if let Some(reason) = &reason {
+            tracing::warn!(user = %sub, reason = %reason, "user over a mirror limit; content past it is not mirrored");
+        }
+        crate::store::users::set_over_quota(tx.conn(), sub, reason.as_deref()).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Commits the outcome with the user's next sync time (group-committed, see [`recorder`]).

@@ -27,6 +27,8 @@ const MAX_STALLED_READS: u32 = 3;
 /// What a download brought.
 enum Fetched {
     Content(Written),
+    /// More bytes came than the limit allows.
+    TooLarge(u64),
     /// The file is gone from Drive.
     Gone,
     /// Drive serves no content for it (`fileNotDownloadable`).
@@ -40,7 +42,17 @@ pub(super) struct Session<'a> {
     pub(super) counts: Counts,
     /// Some row of the user changed (content or metadata): the manifest is rewritten.
     pub(super) changed: bool,
+    /// The user's mirrored items and bytes, read when a download is first considered.
+    usage: Option<Usage>,
+    /// The first limit this sync hit, if any.
+    over: Option<String>,
     cancel: &'a CancellationToken,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    files: u64,
+    bytes: u64,
 }
 
 /// The retry budget of one call: jittered exponential backoff, bounded in attempts and time.
@@ -92,12 +104,14 @@ impl<'a> Session<'a> {
             access,
             counts: Counts::default(),
             changed: false,
+            usage: None,
+            over: None,
             cancel,
         }
     }
 
-    pub(super) fn into_counts(self) -> (Counts, bool) {
-        (self.counts, self.changed)
+    pub(super) fn into_counts(self) -> (Counts, bool, Option<String>) {
+        (self.counts, self.changed, self.over)
     }
 
     pub(super) fn check_cancel(&self) -> Result<(), SyncError> {
@@ -367,8 +381,20 @@ impl<'a> Session<'a> {
             }
             return Ok(());
         }
-        let written = match self.download(&file).await? {
+        if let Some(reason) = self.over_limit(&file, old.as_ref()).await? {
+            return self.withhold(row, old, reason).await;
+        }
+        self.check_disk()?;
+        let limit = self.download_limit(old.as_ref());
+        let written = match self.download(&file, limit).await? {
             Fetched::Content(written) => written,
+            Fetched::TooLarge(limit) => {
+                let reason = format!(
+                    "{:?} ({}) is larger than the {limit} bytes it may take",
+                    file.name, file.id
+                );
+                return self.withhold(row, old, reason).await;
+            }
             // Deleted since it was listed: the changes feed will say so; treat as gone now.
             Fetched::Gone => return self.remove_file(&file.id, old).await,
             Fetched::NotDownloadable => {
@@ -379,6 +405,15 @@ impl<'a> Session<'a> {
             }
         };
         self.counts.bytes_down += written.size;
+        if let Some(usage) = &mut self.usage {
+            let before = old
+                .as_ref()
+                .filter(|o| !o.metadata_only)
+                .and_then(|o| o.size);
+            usage.bytes =
+                (usage.bytes + written.size as u64).saturating_sub(before.unwrap_or(0) as u64);
+            usage.files += u64::from(old.is_none());
+        }
         row.size = Some(written.size);
         row.md5 = Some(written.md5);
         self.commit_file(&row).await?;
@@ -388,6 +423,117 @@ impl<'a> Session<'a> {
             self.counts.added += 1;
         }
         Ok(())
+    }
+
+    /// Why `file`'s content may not be mirrored (a limit of `[sync]`), if it may not.
+    async fn over_limit(
+        &mut self,
+        file: &DriveFile,
+        old: Option<&FileRow>,
+    ) -> Result<Option<String>, SyncError> {
+        let limits = self.engine.limits;
+        let usage = match self.usage {
+            Some(u) => u,
+            None => {
+                let mut conn = self.engine.store.pool().acquire().await?;
+                let t = files::totals(&mut conn, &self.sub).await?;
+                let u = Usage {
+                    files: t.files.max(0) as u64,
+                    bytes: t.bytes.max(0) as u64,
+                };
+                self.usage = Some(u);
+                u
+            }
+        };
+        let size = file.size.unwrap_or(0).max(0) as u64;
+        let before = old
+            .filter(|o| !o.metadata_only)
+            .and_then(|o| o.size)
+            .unwrap_or(0)
+            .max(0) as u64;
+        Ok(
+            if old.is_none() && usage.files >= limits.max_files_per_user {
+                Some(format!(
+                    "more than [sync] max_files_per_user ({}) items",
+                    limits.max_files_per_user
+                ))
+            } else if size > limits.max_file_bytes {
+                Some(format!(
+                    "{:?} ({}) is {size} bytes, over [sync] max_file_bytes ({})",
+                    file.name, file.id, limits.max_file_bytes
+                ))
+            } else if (usage.bytes - before.min(usage.bytes)) + size > limits.max_user_bytes {
+                Some(format!(
+                    "the user's content would be over [sync] max_user_bytes ({})",
+                    limits.max_user_bytes
+                ))
+            } else {
+                None
+            },
+        )
+    }
+
+    /// Content over a limit: not mirrored. The item is kept as metadata only (over the item
+    /// count, not at all), and the user is marked over_quota.
+    async fn withhold(
+        &mut self,
+        mut row: FileRow,
+        old: Option<FileRow>,
+        reason: String,
+    ) -> Result<(), SyncError> {
+        tracing::info!(user = %self.sub, file = %row.file_id, reason = %reason, "content not mirrored: over a limit");
+        self.over.get_or_insert(reason);
+        if old.is_none()
+            && self
+                .usage
+                .is_some_and(|u| u.files >= self.engine.limits.max_files_per_user)
+        {
+            return Ok(());
+        }
+        row.metadata_only = true;
+        self.keep_metadata(row, old).await
+    }
+
+    /// After a sync that changed something (room may have been freed) without hitting a limit:
+    /// the content withheld earlier is tried again, item by item.
+    pub(super) async fn retry_withheld(&mut self) -> Result<(), SyncError> {
+        if self.over.is_some() || !self.changed {
+            return Ok(());
+        }
+        let mut conn = self.engine.store.pool().acquire().await?;
+        let withheld = files::list_withheld(&mut conn, &self.sub).await?;
+        drop(conn);
+        let drive = self.engine.drive.clone();
+        for row in withheld {
+            self.check_cancel()?;
+            let id = row.file_id.clone();
+            let file = self
+                .call(|t| {
+                    let (d, id) = (drive.clone(), id.clone());
+                    async move { d.get_file(&t, &id).await }
+                })
+                .await;
+            match file {
+                Ok(file) => self.apply_file(file, Some(row)).await?,
+                Err(SyncError::Google(GoogleError::NotFound { .. })) => {
+                    self.remove_file(&id, Some(row)).await?
+                }
+                Err(e) => return Err(e),
+            }
+            if self.over.is_some() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// No download while the mirror's disk is under its free-space floor.
+    fn check_disk(&self) -> Result<(), SyncError> {
+        let floor = self.engine.limits.min_free_disk_bytes;
+        match self.engine.mirror.free_space() {
+            Some(free) if free < floor => Err(SyncError::DiskFloor { free, floor }),
+            _ => Ok(()),
+        }
     }
 
     /// An item mirrored as metadata only: its row, and no content (any a downloadable
@@ -415,7 +561,7 @@ impl<'a> Session<'a> {
     /// Streams a file's content into the mirror, checked against Drive's md5. A body that
     /// breaks off is resumed from the bytes received (a `Range` request) as long as each try
     /// brings more; a checksum mismatch (the file changed while it was read) starts over once.
-    async fn download(&mut self, file: &DriveFile) -> Result<Fetched, SyncError> {
+    async fn download(&mut self, file: &DriveFile, limit: u64) -> Result<Fetched, SyncError> {
         let mut fresh_starts = 2;
         loop {
             fresh_starts -= 1;
@@ -424,9 +570,11 @@ impl<'a> Session<'a> {
                 .mirror
                 .start_download(&self.sub, &file.id)
                 .await?;
+            download.limit_to(limit);
             if let Err(e) = self.receive(file, &mut download).await {
                 download.abandon().await;
                 return match e {
+                    SyncError::Mirror(MirrorError::TooLarge(limit)) => Ok(Fetched::TooLarge(limit)),
                     SyncError::Google(GoogleError::NotFound { .. }) => Ok(Fetched::Gone),
                     SyncError::Google(GoogleError::NotDownloadable { .. }) => {
                         Ok(Fetched::NotDownloadable)
@@ -440,6 +588,21 @@ impl<'a> Session<'a> {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// The most bytes one download may bring: a file's limit, and what is left of the user's
+    /// (counting the content it replaces as free).
+    fn download_limit(&self, old: Option<&FileRow>) -> u64 {
+        let limits = self.engine.limits;
+        let before = old
+            .filter(|o| !o.metadata_only)
+            .and_then(|o| o.size)
+            .unwrap_or(0)
+            .max(0) as u64;
+        let used = self.usage.map_or(0, |u| u.bytes.saturating_sub(before));
+        limits
+            .max_file_bytes
+            .min(limits.max_user_bytes.saturating_sub(used))
     }
 
     /// Feeds `download` the file's bytes, resuming with `Range` after each break.

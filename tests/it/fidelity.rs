@@ -536,3 +536,88 @@ async fn redirects_from_google_are_never_followed() {
     assert!(app.user_state("redirected").await.is_none());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn content_over_a_limit_is_withheld_the_user_is_over_quota_and_others_are_unaffected() {
+    let app = spawn_app_with(|c| {
+        c.sync.max_file_bytes = 1000;
+        c.sync.max_user_bytes = 3000;
+        c.sync.max_files_per_user = 6;
+    })
+    .await;
+    app.google_user("greedy");
+    let e = app.google.emulator();
+    let huge = e
+        .create_file("greedy", "huge.bin", vec![7u8; 2000], None)
+        .unwrap();
+    for i in 0..4 {
+        e.create_file("greedy", &format!("part{i}"), vec![i as u8; 900], None)
+            .unwrap();
+    }
+    app.sign_in("greedy").await;
+    app.google_user("modest");
+    e.create_file("modest", "small", vec![1u8; 900], None)
+        .unwrap();
+    e.create_file("modest", "small2", vec![2u8; 900], None)
+        .unwrap();
+    app.sign_in("modest").await;
+    let out = app.cycle().await;
+    assert_eq!((out.ok, out.failed), (2, 0), "{out:?}");
+    app.assert_mirror_matches("modest").await;
+    let greedy = app.services.user("greedy").await.unwrap();
+    let reason = greedy.user.over_quota.clone().expect("over quota");
+    assert!(reason.contains("max_file_bytes"), "{reason}");
+    assert!(greedy.bytes <= 3000, "{} bytes mirrored", greedy.bytes);
+    let rows = app.services.files("greedy").await.unwrap().files;
+    let withheld: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.metadata_only)
+        .map(|r| r.name.as_str())
+        .collect();
+    assert!(withheld.contains(&"huge.bin"), "{withheld:?}");
+    assert_eq!(
+        withheld.len(),
+        2,
+        "the big one, and the part past 3,000 bytes: {withheld:?}"
+    );
+    assert!(!app.data_dir().join("greedy").join(&huge.id).exists());
+    assert!(app
+        .services
+        .user("modest")
+        .await
+        .unwrap()
+        .user
+        .over_quota
+        .is_none());
+
+    // Within the limits again (the big file and a part gone): the flag goes.
+    e.delete_file_by_id("greedy", &huge.id).unwrap();
+    let parts: Vec<_> = e.list_files("greedy").unwrap();
+    e.delete_file_by_id("greedy", &parts[0].id).unwrap();
+    let out = app.cycle().await;
+    assert_eq!(out.failed, 0, "{out:?}");
+    let greedy = app.services.user("greedy").await.unwrap();
+    assert_eq!(greedy.user.over_quota, None);
+    app.assert_mirror_matches("greedy").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn under_the_disk_floor_no_download_starts_and_sign_ins_still_work() {
+    let app = spawn_app_with(|c| c.sync.min_free_disk_bytes = u64::MAX / 4).await;
+    app.google_user("floor");
+    app.google
+        .emulator()
+        .create_file("floor", "a", "1".to_string(), None)
+        .unwrap();
+    app.sign_in("floor").await;
+    let out = app.cycle().await;
+    assert_eq!(out.failed, 1, "{out:?}");
+    let user = app.services.user("floor").await.unwrap();
+    let error = user.user.last_error.unwrap_or_default();
+    assert!(error.contains("min_free_disk_bytes"), "{error}");
+    assert_eq!(user.files, 0);
+    // The database stays writable: another user signs in.
+    app.sign_in("still-welcome").await;
+    app.stop().await;
+}

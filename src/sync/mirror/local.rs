@@ -198,6 +198,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn content_past_the_limit_is_refused_whatever_was_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let mut download = mirror.start_download("u", "f").await.unwrap();
+        download.limit_to(10);
+        let body = futures::stream::iter([
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(b"123456")),
+            Ok(bytes::Bytes::from_static(b"789012")),
+        ]);
+        let err = download.feed(body).await.unwrap_err();
+        assert!(matches!(err, MirrorError::TooLarge(10)), "{err:?}");
+        download.abandon().await;
+        assert!(!dir.path().join("u/f").exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test]
     async fn remove_user_deletes_only_that_user() {
         let dir = tempfile::tempdir().unwrap();
         let mirror = Mirror::open(dir.path()).unwrap();

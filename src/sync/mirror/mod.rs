@@ -36,6 +36,8 @@ pub enum MirrorError {
     Io(#[from] std::io::Error),
     #[error("mirror object storage error: {0}")]
     ObjectStore(#[from] object_store::Error),
+    #[error("the content is larger than the {0} bytes allowed")]
+    TooLarge(u64),
 }
 
 /// Where mirror contents live: `[sync] data_dir`, or what `[sync] mirror_url` names.
@@ -223,6 +225,7 @@ impl Mirror {
             sink,
             md5: Md5::new(),
             size: 0,
+            limit: u64::MAX,
         })
     }
 
@@ -258,6 +261,13 @@ impl Mirror {
         let chunk = bytes::Bytes::copy_from_slice(content);
         let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(chunk)]);
         self.write_stream(sub, file_id, body, None).await
+    }
+
+    /// Free space on the filesystem of a directory mirror; `None` for object storage.
+    pub fn free_space(&self) -> Option<u64> {
+        let root = self.root()?;
+        let stat = nix::sys::statvfs::statvfs(root).ok()?;
+        Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
     }
 
     /// Reads `relative` (`SUB/FILE_ID`) back, all of it or the bytes `range` asks for (its end
@@ -341,6 +351,8 @@ pub struct Download {
     sink: Sink,
     md5: Md5,
     size: u64,
+    /// More bytes than this fail the feed ([`MirrorError::TooLarge`]).
+    limit: u64,
 }
 
 enum Sink {
@@ -354,6 +366,11 @@ impl Download {
         self.size
     }
 
+    /// Refuses content past `limit` bytes, whatever its sender announced.
+    pub fn limit_to(&mut self, limit: u64) {
+        self.limit = limit;
+    }
+
     /// Appends what `body` yields. A stream that breaks is [`MirrorError::Download`], with
     /// what came before it kept.
     pub async fn feed<S, E>(&mut self, mut body: S) -> Result<(), MirrorError>
@@ -363,6 +380,9 @@ impl Download {
     {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| MirrorError::Download(e.to_string()))?;
+            if self.size + chunk.len() as u64 > self.limit {
+                return Err(MirrorError::TooLarge(self.limit));
+            }
             self.md5.update(&chunk);
             self.size += chunk.len() as u64;
             match &mut self.sink {
