@@ -54,9 +54,11 @@ pub enum ItemKind {
     /// Content is mirrored and can be read.
     File,
     Folder,
-    /// A Google-native item (Docs editors and such) or anything Drive would not serve: its
-    /// metadata only.
+    /// A Google-native item (Docs editors and such): Drive has no content to serve.
     Native,
+    /// Content this daemon does not mirror because it is over a limit (`[sync]
+    /// max_file_bytes`, `max_user_bytes`, `max_files_per_user`; the user's `over_quota` says).
+    Withheld,
 }
 
 impl std::fmt::Display for ItemKind {
@@ -64,18 +66,24 @@ impl std::fmt::Display for ItemKind {
         f.write_str(match self {
             ItemKind::File => "file",
             ItemKind::Folder => "folder",
-            ItemKind::Native => "metadata-only item",
+            ItemKind::Native => "Google-native item",
+            ItemKind::Withheld => {
+                "item whose content is over a limit of this daemon (not mirrored)"
+            }
         })
     }
 }
 
+/// Drive's own types (folders, Docs editors files): no content to download.
+const GOOGLE_APPS_MIME: &str = "application/vnd.google-apps.";
+
 fn kind_of(row: &FileRow) -> ItemKind {
-    if row.mime_type.as_deref() == Some(FOLDER_MIME) {
-        ItemKind::Folder
-    } else if row.metadata_only {
-        ItemKind::Native
-    } else {
-        ItemKind::File
+    let mime = row.mime_type.as_deref().unwrap_or("");
+    match (row.metadata_only, mime) {
+        (_, FOLDER_MIME) => ItemKind::Folder,
+        (true, m) if m.starts_with(GOOGLE_APPS_MIME) => ItemKind::Native,
+        (true, _) => ItemKind::Withheld,
+        (false, _) => ItemKind::File,
     }
 }
 
@@ -100,6 +108,8 @@ pub struct UserView {
     pub locale: Option<String>,
     pub state: UserState,
     pub last_error: Option<String>,
+    /// Why some of the user's content is not mirrored (a limit); null within limits.
+    pub over_quota: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     pub last_sync_at: Option<i64>,
@@ -274,6 +284,7 @@ impl Services {
             locale: p.locale,
             state: u.state,
             last_error: u.last_error,
+            over_quota: u.over_quota,
             created_at: u.created_at,
             updated_at: u.updated_at,
             last_sync_at: sync.last_sync_at,

@@ -13,7 +13,9 @@ pub async fn page(
 ) -> Result<Vec<UserSummary>, sqlx::Error> {
     sqlx::query_as(
         "SELECT u.sub, u.email, u.state, u.last_sync_at, u.last_error, \
-                COUNT(f.file_id) AS files, CAST(COALESCE(SUM(f.size), 0) AS BIGINT) AS bytes \
+                COUNT(f.file_id) AS files, \
+                CAST(COALESCE(SUM(CASE WHEN f.metadata_only = 0 THEN f.size ELSE 0 END), 0) \
+                    AS BIGINT) AS bytes \
          FROM users u LEFT JOIN files f ON f.sub = u.sub \
          WHERE ($1 IS NULL OR u.state = $1) AND ($2 IS NULL OR u.sub > $2) \
          GROUP BY u.sub, u.email, u.state, u.last_sync_at, u.last_error \

@@ -729,3 +729,61 @@ async fn the_api_serves_https_with_the_configured_certificate() {
     assert!(plain.map_or(true, |r| !r.status().is_success()));
     app.stop().await;
 }
+
+/// Content over a limit is listed as `withheld` and refused as metadata only; the user says
+/// why in `over_quota`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withheld_content_is_listed_and_refused_with_its_reason() {
+    let app = spawn_app_with(|c| {
+        c.api.listen = Some("127.0.0.1:0".into());
+        c.sync.max_file_bytes = 1000;
+    })
+    .await;
+    app.sign_in("quota1").await;
+    let g = app.google.emulator();
+    let small = g
+        .put_file("quota1", "small.txt", "0123456789", None)
+        .unwrap()
+        .id;
+    let big = g
+        .put_file("quota1", "big.bin", vec![7u8; 5000], None)
+        .unwrap()
+        .id;
+    app.cycle_and_sequence().await;
+    let api = app.api_client(false).await;
+    let user = api.get("/v1/users/quota1").await.json();
+    assert!(user["over_quota"].is_string(), "{user}");
+    assert_eq!(user["bytes"], 10, "only mirrored content counts: {user}");
+    let files = api.get("/v1/users/quota1/files").await.json();
+    let kind = |id: &str| {
+        files["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == id)
+            .unwrap()["kind"]
+            .clone()
+    };
+    assert_eq!(
+        (kind(&small), kind(&big)),
+        ("file".into(), "withheld".into())
+    );
+    let refused = api
+        .get(&format!("/v1/users/quota1/files/{big}/content"))
+        .await;
+    assert_eq!(
+        (refused.status, refused.json()["kind"].clone()),
+        (409, "withheld".into())
+    );
+    let by_path = api.get("/v1/users/quota1/content?path=big.bin").await;
+    assert_eq!(by_path.error_code(), "metadata_only");
+    assert_eq!(
+        api.get("/v1/users/quota1/content?path=small.txt")
+            .await
+            .bytes,
+        b"0123456789"
+    );
+    let page = api.get("/v1/users?limit=10").await.json();
+    assert_eq!(page["users"][0]["bytes"], 10, "{page}");
+    app.stop().await;
+}
