@@ -62,6 +62,9 @@ pub struct DevArgs {
     /// Where fake-google listens.
     #[arg(long, default_value = "127.0.0.1:8089")]
     pub google_listen: std::net::SocketAddr,
+    /// Where the data API listens.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub api_listen: std::net::SocketAddr,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {

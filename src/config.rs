@@ -35,6 +35,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub api: ApiConfig,
     /// The file this was read from, for reloads.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -298,6 +299,151 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[api]`: the data API for the operator's backend (docs/data-api.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// A Unix socket path (anything with a '/') or `host:port`. Unset: no data API.
+    pub listen: Option<String>,
+    /// PEM certificate chain and key: with both, a `host:port` listener serves HTTPS (the
+    /// intake's files may be named again here).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How long the change feed keeps a change; an older cursor gets 410 cursor_expired.
+    #[serde(with = "humantime_serde")]
+    pub change_retention: Duration,
+    /// `[[api.webhooks]]`: endpoints every change is POSTed to, signed.
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            change_retention: Duration::from_secs(7 * 24 * 3600),
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// One `[[api.webhooks]]` endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Its name in `ctl webhooks`, logs and metrics: letters, digits, '-' and '_'.
+    pub name: String,
+    pub url: String,
+    /// A file holding the Standard Webhooks secret, `whsec_` + base64 of 24 to 64 bytes.
+    pub secret_file: PathBuf,
+    /// Event types to send (`file.added`, `user.paused`, ...), or prefixes such as `file.*`;
+    /// empty: every event.
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub events: Vec<String>,
+    /// Requests in flight to this endpoint at once.
+    #[serde(default = "WebhookConfig::default_concurrency")]
+    pub concurrency: usize,
+    /// Timeout of one delivery attempt.
+    #[serde(default = "WebhookConfig::default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a message is retried (exponential backoff) before it is marked failed.
+    #[serde(default = "WebhookConfig::default_retry_for", with = "humantime_serde")]
+    pub retry_for: Duration,
+}
+
+impl WebhookConfig {
+    fn default_concurrency() -> usize {
+        4
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_retry_for() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+}
+
+/// Where the data API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ApiListen {
+    pub fn parse(value: &str) -> anyhow::Result<ApiListen> {
+        if value.contains('/') {
+            let path = PathBuf::from(value);
+            if !path.is_absolute() {
+                bail!("[api] listen = {value:?}: a Unix socket path must be absolute");
+            }
+            return Ok(ApiListen::Unix(path));
+        }
+        value.parse().map(ApiListen::Tcp).map_err(|_| {
+            anyhow::anyhow!(
+                "[api] listen = {value:?} is neither host:port (e.g. 127.0.0.1:8081) nor an absolute Unix socket path"
+            )
+        })
+    }
+}
+
+/// A webhook endpoint with its secret read.
+#[derive(Clone)]
+pub struct WebhookEndpoint {
+    pub config: WebhookConfig,
+    /// The HMAC key: the base64-decoded part of `whsec_...`.
+    pub key: std::sync::Arc<secrecy::SecretBox<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEndpoint")
+            .field("config", &self.config)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl WebhookEndpoint {
+    /// Whether this endpoint wants events of type `event` (`file.added`, ...).
+    pub fn wants(&self, event: &str) -> bool {
+        let events = &self.config.events;
+        events.is_empty()
+            || events.iter().any(|e| {
+                e == "*"
+                    || e == event
+                    || e.strip_suffix('*')
+                        .is_some_and(|prefix| event.starts_with(prefix))
+            })
+    }
+}
+
+/// Parses a Standard Webhooks secret: `whsec_` + base64 of 24 to 64 bytes.
+pub fn parse_webhook_secret(text: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine;
+    let Some(b64) = text.trim().strip_prefix("whsec_") else {
+        bail!("a webhook secret is whsec_ followed by base64 (Standard Webhooks)");
+    };
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .context("the part after whsec_ is not base64")?;
+    if !(24..=64).contains(&key.len()) {
+        bail!(
+            "a webhook secret must decode to 24 to 64 bytes, not {}",
+            key.len()
+        );
+    }
+    Ok(key)
+}
+
+/// The data API's configuration, checked and with secrets read.
+#[derive(Debug, Clone, Default)]
+pub struct ResolvedApi {
+    pub listen: Option<ApiListen>,
+    pub webhooks: Vec<WebhookEndpoint>,
+}
+
 /// Accepts `["a", "b"]` or `"a,b"` (the latter is what an environment variable naturally holds).
 fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -471,6 +617,8 @@ pub struct ResolvedConfig {
     pub keyring: Keyring,
     /// `[sync] schedule`, parsed.
     pub schedule: Schedule,
+    /// `[api]`, checked, webhook secrets read.
+    pub api: ResolvedApi,
 }
 
 impl Config {
@@ -497,7 +645,9 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .with_context(|| format!("[log] level = {:?} is not a valid filter", self.log.level))?;
         let (data_dir, mirror) = self.resolve_mirror(&state_dir)?;
+        let api = self.resolve_api()?;
         Ok(ResolvedConfig {
+            api,
             schedule,
             raw: self,
             client,
@@ -585,6 +735,76 @@ impl Config {
             (None, None) => Ok(()),
             _ => bail!("[intake] tls_cert and tls_key must be set together"),
         }
+    }
+
+    /// `[api]`: the listener parsed, TLS files there, each webhook checked and its secret read.
+    fn resolve_api(&self) -> anyhow::Result<ResolvedApi> {
+        let api = &self.api;
+        let listen = api.listen.as_deref().map(ApiListen::parse).transpose()?;
+        match (&api.tls_cert, &api.tls_key, &listen) {
+            (Some(_), Some(_), Some(ApiListen::Unix(_))) => {
+                bail!("[api] tls_cert/tls_key need a host:port listen, not a Unix socket")
+            }
+            (Some(cert), Some(key), _) => {
+                for p in [cert, key] {
+                    std::fs::metadata(p)
+                        .with_context(|| format!("[api] cannot read {}", p.display()))?;
+                }
+            }
+            (None, None, _) => {}
+            _ => bail!("[api] tls_cert and tls_key must be set together"),
+        }
+        if api.change_retention < Duration::from_secs(60) {
+            bail!("[api] change_retention must be at least 1m");
+        }
+        let mut webhooks: Vec<WebhookEndpoint> = Vec::new();
+        for w in &api.webhooks {
+            let what = format!("[[api.webhooks]] {:?}", w.name);
+            let good_name = !w.name.is_empty()
+                && w.name.len() <= 64
+                && w.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !good_name {
+                bail!("{what}: name must be 1 to 64 letters, digits, '-' or '_'");
+            }
+            if webhooks.iter().any(|o| o.config.name == w.name) {
+                bail!("{what}: two webhooks have this name");
+            }
+            let url =
+                url::Url::parse(&w.url).with_context(|| format!("{what}: url is not a URL"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                bail!("{what}: url must be http(s)");
+            }
+            for e in &w.events {
+                let known = e == "*"
+                    || e.parse::<crate::store::changes::ChangeKind>().is_ok()
+                    || e.strip_suffix('*').is_some_and(|p| {
+                        crate::store::changes::ChangeKind::ALL
+                            .iter()
+                            .any(|k| k.as_str().starts_with(p))
+                    });
+                if !known {
+                    bail!("{what}: unknown event {e:?}");
+                }
+            }
+            if w.concurrency == 0 || w.timeout.is_zero() {
+                bail!("{what}: concurrency and timeout must be above zero");
+            }
+            let text = std::fs::read_to_string(&w.secret_file).with_context(|| {
+                format!(
+                    "{what}: cannot read secret_file {}",
+                    w.secret_file.display()
+                )
+            })?;
+            let key = parse_webhook_secret(&text)
+                .with_context(|| format!("{what}: secret_file {}", w.secret_file.display()))?;
+            webhooks.push(WebhookEndpoint {
+                config: w.clone(),
+                key: std::sync::Arc::new(secrecy::SecretBox::new(Box::new(key))),
+            });
+        }
+        Ok(ResolvedApi { listen, webhooks })
     }
 
     fn check_sync(&self) -> anyhow::Result<Schedule> {

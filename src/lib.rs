@@ -13,6 +13,7 @@
 //! - [`scheduler`]: cron cycles, resyncs, concurrency, leases between instances.
 //! - [`services`]: the one handle the front doors share; every admin operation has its home.
 //! - [`intake`] and [`admin`]: the front doors (`POST /authcode`; the Unix admin socket).
+//! - [`api`]: the data API for the operator's backend (reads, change feed, webhooks).
 //! - [`lifecycle`]: build, run, supervision, signals, shutdown.
 //! - [`cli`]: the `appdata-syncd` command line, including `ctl` and `dev`.
 //!
@@ -20,6 +21,7 @@
 //! tokens, google and store; nothing below calls up (checked by `tests/layers.rs`).
 
 pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -91,6 +91,31 @@ pub fn intake_request(outcome: &'static str) {
     metrics::counter!("appdata_syncd_intake_requests_total", "outcome" => outcome).increment(1);
 }
 
+/// One webhook delivery attempt to `endpoint`.
+pub fn webhook_attempt(endpoint: &str, delivered: bool) {
+    let outcome = if delivered { "delivered" } else { "failed" };
+    metrics::counter!("appdata_syncd_webhook_attempts_total", "endpoint" => endpoint.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// The webhook backlog of `endpoint`: messages pending, and the age of the oldest (unix ms
+/// when it was queued).
+pub fn webhook_backlog(endpoint: &str, pending: i64, oldest_pending_at: Option<i64>) {
+    metrics::gauge!("appdata_syncd_webhook_pending", "endpoint" => endpoint.to_string())
+        .set(pending as f64);
+    let age = oldest_pending_at.map_or(0.0, |at| {
+        (chrono::Utc::now().timestamp_millis() - at).max(0) as f64 / 1000.0
+    });
+    metrics::gauge!("appdata_syncd_webhook_oldest_pending_seconds", "endpoint" => endpoint.to_string())
+        .set(age);
+}
+
+/// Data API requests by status code.
+pub fn api_request(status: u16) {
+    metrics::counter!("appdata_syncd_api_requests_total", "status" => status.to_string())
+        .increment(1);
+}
+
 /// Serves `GET /metrics` on `listener` until `stop`. `before_scrape` runs before each
 /// render, so gauges read from elsewhere (users by state, from the database) are never stale.
 pub async fn serve<F, Fut>(

@@ -22,6 +22,7 @@ const LAYERS: &[&str] = &[
     "services",
     "intake",
     "admin",
+    "api",
     "lifecycle",
     "cli",
 ];

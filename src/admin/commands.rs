@@ -121,6 +121,10 @@ pub async fn execute(
                 .set_log_filter(&filter)
                 .map(|()| LogFilter { filter }),
         ),
+        Command::ApiKeyCreate { name, write } => reply(services.create_api_key(&name, write).await),
+        Command::ApiKeyList => reply(services.api_keys().await),
+        Command::ApiKeyRevoke { name } => reply(services.revoke_api_key(&name).await),
+        Command::Webhooks => reply(services.webhooks_status().await),
         Command::Reload => services
             .reload()
             .await

@@ -55,6 +55,18 @@ pub enum Command {
         filter: String,
     },
     Reload,
+    /// A data API key: the result holds the key, shown this once.
+    ApiKeyCreate {
+        name: String,
+        #[serde(default)]
+        write: bool,
+    },
+    ApiKeyList,
+    ApiKeyRevoke {
+        name: String,
+    },
+    /// Each webhook endpoint's outbox.
+    Webhooks,
 }
 
 /// Stable error codes (see docs/admin-protocol.md).

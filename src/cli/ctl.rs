@@ -14,9 +14,10 @@ use crate::admin::protocol::{Command, Response};
 use crate::scheduler::resync::ResyncReport;
 use crate::scheduler::{SyncEvent, SyncPhase};
 use crate::services::reports::{
-    FileList, Forgotten, LogFilter, PushQueued, ReloadReport, ResyncQueued, StateChanged, Status,
-    UserDetail, UserList,
+    ApiKeyCreated, ApiKeyList, FileList, Forgotten, LogFilter, PushQueued, ReloadReport,
+    ResyncQueued, StateChanged, Status, UserDetail, UserList, WebhookStatus,
 };
+use crate::store::api_keys::ApiKey;
 use crate::store::users::UserState;
 
 #[derive(Debug, Args)]
@@ -98,6 +99,26 @@ pub enum CtlCommand {
     },
     /// Re-read config.toml (same as SIGHUP).
     Reload,
+    /// Keys of the data API (docs/data-api.md).
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+    /// Webhook endpoints: messages pending, delivered, failed; last error and success.
+    Webhooks,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create a key and print it (the only time it is shown).
+    Create {
+        name: String,
+        /// The key may also write through the API (PUT/DELETE); default: read-only.
+        #[arg(long)]
+        write: bool,
+    },
+    /// Keys with their rights, creation, last use and revocation.
+    List,
+    /// Revoke a key: requests with it are refused from now on.
+    Revoke { name: String },
 }
 
 pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
@@ -175,6 +196,12 @@ fn to_request(command: CtlCommand) -> anyhow::Result<Command> {
         }
         CtlCommand::LogLevel { filter } => Command::LogLevel { filter },
         CtlCommand::Reload => Command::Reload,
+        CtlCommand::ApiKey(ApiKeyCommand::Create { name, write }) => {
+            Command::ApiKeyCreate { name, write }
+        }
+        CtlCommand::ApiKey(ApiKeyCommand::List) => Command::ApiKeyList,
+        CtlCommand::ApiKey(ApiKeyCommand::Revoke { name }) => Command::ApiKeyRevoke { name },
+        CtlCommand::Webhooks => Command::Webhooks,
     })
 }
 
@@ -327,6 +354,24 @@ fn render(command: &Command, result: Value) -> anyhow::Result<String> {
             let r: LogFilter = read(result)?;
             format!("log filter is now {}\n", r.filter)
         }
+        Command::ApiKeyCreate { .. } => {
+            let r: ApiKeyCreated = read(result)?;
+            let rights = if r.can_write {
+                "read and write"
+            } else {
+                "read-only"
+            };
+            format!(
+                "{}\n\nAPI key {:?} ({rights}) created. This is the only time it is shown: store it now.\n",
+                r.key, r.name
+            )
+        }
+        Command::ApiKeyList => render_api_keys(&read(result)?),
+        Command::ApiKeyRevoke { .. } => {
+            let r: ApiKey = read(result)?;
+            format!("API key {:?} revoked at {}\n", r.name, time(r.revoked_at))
+        }
+        Command::Webhooks => render_webhooks(&read(result)?),
         Command::Reload => {
             let r: ReloadReport = read(result)?;
             let list = |v: &[String]| {
@@ -343,6 +388,56 @@ fn render(command: &Command, result: Value) -> anyhow::Result<String> {
             )
         }
     })
+}
+
+fn render_api_keys(r: &ApiKeyList) -> String {
+    let rows = r
+        .keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.name.clone(),
+                if k.can_write { "write" } else { "read" }.to_string(),
+                time(Some(k.created_at)),
+                time(k.last_used_at),
+                time(k.revoked_at),
+            ]
+        })
+        .collect();
+    table(&["name", "rights", "created", "last used", "revoked"], rows)
+}
+
+fn render_webhooks(r: &WebhookStatus) -> String {
+    if r.endpoints.is_empty() {
+        return "no webhooks configured ([[api.webhooks]] in config.toml)\n".into();
+    }
+    let rows = r
+        .endpoints
+        .iter()
+        .map(|e| {
+            vec![
+                e.name.clone(),
+                e.stats.pending.to_string(),
+                e.stats.delivered.to_string(),
+                e.stats.failed.to_string(),
+                time(e.stats.last_success_at),
+                opt(&e.stats.last_error),
+                e.url.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "name",
+            "pending",
+            "delivered",
+            "failed",
+            "last success",
+            "last error",
+            "url",
+        ],
+        rows,
+    )
 }
 
 fn render_status(r: &Status) -> String {

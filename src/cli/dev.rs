@@ -11,7 +11,7 @@ use fake_google::{FakeGoogle, MintCode, NewUser};
 use rand::RngCore;
 
 use super::DevArgs;
-use crate::config::{Config, LogFormat, ResolvedConfig};
+use crate::config::{ApiListen, Config, LogFormat, ResolvedConfig};
 use crate::lifecycle::{run_with_signals, App};
 use crate::scheduler::resync::ResyncTarget;
 use crate::scheduler::{SyncEvent, SyncPhase};
@@ -44,13 +44,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         Ok(g) => g,
         Err(_) => FakeGoogle::start().await?,
     };
-    let config = dev_config(&dir, &google, args.listen)?;
+    let config = dev_config(&dir, &google, args.listen, args.api_listen)?;
     let log = telemetry::init(&config.raw.log)?;
-    let app = build_app(config, log, args.listen).await?;
+    let app = build_app(config, log).await?;
     let intake = format!("http://{}", app.intake_addr());
+    let api = app.api_url().unwrap_or_default();
     let socket = app.admin_socket();
     let services = app.services().clone();
     let running = tokio::spawn(run_with_signals(app));
+    // A fresh key each run (names are never reused, and a --dir may hold older ones).
+    let key_name = format!("dev-{}", crate::store::now_ms());
+    let key = services
+        .create_api_key(&key_name, true)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the dev API key: {e}"))?
+        .key;
 
     sign_in_demo_users(&google, &intake, args.users).await?;
     // Show the first syncs now rather than at the next tick.
@@ -60,7 +68,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = first_syncs {
         println!("first syncs: {e}");
     }
-    print_banner(&dir, &google, &intake, &socket);
+    print_banner(&dir, &google, &intake, &socket, &Api { url: api, key });
 
     running.await.context("the daemon task panicked")??;
     google.shutdown().await;
@@ -72,6 +80,7 @@ fn dev_config(
     dir: &Path,
     google: &FakeGoogle,
     listen: std::net::SocketAddr,
+    api_listen: std::net::SocketAddr,
 ) -> anyhow::Result<ResolvedConfig> {
     let secret_path = dir.join("client_secret.json");
     let _ = std::fs::remove_file(&secret_path);
@@ -93,6 +102,7 @@ fn dev_config(
     config.google.drive_api_base = base.clone();
     config.google.android_client_ids = vec![google.clients().android_client_id];
     config.intake.listen = listen;
+    config.api.listen = Some(api_listen.to_string());
     config.store.state_dir = Some(dir.to_path_buf());
     config.store.encryption_key_file = Some(key_path);
     config.admin.socket = dir.join("admin.sock");
@@ -103,22 +113,26 @@ fn dev_config(
     config.resolve()
 }
 
-/// Builds the daemon; when the documented intake port is taken, on any free port.
-async fn build_app(
-    config: ResolvedConfig,
-    log: telemetry::LogHandle,
-    listen: std::net::SocketAddr,
-) -> anyhow::Result<App> {
+/// Builds the daemon; when the documented intake or API port is taken, on free ports.
+async fn build_app(config: ResolvedConfig, log: telemetry::LogHandle) -> anyhow::Result<App> {
     match App::build(config.clone(), Some(log.clone())).await {
         Ok(app) => Ok(app),
-        Err(e) if listen.port() != 0 => {
-            tracing::warn!(error = %format!("{e:#}"), "cannot use {listen}; picking a free port");
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot use the documented ports; picking free ones");
             let mut config = config;
             config.raw.intake.listen.set_port(0);
+            if let Some(ApiListen::Tcp(addr)) = &mut config.api.listen {
+                addr.set_port(0);
+            }
             App::build(config, Some(log)).await
         }
-        Err(e) => Err(e),
     }
+}
+
+/// The data API's address and the key `dev` made for it.
+struct Api {
+    url: String,
+    key: String,
 }
 
 /// Demo users with a settings file each, signed in through the intake exactly as the Android
@@ -172,7 +186,7 @@ fn print_first_sync(e: &SyncEvent) {
     }
 }
 
-fn print_banner(dir: &Path, google: &FakeGoogle, intake: &str, socket: &Path) {
+fn print_banner(dir: &Path, google: &FakeGoogle, intake: &str, socket: &Path, api: &Api) {
     let base = google.base_url();
     let clients = google.clients();
     let ctl = format!(
@@ -187,7 +201,12 @@ fn print_banner(dir: &Path, google: &FakeGoogle, intake: &str, socket: &Path) {
          \n  folder       {dir}\
          \n  intake       {intake}/authcode\
          \n  fake-google  {base}  (web client {web}, android client {android})\
+         \n  data API     {api_url}\
+         \n  API key      {key}  (read and write; docs/data-api.md)\
          \n\nTry:\
+         \n  curl -s -H 'Authorization: Bearer {key}' {api_url}/v1/users\
+         \n  curl -s -H 'Authorization: Bearer {key}' '{api_url}/v1/users/100000000000000000001/content?path=settings.json'\
+         \n  curl -s -H 'Authorization: Bearer {key}' '{api_url}/v1/changes?wait=30s'\
          \n  curl -s {intake}/readyz\
          \n  curl -s -X PUT --data-binary '{{\"theme\": \"light\"}}' {base}/_emulator/users/100000000000000000001/appdata/settings.json\
          \n  curl -s {base}/_emulator/stats\
@@ -199,6 +218,8 @@ fn print_banner(dir: &Path, google: &FakeGoogle, intake: &str, socket: &Path) {
         dir = dir.display(),
         web = clients.web_client_id,
         android = clients.android_client_id,
+        api_url = api.url,
+        key = api.key,
     );
 }
 

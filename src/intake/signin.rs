@@ -11,6 +11,7 @@ use crate::google::id_token::unverified_sub;
 use crate::google::id_token::{IdClaims, IdTokenError, IdTokenVerifier};
 use crate::google::oauth::{OAuthClient, TokenResponse};
 use crate::google::GoogleError;
+use crate::store::changes::{self, ChangeKind, NewChange};
 use crate::store::users::{Profile, UserState};
 use crate::store::{self, credentials, users, Store};
 
@@ -139,6 +140,8 @@ impl SignIn {
             }
             None => return Err(SignInError::NoRefreshToken),
         }
+        let change = NewChange::user(ChangeKind::UserSignedIn, &sub, state.as_str());
+        changes::record(tx.conn(), &change, obtained_at).await?;
         tx.commit().await?;
         Ok(SignedIn {
             sub,

@@ -156,6 +156,12 @@ impl App {
         self.listeners.intake_addr
     }
 
+    /// The data API's base URL (`http://ADDR`, `https://ADDR` or `unix:PATH`), when
+    /// `[api] listen` is set.
+    pub fn api_url(&self) -> Option<String> {
+        self.listeners.api_url()
+    }
+
     pub fn admin_socket(&self) -> PathBuf {
         self.listeners.admin.path().to_path_buf()
     }
@@ -248,7 +254,8 @@ impl App {
             admission: admission.clone(),
             signins: signins.clone(),
         });
-        let (intake, admin, metrics) = listeners.into_parts();
+        let (intake, admin, metrics, api) = listeners.into_parts();
+        start_data_api(&tasks, &services, api, &shutdown);
         tasks.spawn(
             "intake",
             intake.serve(
@@ -288,6 +295,41 @@ impl App {
     }
 }
 
+/// The change feed's sequencer and pruner (always: sign-ins and admin changes are recorded
+/// whether or not the API is served), the webhooks deliverer, and the API server when
+/// `[api] listen` is set.
+fn start_data_api(
+    tasks: &Tasks,
+    services: &Arc<Services>,
+    api: Option<listeners::ApiListener>,
+    shutdown: &Shutdown,
+) {
+    let stop = shutdown.stop.clone();
+    let s = services.clone();
+    let feed_stop = stop.clone();
+    tasks.spawn("sequencer", async move {
+        s.feed().run_sequencer(feed_stop).await
+    });
+    let s = services.clone();
+    let prune_stop = stop.clone();
+    tasks.spawn("feed-pruner", async move {
+        let retention = s.config().raw.api.change_retention;
+        let floor = || s.webhook_copy_floor();
+        s.feed().run_pruner(retention, floor, prune_stop).await
+    });
+    if !services.webhook_endpoints().is_empty() {
+        tasks.spawn(
+            "webhooks",
+            crate::api::webhooks::run(services.clone(), stop.clone()),
+        );
+    }
+    if let Some(api) = api {
+        let router = crate::api::router(services.clone());
+        let abort = shutdown.abort.clone();
+        tasks.spawn("api", api.serve(router, stop, abort, INTAKE_DRAIN));
+    }
+}
+
 /// The clients of Google's APIs, on one HTTP client (one connection pool).
 struct Google {
     oauth: OAuthClient,
@@ -323,6 +365,7 @@ impl Google {
 /// them at their next checkpoint and let the recorder commit their outcomes.
 async fn drain(services: &Services, shutdown: &Shutdown) {
     shutdown.stop.cancel();
+    services.feed().close();
     crate::notify::stopping();
     let scheduler = services.scheduler();
     let grace = services.shutdown_grace();

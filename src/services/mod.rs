@@ -3,11 +3,16 @@
 //! (scheduler, tokens, store, mirror), and answers a typed [`reports`] value or a
 //! [`ServiceError`] that each front door turns into its own error shape.
 
+mod api_keys;
+pub mod data;
+pub mod feed;
 mod reload;
 pub mod reports;
 mod users;
+mod webhooks;
 mod writes;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,8 +29,10 @@ use crate::store::{self, Store};
 use crate::sync::mirror::Mirror;
 use crate::telemetry::LogHandle;
 use crate::tokens::Tokens;
+pub use api_keys::{AuthRefused, Authenticated, KEY_PREFIX};
 use reports::{RateLimitStatus, ResyncQueued, Status};
 pub use users::Pause;
+pub use webhooks::{message_id, payload};
 
 /// Why an operation was refused or failed. Messages are for the caller: no token, no secret.
 #[derive(Debug, thiserror::Error)]
@@ -80,11 +87,24 @@ pub struct Services {
     started: Instant,
     /// The configuration in force (replaced by reloads).
     config: Mutex<ResolvedConfig>,
+    /// The data API's state: the change feed, API key uses.
+    data: DataState,
+}
+
+/// What the data API's operations keep between calls.
+struct DataState {
+    feed: feed::ChangeFeed,
+    /// When each API key's use was last written (`last_used_at` is coarse).
+    key_uses: Mutex<HashMap<String, Instant>>,
 }
 
 impl Services {
     pub fn new(parts: Parts) -> Arc<Services> {
         Arc::new(Services {
+            data: DataState {
+                feed: feed::ChangeFeed::new(parts.store.clone()),
+                key_uses: Mutex::new(HashMap::new()),
+            },
             store: parts.store,
             scheduler: parts.scheduler,
             tokens: parts.tokens,
@@ -103,6 +123,11 @@ impl Services {
 
     pub fn scheduler(&self) -> &Arc<Scheduler> {
         &self.scheduler
+    }
+
+    /// The change feed: its sequencer and pruner tasks, and the head readers wait on.
+    pub fn feed(&self) -> &feed::ChangeFeed {
+        &self.data.feed
     }
 
     /// The configuration in force.

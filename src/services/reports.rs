@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::scheduler::CycleOutcome;
+use crate::store::api_keys::ApiKey;
 use crate::store::files::FileRow;
 use crate::store::schedule::Instance;
 use crate::store::syncs::SyncRecord;
 use crate::store::users::{User, UserState, UserSummary};
+use crate::store::webhooks::EndpointStats;
 use crate::store::writes::Write;
 
 /// `ctl status`.
@@ -140,4 +142,34 @@ pub struct LogFilter {
 pub struct ReloadReport {
     pub applied: Vec<String>,
     pub needs_restart: Vec<String>,
+}
+
+/// `ctl api-key create`: the key itself, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyCreated {
+    pub name: String,
+    pub can_write: bool,
+    pub key: String,
+}
+
+/// `ctl api-key list`: names, rights and times; never a key or its hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyList {
+    pub keys: Vec<ApiKey>,
+}
+
+/// `ctl webhooks`: each configured endpoint and its outbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookStatus {
+    pub endpoints: Vec<WebhookEndpointStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookEndpointStatus {
+    pub name: String,
+    pub url: String,
+    /// Event types sent (empty: all).
+    pub events: Vec<String>,
+    #[serde(flatten)]
+    pub stats: EndpointStats,
 }

@@ -7,6 +7,7 @@ use super::reports::{
     UserList,
 };
 use super::{ServiceError, Services};
+use crate::store::changes::{self, ChangeKind, NewChange};
 use crate::store::users::{self, User, UserState};
 use crate::store::writes::{self, NewWrite, WriteOp};
 use crate::store::{self, credentials, files, schedule, syncs};
@@ -99,14 +100,16 @@ impl Services {
                 )))
             }
         };
-        users::set_state(
-            tx.conn(),
-            sub,
-            target,
-            u.last_error.as_deref(),
-            store::now_ms(),
-        )
-        .await?;
+        let now = store::now_ms();
+        users::set_state(tx.conn(), sub, target, u.last_error.as_deref(), now).await?;
+        if target != u.state {
+            let kind = match want {
+                Pause::Pause => ChangeKind::UserPaused,
+                Pause::Resume => ChangeKind::UserResumed,
+            };
+            let change = NewChange::user(kind, sub, target.as_str());
+            changes::record(tx.conn(), &change, now).await?;
+        }
         tx.commit().await?;
         tracing::info!(user = %sub, state = target.as_str(), "user state changed by admin");
         Ok(StateChanged {
@@ -191,6 +194,12 @@ impl Services {
             .map_err(|e| ServiceError::Internal(format!("cannot delete the mirror: {e}")))?;
         let mut tx = self.store.begin_write().await?;
         users::delete(tx.conn(), sub).await?;
+        let change = NewChange::user(
+            ChangeKind::UserForgotten,
+            sub,
+            UserState::Forgotten.as_str(),
+        );
+        changes::record(tx.conn(), &change, store::now_ms()).await?;
         tx.commit().await?;
         tracing::info!(user = %sub, revoked, "user forgotten by admin: grant revoked, mirror and rows deleted");
         Ok(Forgotten {

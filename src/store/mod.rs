@@ -10,12 +10,16 @@
 #[macro_use]
 mod text_enum;
 
+pub mod api_keys;
+pub mod changes;
 pub mod credentials;
 pub mod files;
 pub mod pushes;
 pub mod schedule;
 pub mod syncs;
+pub mod user_pages;
 pub mod users;
+pub mod webhooks;
 pub mod writes;
 
 use std::sync::Arc;

@@ -108,6 +108,10 @@ fn command() -> impl Strategy<Value = Command> {
         s().prop_map(|sub| Command::Forget { sub }),
         s().prop_map(|filter| Command::LogLevel { filter }),
         Just(Command::Reload),
+        (s(), any::<bool>()).prop_map(|(name, write)| Command::ApiKeyCreate { name, write }),
+        Just(Command::ApiKeyList),
+        s().prop_map(|name| Command::ApiKeyRevoke { name }),
+        Just(Command::Webhooks),
     ]
 }
 

@@ -3,14 +3,18 @@
 
 mod admin;
 mod admission;
+mod api;
 mod cli;
 mod crash;
 mod faults;
+mod feed_race;
 mod fidelity;
 mod helpers;
 mod intake;
 mod lifecycle;
 mod log_scan;
+mod openapi;
 mod s3;
 mod scale_out;
 mod sync;
+mod webhooks;

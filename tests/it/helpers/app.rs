@@ -20,6 +20,8 @@ pub struct TestApp {
     pub google: FakeGoogle,
     /// `http://127.0.0.1:PORT` of the intake.
     pub intake: String,
+    /// The data API's base URL, when the test turned it on (`[api] listen`).
+    pub api: Option<String>,
     pub store: Store,
     pub scheduler: Arc<Scheduler>,
     /// What the front doors call: every admin operation.
@@ -48,6 +50,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         .unwrap_or_else(|| dir.path().join("mirror"));
     let app = App::build(config.resolve().unwrap(), None).await.unwrap();
     let intake = format!("http://{}", app.intake_addr());
+    let api = app.api_url();
     let store = app.store().clone();
     let scheduler = app.scheduler().clone();
     let services = app.services().clone();
@@ -57,6 +60,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         dir,
         google,
         intake,
+        api,
         store,
         scheduler,
         services,
@@ -65,6 +69,12 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         shutdown,
         running: Some(running),
     }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
 }
 
 /// The in-process daemons log at trace level into the secrets check ([`crate::log_scan`]);
@@ -192,6 +202,20 @@ impl TestApp {
 
     pub fn data_dir(&self) -> PathBuf {
         self.mirror.clone()
+    }
+
+    /// A client of the data API (which the test turned on) with a new key.
+    pub async fn api_client(&self, write: bool) -> super::ApiClient {
+        let name = format!("test-{}", rand_suffix());
+        let key = self.services.create_api_key(&name, write).await.unwrap();
+        super::ApiClient::new(self.api.clone().expect("[api] listen is on"), &key.key)
+    }
+
+    /// Runs one sync cycle, then steps the change feed so its changes are sequenced.
+    pub async fn cycle_and_sequence(&self) -> CycleOutcome {
+        let outcome = self.cycle().await;
+        self.services.feed().sequence_once().await.unwrap();
+        outcome
     }
 
     /// Runs one sync cycle to the end.

@@ -2,6 +2,7 @@
 //! runs the real binary (`Daemon`), [`postgres`] gives each test a database when the suite runs
 //! on PostgreSQL. Here: what they share (fake-google, the test config, the test log).
 
+mod api;
 mod app;
 mod daemon;
 mod postgres;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use appdata_syncd::config::Config;
 use fake_google::{FakeGoogle, MintCode, NewUser};
 
+pub use api::{ApiClient, ApiResponse};
 pub use app::{spawn_app, spawn_app_with, TestApp};
 pub use daemon::{binary, ctl, Daemon};
 pub use postgres::{
