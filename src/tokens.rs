@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::crypto::{CryptoError, Keyring, Purpose, Sealed};
 use crate::google::oauth::{OAuthClient, TokenResponse};
 use crate::google::GoogleError;
+use crate::store::changes::{self, ChangeKind, NewChange};
 use crate::store::users::UserState;
 use crate::store::{self, credentials, users, Store};
 
@@ -235,14 +236,20 @@ impl Tokens {
             return Ok(true);
         }
         let reason = format!("Google refused the refresh token: {why}");
+        let now = store::now_ms();
         users::set_state(
             tx.conn(),
             sub,
             UserState::ReauthRequired,
             Some(&reason),
-            store::now_ms(),
+            now,
         )
         .await?;
+        if was != Some(UserState::ReauthRequired) {
+            let state = UserState::ReauthRequired.as_str();
+            let change = NewChange::user(ChangeKind::UserReauthRequired, sub, state);
+            changes::record(tx.conn(), &change, now).await?;
+        }
         tx.commit().await?;
         if was != Some(UserState::ReauthRequired) {
             tracing::warn!(

@@ -35,6 +35,17 @@ impl AdminClient {
     pub async fn request(
         &mut self,
         command: &Command,
+        on_event: impl FnMut(&Value),
+    ) -> anyhow::Result<Response> {
+        self.request_with_upload(command, None, on_event).await
+    }
+
+    /// Sends `command`, then `upload`'s bytes (a `push`'s content: as many as its
+    /// `content_length` says), and returns the final response.
+    pub async fn request_with_upload(
+        &mut self,
+        command: &Command,
+        upload: Option<&mut (dyn tokio::io::AsyncRead + Unpin + Send)>,
         mut on_event: impl FnMut(&Value),
     ) -> anyhow::Result<Response> {
         let mut value = serde_json::to_value(command)?;
@@ -45,7 +56,11 @@ impl AdminClient {
         }
         // A refused client is told why in one line and disconnected, possibly before our
         // request is written: read that line even when sending failed.
-        let sent = self.framed.send(value.to_string()).await;
+        let mut sent = self.framed.send(value.to_string()).await;
+        if let (Ok(()), Some(upload)) = (&sent, upload) {
+            let copied = tokio::io::copy(upload, self.framed.get_mut()).await;
+            sent = copied.map(|_| ()).map_err(Into::into);
+        }
         loop {
             let line = match (self.framed.next().await, &sent) {
                 (Some(Ok(line)), _) => line,

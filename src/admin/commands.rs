@@ -1,7 +1,6 @@
 //! What each admin command does: parse its arguments into the types of [`Services`], call the
 //! one operation that does it, and send its typed result (or error) back as JSON.
 
-use base64::Engine;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -9,7 +8,9 @@ use tokio::sync::mpsc;
 use super::protocol::{Command, ErrorBody, ErrorCode};
 use crate::scheduler::resync::ResyncTarget;
 use crate::scheduler::SyncEvent;
+use crate::services::data::{DataError, Item};
 use crate::services::reports::LogFilter;
+use crate::services::writes::WriteTarget;
 use crate::services::{Pause, ServiceError, Services};
 use crate::store::schedule::Resync;
 
@@ -40,8 +41,36 @@ impl From<ServiceError> for ErrorBody {
     }
 }
 
-fn reply<T: Serialize>(result: Result<T, ServiceError>) -> CmdResult {
-    let value = result?;
+impl From<DataError> for ErrorBody {
+    fn from(e: DataError) -> Self {
+        match e {
+            DataError::Service(e) => e.into(),
+            e => err(data_error_code(&e), e.to_string()),
+        }
+    }
+}
+
+fn data_error_code(e: &DataError) -> ErrorCode {
+    match e {
+        DataError::Service(_) => ErrorCode::Internal,
+        DataError::UnknownFile { .. }
+        | DataError::UnknownPath { .. }
+        | DataError::NoParentFolder { .. }
+        | DataError::UnknownWrite(_) => ErrorCode::NotFound,
+        DataError::PreconditionRequired { .. } | DataError::PreconditionFailed(_) => {
+            ErrorCode::PreconditionFailed
+        }
+        DataError::AmbiguousPath { .. }
+        | DataError::MetadataOnly { .. }
+        | DataError::NotWritable { .. }
+        | DataError::TooLarge { .. } => ErrorCode::Conflict,
+        DataError::ContentMissing(_) | DataError::InsufficientStorage => ErrorCode::Unavailable,
+        DataError::InvalidCursor(_) | DataError::CursorExpired => ErrorCode::BadRequest,
+    }
+}
+
+fn reply<T: Serialize, E: Into<ErrorBody>>(result: Result<T, E>) -> CmdResult {
+    let value = result.map_err(Into::into)?;
     serde_json::to_value(value).map_err(|e| err(ErrorCode::Internal, e.to_string()))
 }
 
@@ -64,6 +93,7 @@ pub async fn execute(
     services: &Services,
     command: Command,
     events: mpsc::Sender<Value>,
+    upload: &mut (dyn tokio::io::AsyncRead + Unpin + Send),
 ) -> CmdResult {
     match command {
         Command::Status => reply(services.status().await),
@@ -97,21 +127,25 @@ pub async fn execute(
         Command::Resume { sub } => reply(services.set_paused(&sub, Pause::Resume).await),
         Command::Push {
             sub,
-            name,
-            content_base64,
+            path,
+            content_length,
             mime_type,
+            if_match,
+            if_none_match,
+            sync_now,
         } => {
-            let content = base64::engine::general_purpose::STANDARD
-                .decode(content_base64)
-                .map_err(|e| {
-                    err(
-                        ErrorCode::BadRequest,
-                        format!("content_base64 is not base64: {e}"),
-                    )
-                })?;
+            let target = WriteTarget {
+                sub: &sub,
+                item: Item::Path(path.strip_prefix('/').unwrap_or(&path)),
+                if_match: if_match.as_deref(),
+                if_none_match: if_none_match.as_deref(),
+                sync_now,
+            };
+            let body = tokio_util::io::ReaderStream::new(upload);
+            let size = Some(content_length);
             reply(
                 services
-                    .push(&sub, &name, mime_type.as_deref(), &content)
+                    .put_content(&target, mime_type.as_deref(), size, body)
                     .await,
             )
         }
@@ -129,6 +163,6 @@ pub async fn execute(
             .reload()
             .await
             .map_err(|e| err(ErrorCode::BadRequest, format!("{e:#}")))
-            .and_then(|r| reply(Ok(r))),
+            .and_then(|r| reply(Ok::<_, ServiceError>(r))),
     }
 }

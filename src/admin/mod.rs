@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AdminConfig;
 use crate::services::Services;
-use protocol::{parse_request, ErrorCode, Response, MAX_LINE};
+use protocol::{parse_request, Command, ErrorCode, Response, MAX_LINE};
 
 /// A connection with no request for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -240,7 +240,7 @@ async fn handle_connection(
                 write.write_all(r.to_line().as_bytes()).await
             }
             Ok(Ok(Line::Text(line))) if line.trim().is_empty() => Ok(()),
-            Ok(Ok(Line::Text(line))) => answer(&services, &line, &mut write).await,
+            Ok(Ok(Line::Text(line))) => answer(&services, &line, &mut reader, &mut write).await,
         };
         if answered.is_err() {
             return; // the client has gone
@@ -248,10 +248,12 @@ async fn handle_connection(
     }
 }
 
-/// Runs one request line and writes its progress lines and final response.
+/// Runs one request line and writes its progress lines and final response. A `push` reads
+/// its content from `reader`, after the line.
 async fn answer(
     services: &Services,
     line: &str,
+    reader: &mut (impl AsyncBufRead + Unpin + Send),
     write: &mut (impl AsyncWriteExt + Unpin),
 ) -> std::io::Result<()> {
     let (id, command) = parse_request(line);
@@ -262,18 +264,31 @@ async fn answer(
             return write.write_all(r.to_line().as_bytes()).await;
         }
     };
+    let content_length = match &command {
+        Command::Push { content_length, .. } => *content_length,
+        _ => 0,
+    };
+    let mut upload = reader.take(content_length);
     let (events_tx, mut events_rx) = tokio::sync::mpsc::channel::<serde_json::Value>(64);
-    let run = commands::execute(services, command, events_tx);
-    tokio::pin!(run);
-    let response = loop {
-        tokio::select! {
-            r = &mut run => break r,
-            Some(event) = events_rx.recv() => {
-                let line = Response::event(id.clone(), event).to_line();
-                write.write_all(line.as_bytes()).await?;
+    let response = {
+        let run = commands::execute(services, command, events_tx, &mut upload);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                r = &mut run => break r,
+                Some(event) = events_rx.recv() => {
+                    let line = Response::event(id.clone(), event).to_line();
+                    write.write_all(line.as_bytes()).await?;
+                }
             }
         }
     };
+    // Content a refused push left unread is skipped: the next line must be a request.
+    let mut sink = tokio::io::sink();
+    let skip = tokio::io::copy(&mut upload, &mut sink);
+    tokio::time::timeout(IDLE_TIMEOUT, skip)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     while let Ok(event) = events_rx.try_recv() {
         let line = Response::event(id.clone(), event).to_line();
         write.write_all(line.as_bytes()).await?;

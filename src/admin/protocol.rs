@@ -40,13 +40,24 @@ pub enum Command {
     Resume {
         sub: String,
     },
+    /// Writes a file into the user's appDataFolder, as the data API's `PUT` does; the
+    /// `content_length` bytes of content follow the request line, raw.
     Push {
         sub: String,
-        name: String,
-        /// The file's content, base64 (standard alphabet).
-        content_base64: String,
+        /// Where, as the data API's `path` names items: `settings.json`, `docs/a.json`.
+        path: String,
+        content_length: u64,
         #[serde(default)]
         mime_type: Option<String>,
+        /// Required to replace an existing file: its md5 or version, or `*`.
+        #[serde(default)]
+        if_match: Option<String>,
+        /// `*`: create only.
+        #[serde(default)]
+        if_none_match: Option<String>,
+        /// Sync the user at once and answer with the outcome.
+        #[serde(default)]
+        sync_now: bool,
     },
     Forget {
         sub: String,
@@ -84,6 +95,12 @@ pub enum ErrorCode {
     /// Google or the database failed; retry later.
     Unavailable,
     Internal,
+    /// No such file, path, parent folder or write.
+    NotFound,
+    /// A write's If-Match did not hold, or it lacked one for an existing file.
+    PreconditionFailed,
+    /// A write that cannot be done as asked (ambiguous path, a folder, too large).
+    Conflict,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

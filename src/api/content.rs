@@ -41,9 +41,15 @@ pub(super) async fn by_path(
 ) -> Result<Response, ApiError> {
     let sub = path_param(params)?;
     let q: PathQuery = parse_query(raw.as_deref())?;
-    let path = q.path.unwrap_or_default();
-    // "/settings.json" and "settings.json" name the same item.
-    let path = path.strip_prefix('/').unwrap_or(&path);
+    let path = item_path(q.path)?;
+    let item = s.services.content_item(&sub, Item::Path(&path)).await?;
+    serve(&s, item, &headers).await
+}
+
+/// The `path` query parameter, checked: `docs/a.json` (a leading `/` is the same path).
+pub(super) fn item_path(raw: Option<String>) -> Result<String, ApiError> {
+    let raw = raw.unwrap_or_default();
+    let path = raw.strip_prefix('/').unwrap_or(&raw);
     if path.is_empty() || path.len() > MAX_PATH || path.contains('\0') {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -51,8 +57,7 @@ pub(super) async fn by_path(
             format!("path must be 1 to {MAX_PATH} bytes, e.g. path=docs/a.json"),
         ));
     }
-    let item = s.services.content_item(&sub, Item::Path(path)).await?;
-    serve(&s, item, &headers).await
+    Ok(path.to_string())
 }
 
 /// What the request's `Range` asks of content of `size` bytes.

@@ -3,7 +3,7 @@
 //! and the admin socket: every handler is a call to [`Services`].
 //!
 //! - [`router`] builds the `/v1` routes behind the bearer-key check ([`auth`]); read routes are
-//!   in [`reads`] and [`content`]; write routes go in [`write_routes`].
+//!   in [`reads`] and [`content`], write routes in [`writes`].
 //! - [`webhooks`] is the deliverer task of the webhooks outbox.
 //!
 //! Every error is JSON `{"error": code, "message": text}` ([`ApiError`]).
@@ -12,13 +12,14 @@ pub mod auth;
 mod content;
 mod reads;
 pub mod webhooks;
+mod writes;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{middleware, Json, Router};
 use serde_json::{json, Value};
 
@@ -67,14 +68,25 @@ fn read_routes() -> Router<ApiState> {
         .route("/v1/changes/cursor", get(reads::change_head))
 }
 
-/// The write routes (`PUT`/`DELETE` content, `GET /v1/writes/{id}`) go here. A handler that
-/// writes takes a [`WriteKey`] argument: a read-only key is then refused with 403 before the
-/// handler runs. A path a read route also has is fine (axum merges the methods of one path);
-/// the same method twice on one path panics at start-up, which the tests catch. A streaming
-/// upload route lifts [`MAX_BODY_BYTES`] with `.layer(DefaultBodyLimit::max(...))` on its
-/// method router.
+/// The write routes. A handler that writes takes a [`WriteKey`] argument: a read-only key is
+/// refused with 403 before it runs. Uploads stream to the spool, so [`MAX_BODY_BYTES`] does not
+/// apply to `PUT` (`[sync] max_file_bytes` does).
 fn write_routes() -> Router<ApiState> {
+    let upload = || DefaultBodyLimit::disable();
     Router::new()
+        .route(
+            "/v1/users/{sub}/content",
+            put(writes::put_by_path)
+                .layer(upload())
+                .delete(writes::delete_by_path),
+        )
+        .route(
+            "/v1/users/{sub}/files/{file_id}/content",
+            put(writes::put_by_id)
+                .layer(upload())
+                .delete(writes::delete_by_id),
+        )
+        .route("/v1/writes/{id}", get(writes::write))
 }
 
 /// An error answer: status, stable code, human message, and extra fields for some codes.
@@ -182,6 +194,28 @@ impl From<DataError> for ApiError {
             }
             DataError::InvalidCursor(_) => ApiError::new(S::BAD_REQUEST, "invalid_cursor", message),
             DataError::CursorExpired => ApiError::new(S::GONE, "cursor_expired", message),
+            DataError::PreconditionRequired { file_id } => {
+                ApiError::new(S::PRECONDITION_REQUIRED, "precondition_required", message)
+                    .with(json!({ "file_id": file_id }))
+            }
+            DataError::PreconditionFailed(now) => {
+                ApiError::new(S::PRECONDITION_FAILED, "precondition_failed", message)
+                    .with(json!({ "file_id": now.file_id, "md5": now.md5, "version": now.version }))
+            }
+            DataError::NotWritable { kind, .. } => {
+                ApiError::new(S::CONFLICT, "not_writable", message).with(json!({ "kind": kind }))
+            }
+            DataError::NoParentFolder { .. } => {
+                ApiError::new(S::NOT_FOUND, "unknown_parent", message)
+            }
+            DataError::TooLarge { limit } => {
+                ApiError::new(S::PAYLOAD_TOO_LARGE, "too_large", message)
+                    .with(json!({ "limit": limit }))
+            }
+            DataError::InsufficientStorage => {
+                ApiError::new(S::INSUFFICIENT_STORAGE, "insufficient_storage", message)
+            }
+            DataError::UnknownWrite(_) => ApiError::new(S::NOT_FOUND, "unknown_write", message),
         }
     }
 }

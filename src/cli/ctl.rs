@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use base64::Engine;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
@@ -14,11 +13,13 @@ use crate::admin::protocol::{Command, Response};
 use crate::scheduler::resync::ResyncReport;
 use crate::scheduler::{SyncEvent, SyncPhase};
 use crate::services::reports::{
-    ApiKeyCreated, ApiKeyList, FileList, Forgotten, LogFilter, PushQueued, ReloadReport,
-    ResyncQueued, StateChanged, Status, UserDetail, UserList, WebhookStatus,
+    ApiKeyCreated, ApiKeyList, FileList, Forgotten, LogFilter, ReloadReport, ResyncQueued,
+    StateChanged, Status, UserDetail, UserList, WebhookStatus,
 };
+use crate::services::writes::WriteView;
 use crate::store::api_keys::ApiKey;
 use crate::store::users::UserState;
+use crate::store::writes::WriteState;
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
@@ -74,17 +75,29 @@ pub enum CtlCommand {
     Resume {
         sub: String,
     },
-    /// Queue a file to be written into the user's appDataFolder on the next sync.
+    /// Write a file into the user's appDataFolder, as the data API's PUT does: created, or
+    /// replacing the file at that path, on the user's next sync (or at once with --now). A
+    /// file that changes on Drive meanwhile is not overwritten: the write ends as `conflict`.
     Push {
         sub: String,
-        /// The file's name on Drive (created, or the file of that name updated).
-        #[arg(long)]
-        name: String,
+        /// Where: `settings.json`, `docs/a.json` (a folder must exist; it is not created).
+        #[arg(long, visible_alias = "name")]
+        path: String,
         /// Local file with the content.
         #[arg(long)]
         file: PathBuf,
         #[arg(long)]
         mime_type: Option<String>,
+        /// Replace only this version of the file (its md5 or version, from `ctl files`).
+        /// Default: the version there now.
+        #[arg(long, conflicts_with = "create")]
+        if_match: Option<String>,
+        /// Create only: refused if something is at the path.
+        #[arg(long)]
+        create: bool,
+        /// Sync the user now and report the write's outcome.
+        #[arg(long)]
+        now: bool,
     },
     /// Revoke the user's grant at Google and delete tokens, mirror and rows.
     Forget {
@@ -122,15 +135,42 @@ pub enum ApiKeyCommand {
 }
 
 pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
-    let command = to_request(args.command)?;
+    let upload = match &args.command {
+        CtlCommand::Push { file, .. } => Some(file.clone()),
+        _ => None,
+    };
+    let mut command = to_request(args.command)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let json = args.json;
     let response = runtime.block_on(async {
         let mut client = AdminClient::connect(&args.socket).await?;
+        let mut file = match upload {
+            Some(path) => Some(
+                tokio::fs::File::open(&path)
+                    .await
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            ),
+            None => None,
+        };
+        if let Command::Push {
+            sub,
+            path,
+            if_match,
+            if_none_match: None,
+            ..
+        } = &mut command
+        {
+            if if_match.is_none() {
+                *if_match = current_version(&mut client, sub, path).await?;
+            }
+        }
+        let upload = file
+            .as_mut()
+            .map(|f| f as &mut (dyn tokio::io::AsyncRead + Unpin + Send));
         client
-            .request(&command, |event| {
+            .request_with_upload(&command, upload, |event| {
                 match (json, serde_json::from_value::<SyncEvent>(event.clone())) {
                     (false, Ok(e)) => println!("{}", describe_event(&e)),
                     _ => println!("{event}"),
@@ -139,6 +179,30 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             .await
     })?;
     print_response(&command, response, json)
+}
+
+/// `push` without --if-match or --create replaces the version at `path` now: its md5 (or
+/// version) as If-Match, none when nothing is there.
+async fn current_version(
+    client: &mut AdminClient,
+    sub: &str,
+    path: &str,
+) -> anyhow::Result<Option<String>> {
+    let files = Command::Files { sub: sub.into() };
+    let response = client.request(&files, |_| {}).await?;
+    let Some(result) = response.result else {
+        // The push itself reports the unknown user (or whatever failed) the usual way.
+        return Ok(None);
+    };
+    let list: FileList =
+        serde_json::from_value(result).context("the daemon's file list is malformed")?;
+    let paths = crate::store::files::paths(&list.files);
+    let path = path.strip_prefix('/').unwrap_or(path);
+    Ok(list
+        .files
+        .iter()
+        .find(|f| paths.get(&f.file_id).map(String::as_str) == Some(path))
+        .and_then(|f| f.md5.clone().or(f.version.map(|v| v.to_string()))))
 }
 
 /// The admin request a command line asks for; refuses what needs no daemon to refuse.
@@ -172,17 +236,24 @@ fn to_request(command: CtlCommand) -> anyhow::Result<Command> {
         CtlCommand::Resume { sub } => Command::Resume { sub },
         CtlCommand::Push {
             sub,
-            name,
+            path,
             file,
             mime_type,
+            if_match,
+            create,
+            now,
         } => {
-            let content =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let content_length = std::fs::metadata(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?
+                .len();
             Command::Push {
                 sub,
-                name,
-                content_base64: base64::engine::general_purpose::STANDARD.encode(content),
+                path,
+                content_length,
                 mime_type,
+                if_match,
+                if_none_match: create.then(|| "*".to_string()),
+                sync_now: now,
             }
         }
         CtlCommand::Forget { sub, yes } => {
@@ -340,11 +411,20 @@ fn render(command: &Command, result: Value) -> anyhow::Result<String> {
             format!("{} is now {}\n", r.user, r.state)
         }
         Command::Push { .. } => {
-            let r: PushQueued = read(result)?;
-            format!(
-                "push {} queued: {} bytes as {:?} for {} (uploaded on the next sync)\n",
-                r.push, r.bytes, r.name, r.user
-            )
+            let w: WriteView = read(result)?;
+            let when = match w.state {
+                WriteState::Pending => " (written on the user's next sync)",
+                _ => "",
+            };
+            let error = w.error.map(|e| format!(": {e}")).unwrap_or_default();
+            clean(&format!(
+                "write {} of {} bytes to {:?} for {}: {}{when}{error}\n",
+                w.id,
+                opt(&w.size),
+                w.path,
+                w.sub,
+                w.state
+            ))
         }
         Command::Forget { .. } => {
             let r: Forgotten = read(result)?;

@@ -39,6 +39,37 @@ pub enum DataError {
     InvalidCursor(String),
     #[error("the cursor is older than the feed's retention: changes after it were pruned; resync (see docs/data-api.md)")]
     CursorExpired,
+    #[error("{file_id:?} exists: a write to it must say which version it replaces (If-Match: \"MD5\" or \"VERSION\" from the file list, or * for any)")]
+    PreconditionRequired { file_id: String },
+    #[error("{0}")]
+    PreconditionFailed(PreconditionFailed),
+    #[error("{file_id:?} is a {kind}: only files can be written")]
+    NotWritable { file_id: String, kind: ItemKind },
+    #[error("no folder at {parent:?} to create {path:?} in (folders are not created by writes)")]
+    NoParentFolder { path: String, parent: String },
+    #[error("the content is over [sync] max_file_bytes ({limit} bytes)")]
+    TooLarge { limit: u64 },
+    #[error(
+        "the mirror's disk is under its free-space floor ([sync] min_free_disk_bytes); retry later"
+    )]
+    InsufficientStorage,
+    #[error("no write {0}")]
+    UnknownWrite(i64),
+}
+
+/// A write's precondition did not hold: what the item is now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreconditionFailed {
+    pub message: String,
+    pub file_id: Option<String>,
+    pub md5: Option<String>,
+    pub version: Option<i64>,
+}
+
+impl std::fmt::Display for PreconditionFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl From<sqlx::Error> for DataError {
@@ -77,7 +108,7 @@ impl std::fmt::Display for ItemKind {
 /// Drive's own types (folders, Docs editors files): no content to download.
 const GOOGLE_APPS_MIME: &str = "application/vnd.google-apps.";
 
-fn kind_of(row: &FileRow) -> ItemKind {
+pub(super) fn kind_of(row: &FileRow) -> ItemKind {
     let mime = row.mime_type.as_deref().unwrap_or("");
     match (row.metadata_only, mime) {
         (_, FOLDER_MIME) => ItemKind::Folder,
@@ -301,7 +332,7 @@ impl Services {
         })
     }
 
-    async fn file_rows(&self, sub: &str) -> Result<Vec<FileRow>, DataError> {
+    pub(super) async fn file_rows(&self, sub: &str) -> Result<Vec<FileRow>, DataError> {
         let mut conn = self.store.pool().acquire().await?;
         let rows = files::list(&mut conn, sub).await?;
         if rows.is_empty() {
@@ -355,7 +386,7 @@ impl Services {
     }
 
     /// Why no single item has `path`: none has it, or several have.
-    fn path_error(&self, sub: &str, path: &str, rows: &[FileRow]) -> DataError {
+    pub(super) fn path_error(&self, sub: &str, path: &str, rows: &[FileRow]) -> DataError {
         let mut ids: Vec<String> = views(rows)
             .into_iter()
             .filter(|f| f.path == path)
@@ -466,7 +497,7 @@ impl FileView {
 }
 
 /// Every row as a [`FileView`], paths resolved and shared paths flagged.
-fn views(rows: &[FileRow]) -> Vec<FileView> {
+pub(super) fn views(rows: &[FileRow]) -> Vec<FileView> {
     let paths = files::paths(rows);
     let mut uses: HashMap<&str, usize> = HashMap::new();
     for p in paths.values() {

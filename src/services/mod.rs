@@ -10,7 +10,7 @@ mod reload;
 pub mod reports;
 mod users;
 mod webhooks;
-mod writes;
+pub mod writes;
 
 use std::collections::HashMap;
 use std::sync::Arc;

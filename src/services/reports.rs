@@ -105,23 +105,6 @@ pub struct StateChanged {
     pub state: UserState,
 }
 
-/// `ctl push`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PushQueued {
-    pub push: i64,
-    pub user: String,
-    pub name: String,
-    pub bytes: usize,
-    /// The file the push replaces, and its version then; `None` creates a file.
-    pub replaces: Option<Replaces>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Replaces {
-    pub file_id: String,
-    pub version: Option<i64>,
-}
-
 /// `ctl forget`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Forgotten {

@@ -3,13 +3,12 @@
 use std::time::Duration;
 
 use super::reports::{
-    CredentialView, FileList, Forgotten, PushQueued, Replaces, StateChanged, SyncView, UserDetail,
-    UserList,
+    CredentialView, FileList, Forgotten, StateChanged, SyncView, UserDetail, UserList,
 };
 use super::{ServiceError, Services};
 use crate::store::changes::{self, ChangeKind, NewChange};
 use crate::store::users::{self, User, UserState};
-use crate::store::writes::{self, NewWrite, WriteOp};
+use crate::store::writes;
 use crate::store::{self, credentials, files, schedule, syncs};
 
 /// `ctl users` lists at most this many.
@@ -115,56 +114,6 @@ impl Services {
         Ok(StateChanged {
             user: sub.to_string(),
             state: target,
-        })
-    }
-
-    /// Queues `content` to be written as `name` into the user's appDataFolder on the next sync:
-    /// over the file of that name if there is one (a conflict if Drive changes it meanwhile),
-    /// else as a new file at the root (a conflict if one of that name appears meanwhile).
-    pub async fn push(
-        &self,
-        sub: &str,
-        name: &str,
-        mime_type: Option<&str>,
-        content: &[u8],
-    ) -> Result<PushQueued, ServiceError> {
-        if name.is_empty() {
-            return Err(ServiceError::BadRequest(
-                "the file name must not be empty".into(),
-            ));
-        }
-        self.user_row(sub).await?;
-        let mut conn = self.store.pool().acquire().await?;
-        let base = files::by_name(&mut conn, sub, name).await?;
-        drop(conn);
-        let spooled = self
-            .spool(futures::stream::iter([Ok::<_, std::io::Error>(
-                bytes::Bytes::copy_from_slice(content),
-            )]))
-            .await?;
-        let write = NewWrite {
-            file_id: base.as_ref().map(|b| b.file_id.clone()),
-            create_new: base.is_none(),
-            name: Some(name.to_string()),
-            mime_type: Some(mime_type.unwrap_or("application/octet-stream").to_string()),
-            spool: Some(spooled.name),
-            size: Some(spooled.size),
-            md5: Some(spooled.md5),
-            base_version: base.as_ref().and_then(|b| b.version),
-            must_be_new: base.is_none(),
-            ..Default::default()
-        };
-        let id = self.queue_write(sub, WriteOp::Put, &write).await?;
-        tracing::info!(user = %sub, write = id, name = %name, bytes = content.len(), "push queued by admin");
-        Ok(PushQueued {
-            push: id,
-            user: sub.to_string(),
-            name: name.to_string(),
-            bytes: content.len(),
-            replaces: base.map(|b| Replaces {
-                file_id: b.file_id,
-                version: b.version,
-            }),
         })
     }
 

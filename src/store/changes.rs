@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::files::{self, FileRow};
 use super::{Backend, Conn};
 
 text_enum! {
@@ -32,6 +33,13 @@ text_enum! {
         UserResumed = "user.resumed",
         /// An admin forgot the user: grant revoked, mirror and rows deleted.
         UserForgotten = "user.forgotten",
+        /// A write of the data API (or `ctl push`) was carried out on Drive; `detail` holds
+        /// its `write_id`. The file's own change comes just before it in the feed.
+        WriteDone = "write.done",
+        /// A write was not carried out: the file changed on Drive since the writer saw it.
+        WriteConflict = "write.conflict",
+        /// A write was given up: Drive refused it, or it failed too many times.
+        WriteFailed = "write.failed",
     }
 }
 
@@ -58,12 +66,12 @@ pub struct NewChange<'a> {
 }
 
 impl<'a> NewChange<'a> {
-    /// A change of a file.
-    pub fn file(kind: ChangeKind, sub: &'a str, file_id: &'a str) -> NewChange<'a> {
+    /// A change with nothing but its kind and user.
+    pub fn new(kind: ChangeKind, sub: &'a str) -> NewChange<'a> {
         NewChange {
             kind,
             sub,
-            file_id: Some(file_id),
+            file_id: None,
             path: None,
             md5: None,
             version: None,
@@ -72,17 +80,19 @@ impl<'a> NewChange<'a> {
         }
     }
 
+    /// A change of a file.
+    pub fn file(kind: ChangeKind, sub: &'a str, file_id: &'a str) -> NewChange<'a> {
+        NewChange {
+            file_id: Some(file_id),
+            ..NewChange::new(kind, sub)
+        }
+    }
+
     /// A change of a user's state (`state`: the state after it).
     pub fn user(kind: ChangeKind, sub: &'a str, state: &'a str) -> NewChange<'a> {
         NewChange {
-            kind,
-            sub,
-            file_id: None,
-            path: None,
-            md5: None,
-            version: None,
             state: Some(state),
-            detail: None,
+            ..NewChange::new(kind, sub)
         }
     }
 }
@@ -106,6 +116,27 @@ pub async fn record(conn: &mut Conn, change: &NewChange<'_>, now: i64) -> Result
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Records a change of the item `row` (its path resolved now, before a removal deletes the
+/// row), with `detail` (a write's id, for one the data API made).
+pub async fn record_file(
+    conn: &mut Conn,
+    kind: ChangeKind,
+    sub: &str,
+    row: &FileRow,
+    detail: Option<serde_json::Value>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let path = files::path_of(&mut *conn, sub, row).await?;
+    let change = NewChange {
+        path: Some(&path),
+        md5: row.md5.as_deref(),
+        version: row.version,
+        detail,
+        ..NewChange::file(kind, sub, &row.file_id)
+    };
+    record(conn, &change, now).await
 }
 
 /// A sequenced change, as the feed serves it.

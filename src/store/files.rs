@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Conn, Flag};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct FileRow {
     pub file_id: String,
     pub name: String,
@@ -227,6 +227,28 @@ pub fn paths(rows: &[FileRow]) -> HashMap<String, String> {
             (row.file_id.clone(), names.join("/"))
         })
         .collect()
+}
+
+/// One item's path, as [`paths`] resolves it, walking its parents in the database (one query
+/// per folder level): what a change of that item records.
+pub async fn path_of(conn: &mut Conn, sub: &str, row: &FileRow) -> Result<String, sqlx::Error> {
+    let mut names = vec![row.name.clone()];
+    let mut seen = vec![row.file_id.clone()];
+    let mut next = row.parent_id.clone();
+    while let Some(id) = next.take() {
+        if seen.contains(&id) || names.len() >= MAX_DEPTH {
+            break;
+        }
+        let parent = get(&mut *conn, sub, &id).await?;
+        let Some(parent) = parent.filter(|p| p.mime_type.as_deref() == Some(FOLDER_MIME)) else {
+            break;
+        };
+        names.push(parent.name);
+        seen.push(id);
+        next = parent.parent_id;
+    }
+    names.reverse();
+    Ok(names.join("/"))
 }
 
 #[cfg(test)]

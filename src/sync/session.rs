@@ -13,8 +13,10 @@ use super::mirror::{Download, Mirror, MirrorError, Written};
 use super::{Counts, SyncEngine, SyncError};
 use crate::google::drive::DriveFile;
 use crate::google::GoogleError;
+use crate::store::changes::{self, ChangeKind};
 use crate::store::files::{self, FileRow};
 use crate::store::schedule::{self, Listing};
+use crate::store::{self};
 use crate::tokens::AccessToken;
 
 /// Attempts per Google call (first try included) and the total time one call may spend: with
@@ -377,7 +379,7 @@ impl<'a> Session<'a> {
         if same_content {
             if old.as_ref() != Some(&row) {
                 // Renamed, moved, or a new version with identical bytes: metadata only.
-                self.commit_file(&row).await?;
+                self.commit_file(&row, old.as_ref()).await?;
             }
             return Ok(());
         }
@@ -416,7 +418,7 @@ impl<'a> Session<'a> {
         }
         row.size = Some(written.size);
         row.md5 = Some(written.md5);
-        self.commit_file(&row).await?;
+        self.commit_file(&row, old.as_ref()).await?;
         if old.is_some() {
             self.counts.updated += 1;
         } else {
@@ -547,7 +549,7 @@ impl<'a> Session<'a> {
         if old.as_ref() == Some(&row) {
             return Ok(());
         }
-        self.commit_file(&row).await?;
+        self.commit_file(&row, old.as_ref()).await?;
         if old.as_ref().is_some_and(|o| !o.metadata_only) {
             self.engine.mirror.remove(&relative).await?;
         }
@@ -643,9 +645,20 @@ impl<'a> Session<'a> {
         }
     }
 
-    pub(super) async fn commit_file(&mut self, row: &FileRow) -> Result<(), SyncError> {
+    /// Stores the item's row (it replaces `old`, if there was one) and its change for the feed,
+    /// in one transaction.
+    pub(super) async fn commit_file(
+        &mut self,
+        row: &FileRow,
+        old: Option<&FileRow>,
+    ) -> Result<(), SyncError> {
+        let kind = match old {
+            Some(_) => ChangeKind::FileUpdated,
+            None => ChangeKind::FileAdded,
+        };
         let mut tx = self.engine.store.begin_write().await?;
         files::upsert(tx.conn(), &self.sub, row).await?;
+        changes::record_file(tx.conn(), kind, &self.sub, row, None, store::now_ms()).await?;
         tx.commit().await?;
         self.changed = true;
         Ok(())
@@ -655,8 +668,10 @@ impl<'a> Session<'a> {
     /// even when there was no row: a crash between placing content and committing its row
     /// leaves bytes that only a replayed removal can find.
     async fn remove_file(&mut self, file_id: &str, old: Option<FileRow>) -> Result<(), SyncError> {
-        if old.is_some() {
+        if let Some(old) = &old {
             let mut tx = self.engine.store.begin_write().await?;
+            let (kind, now) = (ChangeKind::FileRemoved, store::now_ms());
+            changes::record_file(tx.conn(), kind, &self.sub, old, None, now).await?;
             files::delete(tx.conn(), &self.sub, file_id).await?;
             tx.commit().await?;
             self.counts.removed += 1;

@@ -17,6 +17,7 @@ use super::session::Session;
 use super::SyncError;
 use crate::google::drive::{NewFile, UploadProgress, UploadTarget, SIMPLE_UPLOAD_LIMIT};
 use crate::google::{drive::DriveFile, GoogleError};
+use crate::store::changes::{self, ChangeKind, NewChange};
 use crate::store::files::{self, FileRow};
 use crate::store::writes::{self, Write, WriteOp, WriteState};
 use crate::store::{self};
@@ -58,14 +59,7 @@ impl Session<'_> {
         };
         match result {
             Ok(Outcome::Done(row)) => {
-                let mut tx = self.engine.store.begin_write().await?;
-                match (&row, &w.file_id) {
-                    (Some(row), _) => files::upsert(tx.conn(), &self.sub, row).await?,
-                    (None, Some(id)) => files::delete(tx.conn(), &self.sub, id).await?,
-                    (None, None) => {}
-                }
-                writes::set_state(tx.conn(), w.id, WriteState::Done, None, store::now_ms()).await?;
-                tx.commit().await?;
+                self.settle_done(w, row.as_ref()).await?;
                 if row.is_none() {
                     if let Some(id) = &w.file_id {
                         let path = Mirror::relative_path(&self.sub, id)?;
@@ -110,14 +104,22 @@ impl Session<'_> {
         let mut conn = self.engine.store.pool().acquire().await?;
         if w.create_new {
             if w.must_be_new {
-                let taken = files::list(&mut conn, &self.sub)
-                    .await?
-                    .into_iter()
-                    .find(|f| {
-                        Some(&f.name) == w.name.as_ref()
-                            && f.parent_id == w.parent_id
-                            && Some(&f.file_id) != w.file_id.as_ref()
-                    });
+                let rows = files::list(&mut conn, &self.sub).await?;
+                // A parent that is no folder of ours is the appDataFolder itself: the root.
+                let folder = |id: Option<&String>| {
+                    id.filter(|id| {
+                        rows.iter().any(|r| {
+                            &r.file_id == *id && r.mime_type.as_deref() == Some(files::FOLDER_MIME)
+                        })
+                    })
+                    .cloned()
+                };
+                let parent = folder(w.parent_id.as_ref());
+                let taken = rows.iter().find(|f| {
+                    Some(&f.name) == w.name.as_ref()
+                        && folder(f.parent_id.as_ref()) == parent
+                        && Some(&f.file_id) != w.file_id.as_ref()
+                });
                 if let Some(f) = taken {
                     return Ok(Some(format!(
                         "an item named {:?} was created there on Drive (id {}) after the write was queued",
@@ -360,14 +362,55 @@ impl Session<'_> {
         }
     }
 
+    /// A write carried out: the file's row (`row`, or none: deleted), the file's change and
+    /// the write's outcome for the feed, in one transaction.
+    async fn settle_done(&self, w: &Write, row: Option<&FileRow>) -> Result<(), SyncError> {
+        let now = store::now_ms();
+        let detail = Some(write_detail(w, None));
+        let mut tx = self.engine.store.begin_write().await?;
+        match (row, &w.file_id) {
+            (Some(row), _) => {
+                let kind = match files::get(tx.conn(), &self.sub, &row.file_id).await? {
+                    Some(_) => ChangeKind::FileUpdated,
+                    None => ChangeKind::FileAdded,
+                };
+                files::upsert(tx.conn(), &self.sub, row).await?;
+                changes::record_file(tx.conn(), kind, &self.sub, row, detail.clone(), now).await?;
+            }
+            (None, Some(id)) => {
+                if let Some(old) = files::get(tx.conn(), &self.sub, id).await? {
+                    let kind = ChangeKind::FileRemoved;
+                    changes::record_file(tx.conn(), kind, &self.sub, &old, detail.clone(), now)
+                        .await?;
+                    files::delete(tx.conn(), &self.sub, id).await?;
+                }
+            }
+            (None, None) => {}
+        }
+        writes::set_state(tx.conn(), w.id, WriteState::Done, None, now).await?;
+        record_outcome(tx.conn(), w, ChangeKind::WriteDone, None, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Moves the write to `state`; a settled one (conflict, failed) enters the feed.
     async fn finish(
         &self,
         w: &Write,
         state: WriteState,
         error: Option<&str>,
     ) -> Result<(), SyncError> {
+        let now = store::now_ms();
         let mut tx = self.engine.store.begin_write().await?;
-        writes::set_state(tx.conn(), w.id, state, error, store::now_ms()).await?;
+        writes::set_state(tx.conn(), w.id, state, error, now).await?;
+        let kind = match state {
+            WriteState::Conflict => Some(ChangeKind::WriteConflict),
+            WriteState::Failed => Some(ChangeKind::WriteFailed),
+            WriteState::Pending | WriteState::Done => None,
+        };
+        if let Some(kind) = kind {
+            record_outcome(tx.conn(), w, kind, error, now).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -380,6 +423,33 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// What a change made by (or about) a write carries: the write's id and op, and why it was
+/// not carried out.
+fn write_detail(w: &Write, error: Option<&str>) -> serde_json::Value {
+    let mut detail = serde_json::json!({"write_id": w.id, "op": w.op.as_str()});
+    if let (Some(e), Some(obj)) = (error, detail.as_object_mut()) {
+        obj.insert("error".into(), e.into());
+    }
+    detail
+}
+
+/// The write's outcome in the feed.
+async fn record_outcome(
+    conn: &mut store::Conn,
+    w: &Write,
+    kind: ChangeKind,
+    error: Option<&str>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let change = NewChange {
+        file_id: w.file_id.as_deref(),
+        md5: w.md5.as_deref(),
+        detail: Some(write_detail(w, error)),
+        ..NewChange::new(kind, &w.sub)
+    };
+    changes::record(conn, &change, now).await
 }
 
 /// Moves pushes queued by an older version (content in the database) to writes (content in

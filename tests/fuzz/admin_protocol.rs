@@ -52,7 +52,7 @@ fn seeds() -> Vec<Vec<u8>> {
         r#"{"id": 2, "cmd": "user", "sub": "1234567890"}"#,
         r#"{"id": 3, "cmd": "resync", "sub": "42", "full": true, "wait": true}"#,
         r#"{"id": 4, "cmd": "resync", "all": true}"#,
-        r#"{"id": 5, "cmd": "push", "sub": "42", "name": "a.json", "content_base64": "e30=", "mime_type": "application/json"}"#,
+        r#"{"id": 5, "cmd": "push", "sub": "42", "path": "docs/a.json", "content_length": 2, "mime_type": "application/json", "if_match": "*", "sync_now": true}"#,
         r#"{"id": [1, {"a": null}], "cmd": "log-level", "filter": "appdata_syncd=debug,info"}"#,
         r#"{"cmd": "forget", "sub": "42"}"#,
         r#"{"cmd": "reload", "id": null}"#,
@@ -97,14 +97,23 @@ fn command() -> impl Strategy<Value = Command> {
         }),
         s().prop_map(|sub| Command::Pause { sub }),
         s().prop_map(|sub| Command::Resume { sub }),
-        (s(), s(), "[A-Za-z0-9+/=]{0,64}", option::of(s())).prop_map(
-            |(sub, name, content_base64, mime_type)| Command::Push {
-                sub,
-                name,
-                content_base64,
-                mime_type,
-            }
-        ),
+        (
+            (s(), s(), any::<u64>(), option::of(s())),
+            (option::of(s()), option::of(s()), any::<bool>())
+        )
+            .prop_map(
+                |((sub, path, content_length, mime_type), (if_match, if_none_match, sync_now))| {
+                    Command::Push {
+                        sub,
+                        path,
+                        content_length,
+                        mime_type,
+                        if_match,
+                        if_none_match,
+                        sync_now,
+                    }
+                }
+            ),
         s().prop_map(|sub| Command::Forget { sub }),
         s().prop_map(|filter| Command::LogLevel { filter }),
         Just(Command::Reload),

@@ -119,7 +119,7 @@ async fn every_ctl_command_works_in_table_and_json_form() {
         ])
         .await;
     assert!(
-        pushed.ok && pushed.stdout.contains("queued"),
+        pushed.ok && pushed.stdout.contains("pending"),
         "{}",
         pushed.stdout
     );

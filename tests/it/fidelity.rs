@@ -212,11 +212,7 @@ async fn an_upload_above_5_mb_uses_a_resumable_session_and_resumes_after_dropped
     let content: Vec<u8> = (0..(12 * 1024 * 1024))
         .map(|i| (i * 7 % 256) as u8)
         .collect();
-    let queued = app
-        .services
-        .push("up", "big-upload.bin", None, &content)
-        .await
-        .unwrap();
+    let queued = app.put("up", "big-upload.bin", None, &content).await;
     // Each chunk's connection drops after 3 MiB: only asking the session and resuming works.
     app.google.emulator().set_faults(drive_fault(Fault {
         upload_cut_after_bytes: Some(3 * 1024 * 1024),
@@ -239,7 +235,7 @@ async fn an_upload_above_5_mb_uses_a_resumable_session_and_resumes_after_dropped
         .unwrap();
     assert_eq!(md5_hex(&uploaded), md5_hex(&content));
     let write = app.services.user("up").await.unwrap().writes;
-    assert_eq!(write[0].id, queued.push);
+    assert_eq!(write[0].id, queued.id);
     assert_eq!(write[0].state.as_str(), "done");
     app.assert_mirror_matches("up").await;
     app.stop().await;
@@ -251,10 +247,8 @@ async fn a_create_whose_answer_was_lost_is_not_made_twice() {
     app.google_user("once");
     app.sign_in("once").await;
     app.cycle().await;
-    app.services
-        .push("once", "made-once.txt", Some("text/plain"), b"exactly one")
-        .await
-        .unwrap();
+    app.put("once", "made-once.txt", Some("text/plain"), b"exactly one")
+        .await;
     // Drive creates the file but the answer never arrives; the retry with the same
     // generated id is refused with 409, and the daemon recognises its own file.
     app.google.emulator().set_faults(drive_fault(Fault {

@@ -261,11 +261,7 @@ async fn an_invalid_page_token_falls_back_to_a_full_listing() {
 }
 
 async fn queue_push(app: &TestApp, sub: &str, name: &str, content: &[u8]) -> i64 {
-    app.services
-        .push(sub, name, None, content)
-        .await
-        .unwrap()
-        .push
+    app.put(sub, name, None, content).await.id
 }
 
 async fn push_state(app: &TestApp, id: i64) -> String {

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use appdata_syncd::admin::protocol::Command;
 use appdata_syncd::store::users::UserState;
-use base64::Engine;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -123,13 +122,17 @@ async fn resume_one(soak: &Soak) {
 /// `push`: a new file of up to 3 kB written to Drive through the daemon.
 async fn push(soak: &Soak, sub: String) {
     let len = rand::thread_rng().gen_range(0..3000);
+    let content = payload(len);
     let cmd = Command::Push {
         sub,
-        name: file_name(),
-        content_base64: base64::engine::general_purpose::STANDARD.encode(payload(len)),
+        path: file_name(),
+        content_length: content.len() as u64,
         mime_type: None,
+        if_match: None,
+        if_none_match: Some("*".into()),
+        sync_now: false,
     };
-    soak.admin_counted("push", &cmd).await;
+    soak.admin_counted_with("push", &cmd, Some(&content)).await;
 }
 
 /// `forget`: revokes the grant at Google and deletes the user; the model follows the answer.

@@ -109,16 +109,40 @@ impl Soak {
     }
 
     pub(super) async fn admin(&self, command: &Command) -> anyhow::Result<Response> {
+        self.admin_with(command, None).await
+    }
+
+    /// Sends `command` and then `upload` (a push's content).
+    async fn admin_with(
+        &self,
+        command: &Command,
+        upload: Option<&[u8]>,
+    ) -> anyhow::Result<Response> {
         let mut client = AdminClient::connect(&self.paths.socket).await?;
-        tokio::time::timeout(Duration::from_secs(120), client.request(command, |_| {}))
+        let mut upload = upload;
+        let upload = upload
+            .as_mut()
+            .map(|u| u as &mut (dyn tokio::io::AsyncRead + Unpin + Send));
+        let answer = client.request_with_upload(command, upload, |_| {});
+        tokio::time::timeout(Duration::from_secs(120), answer)
             .await
             .context("no answer in 120 s")?
     }
 
     /// Sends `command`, counting it as "admin.NAME" and its outcome as "admin_result.NAME.X".
     pub(super) async fn admin_counted(&self, name: &str, command: &Command) -> Option<Value> {
+        self.admin_counted_with(name, command, None).await
+    }
+
+    /// [`Self::admin_counted`], with a push's content.
+    pub(super) async fn admin_counted_with(
+        &self,
+        name: &str,
+        command: &Command,
+        upload: Option<&[u8]>,
+    ) -> Option<Value> {
         self.counts.add(format!("admin.{name}"));
-        let outcome = match self.admin(command).await {
+        let outcome = match self.admin_with(command, upload).await {
             Ok(r) if r.ok == Some(true) => {
                 self.counts.add(format!("admin_result.{name}.ok"));
                 return Some(r.result.unwrap_or(Value::Null));

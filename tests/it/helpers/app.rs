@@ -7,6 +7,8 @@ use std::sync::Arc;
 use appdata_syncd::config::Config;
 use appdata_syncd::lifecycle::App;
 use appdata_syncd::scheduler::{CycleOutcome, Scheduler};
+use appdata_syncd::services::data::Item;
+use appdata_syncd::services::writes::{WriteTarget, WriteView};
 use appdata_syncd::services::Services;
 use appdata_syncd::store::Store;
 use fake_google::{FakeGoogle, MintCode, NewUser};
@@ -149,6 +151,34 @@ impl TestApp {
         let code = self.auth_code(sub);
         let (status, body) = self.post_code(&code).await;
         assert_eq!(status, 200, "sign-in of {sub} failed: {body}");
+    }
+
+    /// Queues a write of `content` to `path` (a create, or a replace of the version mirrored
+    /// now, as `ctl push` does), as the data API's PUT does.
+    pub async fn put(
+        &self,
+        sub: &str,
+        path: &str,
+        mime_type: Option<&str>,
+        content: &[u8],
+    ) -> WriteView {
+        let current = self.services.content_item(sub, Item::Path(path)).await;
+        let seen = current.ok().and_then(|c| c.file.md5);
+        let target = WriteTarget {
+            sub,
+            item: Item::Path(path),
+            if_match: seen.as_deref(),
+            if_none_match: None,
+            sync_now: false,
+        };
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(
+            content,
+        ))]);
+        let size = Some(content.len() as u64);
+        self.services
+            .put_content(&target, mime_type, size, body)
+            .await
+            .unwrap()
     }
 
     /// Every row of users and credentials, rendered: equal snapshots mean nothing changed.
