@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod files;
 pub mod pushes;
 pub mod schedule;
+pub mod security_events;
 pub mod syncs;
 pub mod users;
 pub mod writes;
