@@ -11,8 +11,10 @@
 //!   key rotation.
 //! - [`sync`]: one user's sync (full listing, changes feed, mirror writes, queued writes).
 //! - [`scheduler`]: cron cycles, resyncs, concurrency, leases between instances.
+//! - [`risc`]: Cross-Account Protection: Google's security events, stored and acted on.
 //! - [`services`]: the one handle the front doors share; every admin operation has its home.
-//! - [`intake`] and [`admin`]: the front doors (`POST /authcode`; the Unix admin socket).
+//! - [`intake`] and [`admin`]: the front doors (`POST /authcode`, `POST /risc`; the Unix admin
+//!   socket).
 //! - [`lifecycle`]: build, run, supervision, signals, shutdown.
 //! - [`cli`]: the `appdata-syncd` command line, including `ctl` and `dev`.
 //!
@@ -28,6 +30,7 @@ pub mod intake;
 pub mod lifecycle;
 pub mod metrics;
 pub mod notify;
+pub mod risc;
 pub mod scheduler;
 pub mod services;
 pub mod store;

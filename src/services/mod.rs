@@ -5,6 +5,7 @@
 
 mod reload;
 pub mod reports;
+mod security;
 mod users;
 mod writes;
 
@@ -16,6 +17,7 @@ use parking_lot::Mutex;
 use crate::config::ResolvedConfig;
 use crate::google::id_token::IdTokenVerifier;
 use crate::google::RateLimit;
+use crate::risc::Risc;
 use crate::scheduler::resync::{ResyncReport, ResyncTarget, WaitError};
 use crate::scheduler::{Scheduler, SyncEvent};
 use crate::store::schedule::{self, Resync};
@@ -67,6 +69,8 @@ pub struct Parts {
     pub limit: Arc<RateLimit>,
     pub mirror: Mirror,
     pub log: Option<LogHandle>,
+    /// Cross-Account Protection (its audiences follow reloads of the client ids).
+    pub risc: Arc<Risc>,
 }
 
 pub struct Services {
@@ -77,6 +81,7 @@ pub struct Services {
     limit: Arc<RateLimit>,
     mirror: Mirror,
     log: Option<LogHandle>,
+    risc: Arc<Risc>,
     started: Instant,
     /// The configuration in force (replaced by reloads).
     config: Mutex<ResolvedConfig>,
@@ -92,6 +97,7 @@ impl Services {
             limit: parts.limit,
             mirror: parts.mirror,
             log: parts.log,
+            risc: parts.risc,
             started: Instant::now(),
             config: Mutex::new(parts.config),
         })
@@ -142,7 +148,9 @@ impl Services {
         let reauth_required_last_day =
             user_rows::count_changed_since(&mut conn, UserState::ReauthRequired, day_ago).await?;
         let (waits, waited) = self.limit.waits();
+        let security = self.security_counts().await?;
         Ok(Status {
+            security,
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_s: self.started.elapsed().as_secs(),
             database: store::redact_url(&self.config.lock().store_url),
@@ -211,7 +219,7 @@ impl Services {
                 user.state
             )));
         }
-        Ok(())
+        self.check_not_suspended(sub).await
     }
 
     /// Changes the rate limit of calls to Google, as a reload of
