@@ -10,6 +10,7 @@ mod helpers;
 mod intake;
 mod lifecycle;
 mod log_scan;
+mod risc;
 mod s3;
 mod scale_out;
 mod sync;
