@@ -180,7 +180,12 @@ impl Risc {
                 let applied =
                     users::set_suspension(tx.conn(), sub, Some(reason), e.issued_at, now).await?;
                 if applied {
-                    Done::user(sub, Outcome::Suspended, Some(format!("reason: {reason}")), true)
+                    Done::user(
+                        sub,
+                        Outcome::Suspended,
+                        Some(format!("reason: {reason}")),
+                        true,
+                    )
                 } else {
                     Done::user(sub, Outcome::Superseded, Some(superseded()), false)
                 }
@@ -243,6 +248,8 @@ impl Risc {
                     "cannot revoke the grant at Google yet: {g}"
                 )));
             }
+            // Our database, not Google: the tokens are still there to revoke next time.
+            Err(TokenError::Database(db)) => return Err(db.into()),
             Err(err) => format!("revoking the grant at Google failed ({err}); deleted anyway"),
         };
         let mut tx = self.store.begin_write().await?;

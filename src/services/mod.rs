@@ -148,7 +148,7 @@ impl Services {
         let reauth_required_last_day =
             user_rows::count_changed_since(&mut conn, UserState::ReauthRequired, day_ago).await?;
         let (waits, waited) = self.limit.waits();
-        let security = self.security_counts().await?;
+        let security = self.security_counts_on(&mut conn).await?;
         Ok(Status {
             security,
             version: env!("CARGO_PKG_VERSION").into(),

@@ -12,14 +12,22 @@ const EVENTS_SHOWN: i64 = 20;
 impl Services {
     pub async fn security_counts(&self) -> Result<SecurityCounts, ServiceError> {
         let mut conn = self.store.pool().acquire().await?;
-        let (suspended_by_google, credential_change_required) =
-            users::flag_counts(&mut conn).await?;
+        self.security_counts_on(&mut conn).await
+    }
+
+    /// On the caller's connection: a caller that holds one must not wait for a second (many
+    /// concurrent `status` requests would exhaust the pool).
+    pub(super) async fn security_counts_on(
+        &self,
+        conn: &mut Conn,
+    ) -> Result<SecurityCounts, ServiceError> {
+        let (suspended_by_google, credential_change_required) = users::flag_counts(conn).await?;
         let day_ago = store::now_ms() - 86_400_000;
         Ok(SecurityCounts {
             suspended_by_google,
             credential_change_required,
-            events_last_day: security_events::count_since(&mut conn, day_ago).await?,
-            pending_events: security_events::count_pending(&mut conn).await?,
+            events_last_day: security_events::count_since(conn, day_ago).await?,
+            pending_events: security_events::count_pending(conn).await?,
         })
     }
 
