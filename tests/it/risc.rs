@@ -345,6 +345,23 @@ async fn an_account_disabled_for_another_reason_is_suspended_without_calls_until
 }
 
 #[tokio::test]
+async fn an_older_disabled_event_delivered_late_does_not_undo_a_newer_enabled_one() {
+    let app = app_receiving().await;
+    app.sign_in("late1").await;
+    let bulk = EmitEvent::new("late1", RiscEvent::AccountDisabled).reason("bulk-account");
+    assert_eq!(outcome_of(&app, bulk).await, "suspended");
+    let enabled = outcome_of(&app, EmitEvent::new("late1", RiscEvent::AccountEnabled)).await;
+    assert_eq!(enabled, "suspension_cleared");
+    // Issued before the account-enabled, delivered after it (Google's retries).
+    let mut late = EmitEvent::new("late1", RiscEvent::AccountDisabled).reason("bulk-account");
+    late.iat_offset_s = Some(-120);
+    assert_eq!(outcome_of(&app, late).await, "superseded");
+    assert_eq!(suspension(&app, "late1").await, None);
+    assert_eq!(app.cycle().await.ok, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn credential_change_required_flags_the_user_for_the_operator_until_acknowledged() {
     let app = app_receiving().await;
     app.sign_in("cc1").await;
@@ -383,7 +400,7 @@ async fn credential_change_required_flags_the_user_for_the_operator_until_acknow
 }
 
 #[tokio::test]
-async fn events_for_unknown_users_and_unknown_types_are_acknowledged_and_dropped() {
+async fn events_for_unknown_users_are_acknowledged_and_dropped() {
     let app = app_receiving().await;
     app.sign_in("kn1").await;
     app.google_user("stranger");
@@ -490,6 +507,45 @@ async fn a_sync_in_flight_stops_at_once_when_the_tokens_are_revoked() {
         .await
         .unwrap();
     assert_eq!(files, 0, "the download was abandoned, not committed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_sync_in_flight_stops_when_another_instance_suspends_the_user() {
+    let app = app_receiving().await;
+    app.google_user("fl2");
+    let big = vec![7u8; 4 << 20];
+    app.google
+        .emulator()
+        .create_file("fl2", "big.bin", big, None)
+        .unwrap();
+    app.sign_in("fl2").await;
+    app.google.emulator().set_faults(Faults {
+        drive: Some(Fault {
+            body_bytes_per_sec: Some(64 * 1024),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let scheduler = app.scheduler.clone();
+    let cycle = tokio::spawn(async move { scheduler.run_once().await });
+    eventually(
+        "the download to start",
+        Duration::from_secs(20),
+        async || app.google.emulator().stats().count("files.download") >= 1,
+    )
+    .await;
+    // What an instance that received the event commits; this one hears nothing of it.
+    sqlx::query("UPDATE users SET suspended_by_google = 'bulk-account' WHERE sub = 'fl2'")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), cycle)
+        .await
+        .expect("the sync stopped within the watch period")
+        .unwrap();
+    assert_eq!(outcome.cancelled, 1, "{outcome:?}");
+    app.google.emulator().clear_faults();
     app.stop().await;
 }
 

@@ -147,6 +147,10 @@ pub struct EmitEvent {
     pub jti: Option<String>,
     #[serde(default)]
     pub forgery: Option<SetForgery>,
+    /// Seconds added to `iat` (negative: an event that happened earlier and is delivered
+    /// late, as after Google's retries).
+    #[serde(default)]
+    pub iat_offset_s: Option<i64>,
     /// Whether the emulator also does what the event reports, as Google would have: a
     /// tokens-revoked event revokes the user's grants, a token-revoked one the grant of the
     /// token it names. Default true (never for a forgery).
@@ -167,6 +171,7 @@ impl EmitEvent {
             audience: None,
             jti: None,
             forgery: None,
+            iat_offset_s: None,
             revoke_grants: None,
         }
     }
@@ -248,7 +253,7 @@ impl Emulator {
     /// Mints the SET for `e`, forged as it asks.
     pub(crate) fn mint_set(&self, e: &EmitEvent) -> Result<Emitted, Error> {
         let jti = e.jti.clone().unwrap_or_else(|| ids::url_safe(32));
-        let now = chrono::Utc::now().timestamp();
+        let now = chrono::Utc::now().timestamp() + e.iat_offset_s.unwrap_or(0);
         let mut claims = json!({
             "iss": ISSUER,
             "aud": e.audience.clone().unwrap_or_else(|| self.clients.web_client_id.clone()),
