@@ -39,6 +39,8 @@ pub enum Command {
     Dev(DevArgs),
     /// Talk to a running daemon through its admin socket.
     Ctl(ctl::CtlArgs),
+    /// Cross-Account Protection: register the receiver with Google, verify, status, disable.
+    Risc(risc::RiscArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve(&a.config),
         Command::Dev(args) => runtime()?.block_on(crate::cli::dev::run(args)),
         Command::Ctl(args) => ctl::run(args),
+        Command::Risc(args) => risc::run(args),
     }
 }
 
@@ -155,3 +158,4 @@ fn abort_a_task_if_asked(_: &App) {}
 
 pub mod ctl;
 pub mod dev;
+pub mod risc;

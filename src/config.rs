@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::crypto::Keyring;
+use crate::google::risc_api::ServiceAccountKey;
 use crate::google::HttpVersion;
 use crate::scheduler::schedule::Schedule;
 pub use crate::sync::mirror::MirrorLocation;
@@ -36,6 +37,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub api: ApiConfig,
+    pub risc: RiscConfig,
     /// The file this was read from, for reloads.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -324,6 +326,43 @@ impl Default for ApiConfig {
             tls_key: None,
             change_retention: Duration::from_secs(7 * 24 * 3600),
             webhooks: Vec::new(),
+        }
+    }
+}
+
+/// Cross-Account Protection: Google's security events at `POST /risc`, and the service account
+/// key `appdata-syncd risc ...` registers the receiver with.
+/// <https://developers.google.com/identity/protocols/risc>
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiscConfig {
+    /// Serve `POST /risc` on the intake. Off: 404, as any unknown path.
+    pub enabled: bool,
+    /// Google's RISC configuration document (issuer and signing keys).
+    pub configuration_uri: String,
+    /// The stream management API (`{base}/v1beta/stream...`).
+    pub api_base: String,
+    /// The service account's JSON key (role RISC Configuration Admin), for `risc register`,
+    /// `verify`, `status`, `enable`, `disable`. Default: `$CREDENTIALS_DIRECTORY/risc-service-account.json`
+    /// when that file exists. The daemon itself does not need it.
+    pub service_account_file: Option<PathBuf>,
+    /// Events issued longer ago are refused; their `jti`s need not be remembered longer.
+    #[serde(with = "humantime_serde")]
+    pub max_event_age: Duration,
+    /// How long acted-on events stay in users' histories (at least `max_event_age`).
+    #[serde(with = "humantime_serde")]
+    pub history_retention: Duration,
+}
+
+impl Default for RiscConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            configuration_uri: crate::google::risc::GOOGLE_CONFIGURATION_URI.into(),
+            api_base: crate::google::risc_api::GOOGLE_API_BASE.into(),
+            service_account_file: None,
+            max_event_age: Duration::from_secs(7 * 86_400),
+            history_retention: Duration::from_secs(180 * 86_400),
         }
     }
 }
@@ -619,6 +658,8 @@ pub struct ResolvedConfig {
     pub schedule: Schedule,
     /// `[api]`, checked, webhook secrets read.
     pub api: ResolvedApi,
+    /// `[risc] service_account_file`, read and checked; `None` when there is none.
+    pub risc_service_account: Option<ServiceAccountKey>,
 }
 
 impl Config {
@@ -646,8 +687,10 @@ impl Config {
             .with_context(|| format!("[log] level = {:?} is not a valid filter", self.log.level))?;
         let (data_dir, mirror) = self.resolve_mirror(&state_dir)?;
         let api = self.resolve_api()?;
+        let risc_service_account = self.resolve_risc(credentials_dir.as_deref())?;
         Ok(ResolvedConfig {
             api,
+            risc_service_account,
             schedule,
             raw: self,
             client,
@@ -821,6 +864,40 @@ impl Config {
         Ok(schedule)
     }
 
+    /// `[risc]`: URLs and ages checked, the service account key read (when there is one).
+    fn resolve_risc(
+        &self,
+        credentials: Option<&Path>,
+    ) -> anyhow::Result<Option<ServiceAccountKey>> {
+        let r = &self.risc;
+        for (key, value) in [
+            ("configuration_uri", &r.configuration_uri),
+            ("api_base", &r.api_base),
+        ] {
+            let url = url::Url::parse(value)
+                .with_context(|| format!("[risc] {key} = {value:?} is not a URL"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                bail!("[risc] {key} = {value:?} must be an http(s) URL");
+            }
+        }
+        if r.max_event_age < Duration::from_secs(60) {
+            bail!("[risc] max_event_age must be at least 1m");
+        }
+        if r.history_retention < r.max_event_age {
+            bail!("[risc] history_retention must be at least max_event_age: a replayed event is recognised only while its jti is kept");
+        }
+        let path = match (&r.service_account_file, credentials) {
+            (Some(p), _) => p.clone(),
+            (None, Some(dir)) if dir.join("risc-service-account.json").exists() => {
+                dir.join("risc-service-account.json")
+            }
+            _ => return Ok(None),
+        };
+        ServiceAccountKey::read(&path)
+            .map(Some)
+            .context("[risc] service_account_file")
+    }
+
     /// `[sync] data_dir` (default `STATE_DIR/mirror`) and where mirror contents live.
     fn resolve_mirror(&self, state_dir: &Path) -> anyhow::Result<(PathBuf, MirrorLocation)> {
         let data_dir = self
@@ -891,6 +968,16 @@ impl ResolvedConfig {
         derived("sync.data_dir", self.data_dir.display().to_string());
         derived("sync.mirror", self.mirror_description());
         derived("sync.instance_id", self.instance_id());
+        derived(
+            "risc.service_account",
+            match &self.risc_service_account {
+                Some(k) => format!(
+                    "{} (key {}, private key [redacted])",
+                    k.client_email, k.private_key_id
+                ),
+                None => "none (needed only by `appdata-syncd risc ...`)".into(),
+            },
+        );
         m
     }
 

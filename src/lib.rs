@@ -11,9 +11,11 @@
 //!   key rotation.
 //! - [`sync`]: one user's sync (full listing, changes feed, mirror writes, queued writes).
 //! - [`scheduler`]: cron cycles, resyncs, concurrency, leases between instances.
+//! - [`risc`]: Cross-Account Protection: Google's security events, stored and acted on.
 //! - [`services`]: the one handle the front doors share; every admin operation has its home.
-//! - [`intake`] and [`admin`]: the front doors (`POST /authcode`; the Unix admin socket).
-//! - [`api`]: the data API for the operator's backend (reads, change feed, webhooks).
+//! - [`intake`] and [`admin`]: the front doors (`POST /authcode`, `POST /risc`; the Unix admin
+//!   socket).
+//! - [`api`]: the data API for the operator's backend (reads, writes, change feed, webhooks).
 //! - [`lifecycle`]: build, run, supervision, signals, shutdown.
 //! - [`cli`]: the `appdata-syncd` command line, including `ctl` and `dev`.
 //!
@@ -30,6 +32,7 @@ pub mod intake;
 pub mod lifecycle;
 pub mod metrics;
 pub mod notify;
+pub mod risc;
 pub mod scheduler;
 pub mod services;
 pub mod store;

@@ -116,6 +116,30 @@ pub fn api_request(status: u16) {
         .increment(1);
 }
 
+/// A security event token at `POST /risc`: "accepted", "duplicate" (a replayed `jti`), or the
+/// RFC 8935 error code it was refused with ("invalid_key", ..., "unavailable").
+pub fn risc_received(result: &'static str) {
+    metrics::counter!("appdata_syncd_risc_sets_total", "result" => result).increment(1);
+}
+
+/// A security event acted on: its type ("account-disabled", "verification", ...) and outcome
+/// ("tokens_deleted", "suspended", "unknown_user", ...).
+pub fn risc_event(event: &'static str, outcome: &'static str) {
+    metrics::counter!("appdata_syncd_risc_events_total", "event" => event, "outcome" => outcome)
+        .increment(1);
+}
+
+/// Users with a Cross-Account Protection flag: "suspended_by_google" or
+/// "credential_change_required" (fed by the caller before each scrape, like users by state).
+pub fn set_users_flagged(flag: &'static str, n: i64) {
+    metrics::gauge!("appdata_syncd_users_flagged", "flag" => flag).set(n as f64);
+}
+
+/// Security events received and not yet acted on.
+pub fn set_risc_pending(n: i64) {
+    metrics::gauge!("appdata_syncd_risc_pending_events").set(n as f64);
+}
+
 /// Serves `GET /metrics` on `listener` until `stop`. `before_scrape` runs before each
 /// render, so gauges read from elsewhere (users by state, from the database) are never stale.
 pub async fn serve<F, Fut>(

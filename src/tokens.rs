@@ -5,6 +5,11 @@
 //! `invalid_grant` on refresh means the grant is gone (revoked, expired, password change, too
 //! many tokens): the user moves to `reauth_required`, once, and nothing calls Google for them
 //! until a new sign-in. Transient failures are the caller's to retry.
+//!
+//! Cross-Account Protection: no token is handed out or refreshed for a user Google suspended
+//! ([`TokenError::Suspended`]); tokens deleted on a revocation event are simply gone
+//! ([`TokenError::Missing`]). Whenever a refresh token is stored or opened, the identifiers a
+//! token-revoked event names it by are stored beside it ([`store_token_ids`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,8 +19,10 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto::{CryptoError, Keyring, Purpose, Sealed};
 use crate::google::oauth::{OAuthClient, TokenResponse};
+use crate::google::risc::RefreshTokenIds;
 use crate::google::GoogleError;
 use crate::store::changes::{self, ChangeKind, NewChange};
+use crate::store::credentials::StoredCredential;
 use crate::store::users::UserState;
 use crate::store::{self, credentials, users, Store};
 
@@ -30,6 +37,9 @@ pub enum TokenError {
     Broken(#[from] CryptoError),
     #[error("the user has no stored credentials")]
     Missing,
+    /// Google disabled the account (Cross-Account Protection): no call until it is enabled.
+    #[error("Google disabled the user's account ({0}); no call to Google until it is enabled")]
+    Suspended(String),
     #[error(transparent)]
     Google(#[from] GoogleError),
     #[error("database error: {0}")]
@@ -141,6 +151,12 @@ impl Tokens {
         rejected: Option<&AccessToken>,
     ) -> Result<(AccessToken, bool), TokenError> {
         let mut conn = self.store.pool().acquire().await?;
+        if let Some(reason) = users::security(&mut conn, sub)
+            .await?
+            .and_then(|s| s.suspended_by_google)
+        {
+            return Err(TokenError::Suspended(reason));
+        }
         let cred = credentials::get(&mut conn, sub)
             .await?
             .ok_or(TokenError::Missing)?;
@@ -160,6 +176,7 @@ impl Tokens {
             &cred.refresh_token.key_id,
             &cred.refresh_token.bytes,
         )?;
+        self.backfill_token_ids(sub, &cred, &refresh).await;
         let resp = match self.oauth.refresh(&refresh).await {
             Ok(r) => {
                 crate::metrics::token_refresh("ok");
@@ -209,6 +226,7 @@ impl Tokens {
                 Some((&access, expires_at)),
             )
             .await?;
+            store_token_ids(tx.conn(), sub, &sealed, new_refresh).await?;
         }
         tx.commit().await?;
         Ok((
@@ -218,6 +236,33 @@ impl Tokens {
             },
             true,
         ))
+    }
+
+    /// Stores the token-revoked identifiers of an opened refresh token when they are missing
+    /// (a token stored before migration 0007) or stale. Best effort: a failure is logged, and
+    /// the next opening tries again.
+    async fn backfill_token_ids(&self, sub: &str, cred: &StoredCredential, refresh: &SecretString) {
+        let ids = RefreshTokenIds::of(refresh.expose_secret());
+        if cred.refresh_token_hash.as_deref() == Some(ids.hash.as_str()) {
+            return;
+        }
+        let stored = async {
+            let mut tx = self.store.begin_write().await?;
+            let stored = credentials::set_token_ids(
+                tx.conn(),
+                sub,
+                &cred.refresh_token,
+                &ids.hash,
+                &ids.prefix_hash,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(stored)
+        }
+        .await;
+        if let Err(e) = stored {
+            tracing::warn!(user = %sub, error = %e, "cannot store the refresh token's identifiers; retried at the next refresh");
+        }
     }
 
     /// The grant is gone: mark the user, say so once, and stop calling Google for them. Only if
@@ -261,6 +306,20 @@ impl Tokens {
         }
         Ok(true)
     }
+}
+
+/// Stores, beside the refresh token just sealed as `sealed`, the identifiers Google's
+/// token-revoked events name it by (hashes only: the token itself is never stored in clear).
+/// For sign-in and rotation, inside the transaction that stores the token.
+pub async fn store_token_ids(
+    conn: &mut store::Conn,
+    sub: &str,
+    sealed: &Sealed,
+    refresh: &SecretString,
+) -> Result<(), sqlx::Error> {
+    let ids = RefreshTokenIds::of(refresh.expose_secret());
+    credentials::set_token_ids(conn, sub, sealed, &ids.hash, &ids.prefix_hash).await?;
+    Ok(())
 }
 
 /// What [`reseal_all`] did.

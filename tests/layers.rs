@@ -18,6 +18,7 @@ const LAYERS: &[&str] = &[
     "sync",
     "scheduler",
     "config",
+    "risc",
     "telemetry",
     "services",
     "intake",

@@ -95,6 +95,8 @@ pub struct Inner {
     pub(crate) faults: FaultState,
     pub(crate) stats: Counters,
     pub(crate) issued: Mutex<Vec<String>>,
+    /// Cross-Account Protection: SET keys, service accounts, the stream, deliveries.
+    pub(crate) risc: crate::risc::RiscState,
 }
 
 /// Cheap-to-clone handle on the emulator's state. All methods are synchronous.
@@ -129,6 +131,7 @@ impl Emulator {
             faults: FaultState::default(),
             stats: Counters::default(),
             issued: Mutex::default(),
+            risc: Default::default(),
             clients,
         }));
         emu.record_secret(&emu.clients.web_client_secret);

@@ -78,10 +78,23 @@ impl SigningKey {
     }
 
     fn sign(&self, kid: &str, claims: &Claims) -> String {
+        self.sign_any(kid, claims)
+    }
+
+    /// RS256 over any claims, with `kid` in the header (the RISC side signs SETs with this).
+    pub(crate) fn sign_any(&self, kid: &str, claims: &impl Serialize) -> String {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(kid.to_string());
         jsonwebtoken::encode(&header, claims, &self.encoding)
             .expect("RS256 signing with a freshly generated key cannot fail")
+    }
+
+    /// HS256 "signed" with this key's public PEM: the RS256/HS256 confusion forgery.
+    pub(crate) fn hs256_with_public_pem(&self, claims: &impl Serialize) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.kid.clone());
+        let secret = EncodingKey::from_secret(self.public_pem.as_bytes());
+        jsonwebtoken::encode(&header, claims, &secret).expect("HS256 signing cannot fail")
     }
 }
 

@@ -13,6 +13,8 @@
 //!   multipart, error bodies.
 //! - `http`: the router, the front layer (stats, Drive auth, faults, gzip) and handlers;
 //!   `http::download` (ranges) and `http::resumable` (upload sessions).
+//! - `risc`: Cross-Account Protection: the RISC configuration document and SET keys, the stream
+//!   management API, SET delivery with retries, forgeries ([`SetForgery`]).
 //! - `faults`, `stats`: [`Faults`] and [`Stats`].
 //! - `sharded`, `ids`: a sharded map; Google-shaped random ids.
 
@@ -24,6 +26,7 @@ mod http;
 mod ids;
 mod keys;
 mod oauth;
+mod risc;
 mod server;
 mod sharded;
 mod stats;
@@ -34,6 +37,11 @@ pub use error::Error;
 pub use faults::{Fault, Faults};
 pub use keys::IdTokenAttack;
 pub use oauth::MintCode;
+pub use risc::{
+    hash_base64_sha512_sha512, Delivery, DeliveryOutcome, EmitEvent, Emitted, RiscEvent,
+    RiscSettings, SetForgery, Stream, StreamStatus, SubjectFormat, DELIVERY_METHOD_PUSH,
+    MANAGEMENT_AUDIENCE,
+};
 pub use server::{FakeGoogle, Options};
 pub use stats::Stats;
 

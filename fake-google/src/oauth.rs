@@ -494,6 +494,18 @@ impl Emulator {
         Ok(grant.account.clone())
     }
 
+    /// The refresh token of the user's newest live grant: the one a server that signed the
+    /// user in holds.
+    pub(crate) fn newest_refresh_token(&self, account: &Account) -> Option<String> {
+        account
+            .grants
+            .lock()
+            .iter()
+            .rev()
+            .find(|g| !g.revoked.load(Ordering::Relaxed))
+            .map(|g| g.refresh_token.clone())
+    }
+
     /// Revokes every grant of the user (as removing the app's access in their account).
     pub fn revoke_user(&self, sub: &str) {
         if let Ok(account) = self.account(sub) {

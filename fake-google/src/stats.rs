@@ -27,9 +27,17 @@ pub(crate) enum Endpoint {
     FilesGenerateIds,
     /// A `PUT` to a resumable upload session URI (a chunk, or a status query).
     FilesResumable,
+    /// Cross-Account Protection: the configuration document, the SET keys, the management API.
+    RiscConfiguration,
+    RiscJwks,
+    RiscStreamUpdate,
+    RiscStreamGet,
+    RiscStreamVerify,
+    RiscStatusGet,
+    RiscStatusUpdate,
 }
 
-const ALL: [Endpoint; 15] = [
+const ALL: [Endpoint; 22] = [
     Endpoint::Token,
     Endpoint::Revoke,
     Endpoint::Jwks,
@@ -45,6 +53,13 @@ const ALL: [Endpoint; 15] = [
     Endpoint::ChangesList,
     Endpoint::FilesGenerateIds,
     Endpoint::FilesResumable,
+    Endpoint::RiscConfiguration,
+    Endpoint::RiscJwks,
+    Endpoint::RiscStreamUpdate,
+    Endpoint::RiscStreamGet,
+    Endpoint::RiscStreamVerify,
+    Endpoint::RiscStatusGet,
+    Endpoint::RiscStatusUpdate,
 ];
 
 impl Endpoint {
@@ -65,6 +80,13 @@ impl Endpoint {
             Endpoint::ChangesList => "changes.list",
             Endpoint::FilesGenerateIds => "files.generateIds",
             Endpoint::FilesResumable => "files.resumable",
+            Endpoint::RiscConfiguration => "risc.configuration",
+            Endpoint::RiscJwks => "risc.jwks",
+            Endpoint::RiscStreamUpdate => "risc.stream.update",
+            Endpoint::RiscStreamGet => "risc.stream.get",
+            Endpoint::RiscStreamVerify => "risc.stream.verify",
+            Endpoint::RiscStatusGet => "risc.stream.status",
+            Endpoint::RiscStatusUpdate => "risc.stream.status.update",
         }
     }
 
@@ -124,9 +146,18 @@ pub(crate) enum Counter {
     MediaRanged,
     /// Creates and updates carried out whose answer `lost_answer_rate` dropped.
     AnswersLost,
+    /// SET deliveries: POSTs to the receiver, retries among them, SETs delivered (2xx),
+    /// rejected (a final 4xx), dropped (every attempt failed), not sent (stream disabled, or
+    /// the event type not requested).
+    RiscDeliveryAttempts,
+    RiscRetries,
+    RiscDelivered,
+    RiscRejected,
+    RiscDropped,
+    RiscNotSent,
 }
 
-const ALL_COUNTERS: [Counter; 13] = [
+const ALL_COUNTERS: [Counter; 19] = [
     Counter::ResumableSessions,
     Counter::ResumableChunks,
     Counter::ResumableQueries,
@@ -140,6 +171,12 @@ const ALL_COUNTERS: [Counter; 13] = [
     Counter::Http2,
     Counter::MediaRanged,
     Counter::AnswersLost,
+    Counter::RiscDeliveryAttempts,
+    Counter::RiscRetries,
+    Counter::RiscDelivered,
+    Counter::RiscRejected,
+    Counter::RiscDropped,
+    Counter::RiscNotSent,
 ];
 
 impl Counter {
@@ -158,6 +195,12 @@ impl Counter {
             Counter::Http2 => "http.2",
             Counter::MediaRanged => "media.ranged",
             Counter::AnswersLost => "answers.lost",
+            Counter::RiscDeliveryAttempts => "risc.delivery_attempts",
+            Counter::RiscRetries => "risc.retries",
+            Counter::RiscDelivered => "risc.delivered",
+            Counter::RiscRejected => "risc.rejected",
+            Counter::RiscDropped => "risc.dropped",
+            Counter::RiscNotSent => "risc.not_sent",
         }
     }
 }
@@ -243,7 +286,9 @@ pub struct Stats {
     pub by_status: BTreeMap<String, u64>,
     /// Other counters: `resumable.sessions`, `resumable.chunks`, `resumable.status_queries`,
     /// `resumable.completed`, `resumable.cut`, `json.gzip`, `json.plain`, `redirects.sent`,
-    /// `redirect_target.hits`, `http.1`, `http.2`, `media.ranged`, `answers.lost`. Zero counters are left out.
+    /// `redirect_target.hits`, `http.1`, `http.2`, `media.ranged`, `answers.lost`,
+    /// `risc.delivery_attempts`, `risc.retries`, `risc.delivered`, `risc.rejected`,
+    /// `risc.dropped`, `risc.not_sent`. Zero counters are left out.
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
 }

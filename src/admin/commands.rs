@@ -150,6 +150,7 @@ pub async fn execute(
             )
         }
         Command::Forget { sub } => reply(services.forget(&sub).await),
+        Command::Acknowledge { sub } => reply(services.acknowledge(&sub).await),
         Command::LogLevel { filter } => reply(
             services
                 .set_log_filter(&filter)

@@ -62,6 +62,10 @@ pub enum Command {
     Forget {
         sub: String,
     },
+    /// Clears the user's Cross-Account Protection credential-change flag.
+    Acknowledge {
+        sub: String,
+    },
     LogLevel {
         filter: String,
     },

@@ -54,7 +54,7 @@ fn write_path(raw: Option<String>) -> Result<String, ApiError> {
     Ok(path)
 }
 
-fn header_text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -13,12 +13,13 @@ use crate::admin::protocol::{Command, Response};
 use crate::scheduler::resync::ResyncReport;
 use crate::scheduler::{SyncEvent, SyncPhase};
 use crate::services::reports::{
-    ApiKeyCreated, ApiKeyList, FileList, Forgotten, LogFilter, ReloadReport, ResyncQueued,
-    StateChanged, Status, UserDetail, UserList, WebhookStatus,
+    Acknowledged, ApiKeyCreated, ApiKeyList, FileList, Forgotten, LogFilter, ReloadReport,
+    ResyncQueued, SecurityView, StateChanged, Status, UserDetail, UserList, WebhookStatus,
 };
 use crate::services::writes::WriteView;
 use crate::store::api_keys::ApiKey;
 use crate::store::users::UserState;
+use crate::store::users::UserSummary;
 use crate::store::writes::WriteState;
 
 #[derive(Debug, Args)]
@@ -105,6 +106,10 @@ pub enum CtlCommand {
         /// Confirm: this cannot be undone.
         #[arg(long)]
         yes: bool,
+    },
+    /// Clear a user's credential-change flag (Cross-Account Protection) after looking into it.
+    Acknowledge {
+        sub: String,
     },
     /// Change the log filter at run time (e.g. "debug" or "appdata_syncd=trace,info").
     LogLevel {
@@ -265,6 +270,7 @@ fn to_request(command: CtlCommand) -> anyhow::Result<Command> {
             }
             Command::Forget { sub }
         }
+        CtlCommand::Acknowledge { sub } => Command::Acknowledge { sub },
         CtlCommand::LogLevel { filter } => Command::LogLevel { filter },
         CtlCommand::Reload => Command::Reload,
         CtlCommand::ApiKey(ApiKeyCommand::Create { name, write }) => {
@@ -430,6 +436,14 @@ fn render(command: &Command, result: Value) -> anyhow::Result<String> {
             let r: Forgotten = read(result)?;
             format!("{} forgotten (grant revoked: {})\n", r.user, r.revoked)
         }
+        Command::Acknowledge { .. } => {
+            let r: Acknowledged = read(result)?;
+            if r.cleared {
+                format!("{}: credential-change flag cleared\n", r.user)
+            } else {
+                format!("{}: no credential-change flag was set\n", r.user)
+            }
+        }
         Command::LogLevel { .. } => {
             let r: LogFilter = read(result)?;
             format!("log filter is now {}\n", r.filter)
@@ -555,6 +569,16 @@ fn render_status(r: &Status) -> String {
             "reauth (24 h)",
             format!("{} became reauth_required", r.reauth_required_last_day),
         ),
+        (
+            "security",
+            format!(
+                "{} suspended by Google, {} flagged for a credential change; {} events in 24 h, {} pending",
+                r.security.suspended_by_google,
+                r.security.credential_change_required,
+                r.security.events_last_day,
+                r.security.pending_events
+            ),
+        ),
         ("syncs running", r.syncs_running.to_string()),
         ("syncs queued", r.syncs_queued.to_string()),
         ("last cycle", last),
@@ -581,6 +605,7 @@ fn render_users(r: &UserList) -> String {
                 u.sub.clone(),
                 opt(&u.email),
                 u.state.to_string(),
+                flags(u),
                 time(u.last_sync_at),
                 u.files.to_string(),
                 u.bytes.to_string(),
@@ -593,6 +618,7 @@ fn render_users(r: &UserList) -> String {
             "sub",
             "email",
             "state",
+            "flags",
             "last sync",
             "files",
             "bytes",
@@ -600,6 +626,71 @@ fn render_users(r: &UserList) -> String {
         ],
         rows,
     )
+}
+
+/// Cross-Account Protection's marks on a user: `suspended:REASON`, `credential-change`; `-`.
+fn flags(u: &UserSummary) -> String {
+    let mut out = Vec::new();
+    if let Some(reason) = &u.suspended_by_google {
+        out.push(format!("suspended:{reason}"));
+    }
+    if u.credential_change_required_at.is_some() {
+        out.push("credential-change".to_string());
+    }
+    if out.is_empty() {
+        "-".into()
+    } else {
+        out.join(",")
+    }
+}
+
+fn render_security(s: &SecurityView) -> String {
+    let mut out = pairs(&[
+        (
+            "suspended by Google",
+            s.suspended_by_google.as_ref().map_or_else(
+                || "no".into(),
+                |r| format!("yes ({r}): no call to Google until enabled"),
+            ),
+        ),
+        (
+            "credential change",
+            s.credential_change_required_at.map_or_else(
+                || "no".into(),
+                |at| {
+                    format!(
+                        "required since {} (ctl acknowledge SUB clears)",
+                        time(Some(at))
+                    )
+                },
+            ),
+        ),
+    ]);
+    out.push_str("\nsecurity events:\n");
+    let rows = s
+        .events
+        .iter()
+        .map(|e| {
+            let attribute = e
+                .reason
+                .as_ref()
+                .map(|r| format!("reason={r}"))
+                .or_else(|| e.state.as_ref().map(|st| format!("state={st}")))
+                .unwrap_or_else(|| "-".into());
+            vec![
+                time(Some(e.received_at)),
+                e.kind.to_string(),
+                attribute,
+                e.outcome.to_string(),
+                opt(&e.detail),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["received", "event", "attribute", "outcome", "detail"],
+        rows,
+    ));
+    out
 }
 
 fn render_user(r: &UserDetail) -> String {
@@ -644,6 +735,8 @@ fn render_user(r: &UserDetail) -> String {
         &["started", "kind", "outcome", "files", "calls", "error"],
         rows,
     ));
+    out.push('\n');
+    out.push_str(&render_security(&r.security));
     out
 }
 

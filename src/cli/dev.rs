@@ -59,6 +59,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| anyhow::anyhow!("creating the dev API key: {e}"))?
         .key;
+    // Cross-Account Protection: fake-google pushes its security events to this intake.
+    google
+        .emulator()
+        .set_risc_settings(fake_google::RiscSettings {
+            allow_http_receiver: true,
+            ..Default::default()
+        });
+    google
+        .emulator()
+        .set_risc_stream(&format!("{intake}/risc"), None)
+        .map_err(|e| anyhow::anyhow!("registering the RISC receiver: {e}"))?;
 
     sign_in_demo_users(&google, &intake, args.users).await?;
     // Show the first syncs now rather than at the next tick.
@@ -101,6 +112,8 @@ fn dev_config(
     config.google.revoke_uri = format!("{base}/revoke");
     config.google.drive_api_base = base.clone();
     config.google.android_client_ids = vec![google.clients().android_client_id];
+    config.risc.configuration_uri = format!("{base}/.well-known/risc-configuration");
+    config.risc.api_base = base.clone();
     config.intake.listen = listen;
     config.api.listen = Some(api_listen.to_string());
     config.store.state_dir = Some(dir.to_path_buf());
@@ -214,6 +227,8 @@ fn print_banner(dir: &Path, google: &FakeGoogle, intake: &str, socket: &Path, ap
          \n  {ctl} users\
          \n  {ctl} files 100000000000000000001\
          \n  {ctl} resync 100000000000000000001 --wait\
+         \n  curl -s -XPOST {base}/_emulator/risc/events -d '{{\"sub\": \"100000000000000000001\", \"event\": \"account-disabled\"}}'\
+         \n  {ctl} user 100000000000000000001\
          \n\nCtrl-C stops.",
         dir = dir.display(),
         web = clients.web_client_id,

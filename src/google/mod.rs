@@ -1,13 +1,18 @@
 //! Google's HTTP APIs, as the daemon uses them: OAuth 2.0 ([`oauth`]: code exchange, refresh,
-//! revoke) and OpenID Connect ID tokens ([`id_token`]: JWKS-verified). Knows nothing of the
-//! database. Every URL comes from configuration, so tests point them at fake-google.
+//! revoke), OpenID Connect ID tokens ([`id_token`]: JWKS-verified, keys cached by [`jwks`]),
+//! Cross-Account Protection ([`risc`]: security event tokens; [`risc_api`]: the stream
+//! management API) and Drive. Knows nothing of the database. Every URL comes from
+//! configuration, so tests point them at fake-google.
 //!
 //! Errors are classified once, here ([`GoogleError`]), into what callers act on: retry later,
 //! the grant is gone, our configuration is wrong, or the answer is unusable.
 
 pub mod drive;
 pub mod id_token;
+pub mod jwks;
 pub mod oauth;
+pub mod risc;
+pub mod risc_api;
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -1,10 +1,13 @@
 //! The intake: `POST /authcode` receives the server auth code an app got from Google Sign-In and
-//! turns it into a verified, stored user ([`signin`]). Also `GET /healthz` and `GET /readyz`.
+//! turns it into a verified, stored user ([`signin`]); `POST /risc` receives Google's
+//! Cross-Account Protection security events ([`risc`], RFC 8935 answers). Also `GET /healthz`
+//! and `GET /readyz`.
 //!
 //! Every error is JSON `{"error": code, "message": text}`; messages never contain a token, a
 //! code, or anything internal (those go to the log, without secrets).
 
 pub mod admission;
+mod risc;
 pub mod signin;
 
 use std::sync::Arc;
@@ -30,7 +33,8 @@ use crate::store::Store;
 use admission::{Admission, Refusal};
 use signin::{SignIn, SignInError};
 
-/// Bodies larger than this are refused with 413: an auth code is a few hundred bytes.
+/// Bodies larger than this are refused (413; 400 at `/risc`): an auth code is a few hundred
+/// bytes, a security event token one or two KiB.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Longest auth code we accept; Google's are far shorter.
 const MAX_CODE_LEN: usize = 2048;
@@ -45,11 +49,14 @@ pub struct IntakeState {
     pub admission: Arc<Admission>,
     /// Every sign-in in progress: shutdown waits for them (see `sign_in`).
     pub signins: TaskTracker,
+    /// Cross-Account Protection: verifies and stores the SETs of `POST /risc`.
+    pub risc: Arc<crate::risc::Risc>,
 }
 
 pub fn router(state: IntakeState) -> Router {
     Router::new()
         .route("/authcode", post(post_authcode))
+        .route("/risc", post(risc::post_risc))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

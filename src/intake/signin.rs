@@ -119,6 +119,8 @@ impl SignIn {
                     Some((&access, access_expires_at)),
                 )
                 .await?;
+                // What Cross-Account Protection's token-revoked events name the token by.
+                crate::tokens::store_token_ids(tx.conn(), &sub, &sealed, refresh).await?;
                 // A fresh grant heals a revoked one; an admin's pause stays.
                 if matches!(state, UserState::ReauthRequired | UserState::Forgotten) {
                     users::set_state(tx.conn(), &sub, UserState::Active, None, obtained_at).await?;

@@ -32,6 +32,7 @@ use crate::google::RateLimit;
 use crate::intake::admission::Admission;
 use crate::intake::signin::SignIn;
 use crate::intake::{self, IntakeState};
+use crate::risc::Risc;
 use crate::scheduler::{Scheduler, Shutdown};
 use crate::services::{Parts, Services};
 use crate::store::Store;
@@ -56,6 +57,8 @@ type BoxedTask = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Resu
 pub struct App {
     services: Arc<Services>,
     signin: Arc<SignIn>,
+    /// Cross-Account Protection: the receiver behind `POST /risc` and its processor task.
+    risc: Arc<Risc>,
     listeners: Listeners,
     shutdown: Shutdown,
     /// Ends the recorder once the last sync has recorded its outcome (after `abort`).
@@ -79,6 +82,7 @@ impl App {
             oauth,
             verifier,
             drive,
+            http,
         } = Google::new(&config);
         let limit = Arc::new(RateLimit::new(config.raw.sync.max_requests_per_second));
         let mirror = Mirror::open_location(&config.mirror)
@@ -117,6 +121,13 @@ impl App {
             config.raw.sync.lease,
             shutdown.clone(),
         );
+        let risc = Risc::new(
+            &config,
+            http,
+            store.clone(),
+            tokens.clone(),
+            scheduler.clone(),
+        );
         let signin = Arc::new(SignIn {
             oauth,
             verifier: verifier.clone(),
@@ -134,10 +145,12 @@ impl App {
             limit,
             mirror,
             log,
+            risc: risc.clone(),
         });
         Ok(App {
             services,
             signin,
+            risc,
             listeners,
             tasks: Tasks::new(shutdown.stop.clone()),
             shutdown,
@@ -237,6 +250,7 @@ impl App {
         let App {
             services,
             signin,
+            risc,
             listeners,
             shutdown,
             recorder,
@@ -253,6 +267,7 @@ impl App {
             store: services.store().clone(),
             admission: admission.clone(),
             signins: signins.clone(),
+            risc: risc.clone(),
         });
         let (intake, admin, metrics, api) = listeners.into_parts();
         start_data_api(&tasks, &services, api, &shutdown);
@@ -279,6 +294,7 @@ impl App {
             count_key_usage(services.clone(), shutdown.stop.clone()),
         );
         tasks.spawn("recorder", recorder);
+        tasks.spawn("risc", risc.run(shutdown.stop.clone()));
         tasks.spawn("resync", scheduler.clone().resync_loop());
         tasks.spawn("heartbeat", scheduler.clone().heartbeat_loop());
         tasks.spawn(
@@ -335,6 +351,8 @@ struct Google {
     oauth: OAuthClient,
     verifier: Arc<IdTokenVerifier>,
     drive: DriveClient,
+    /// The JSON client, for the RISC configuration and keys.
+    http: reqwest::Client,
 }
 
 impl Google {
@@ -356,6 +374,7 @@ impl Google {
                 config.client.client_id.clone(),
                 g.android_client_ids.clone(),
             )),
+            http: http.api.clone(),
             drive: DriveClient::new(http, &g.drive_api_base),
         }
     }
@@ -462,7 +481,8 @@ async fn watchdog(services: Arc<Services>, stop: CancellationToken) -> anyhow::R
     }
 }
 
-/// `GET /metrics`, with the users-by-state gauge read from the database before each scrape.
+/// `GET /metrics`, with the users-by-state and Cross-Account Protection gauges read from the
+/// database before each scrape.
 async fn serve_metrics(
     listener: std::net::TcpListener,
     services: Arc<Services>,
@@ -479,6 +499,9 @@ async fn serve_metrics(
             }
             if let Ok(n) = services.users_over_quota().await {
                 crate::metrics::set_users_over_quota(n);
+            }
+            if let Ok(security) = services.security_counts().await {
+                security.to_metrics();
             }
         }
     };

@@ -10,11 +10,13 @@
 //! Shutdown has two stages ([`Shutdown`]): `stop` ends the taking of new users; running syncs
 //! get the grace period to finish, then `abort` makes them stop at their next checkpoint (a
 //! committed file or page), so nothing committed is lost and the next run resumes from there.
+//! One user's running sync can be stopped the same way at once ([`Scheduler::cancel_user`]):
+//! each sync runs with its own child of `abort`, kept in the `running` map.
 
 pub mod resync;
 pub mod schedule;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -148,8 +150,11 @@ pub struct Scheduler {
     permits: Arc<Semaphore>,
     /// How long a claim holds a user before another instance may take it over.
     lease: Duration,
-    /// Subs syncing right now on this instance.
-    running: Mutex<HashSet<String>>,
+    /// Subs syncing right now on this instance, each with the token that stops its sync: a
+    /// child of `shutdown.abort`, cancelled by [`Scheduler::cancel_user`] (Cross-Account
+    /// Protection stopping every call for a user) or by abort; the sync sees it at its next
+    /// checkpoint, retry pause or download read.
+    running: Mutex<HashMap<String, CancellationToken>>,
     /// Wakes the resync loop (a local `ctl resync`).
     resync_wakeup: Notify,
     /// Sync start/finish events; receivers that lag just miss events.
@@ -179,7 +184,7 @@ impl Scheduler {
             lease,
             concurrency: AtomicUsize::new(concurrency),
             permits: Arc::new(Semaphore::new(concurrency)),
-            running: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
             resync_wakeup: Notify::new(),
             events: broadcast::channel(1024).0,
             last_cycle: Mutex::new(None),
@@ -200,7 +205,27 @@ impl Scheduler {
     }
 
     pub fn is_running(&self, sub: &str) -> bool {
-        self.running.lock().contains(sub)
+        self.running.lock().contains_key(sub)
+    }
+
+    /// The subs syncing right now on this instance.
+    pub fn running_subs(&self) -> Vec<String> {
+        self.running.lock().keys().cloned().collect()
+    }
+
+    /// Stops `sub`'s sync on this instance now, if one runs: it ends as `cancelled` at once
+    /// (between calls, in a retry pause, or mid-download), committing nothing more. True when
+    /// one was running.
+    pub fn cancel_user(&self, sub: &str) -> bool {
+        let token = self.running.lock().get(sub).cloned();
+        match token {
+            Some(token) => {
+                token.cancel();
+                tracing::info!(user = %sub, "stopping the user's running sync");
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn queued(&self) -> usize {
@@ -486,13 +511,20 @@ impl Scheduler {
 
     /// Marks `sub` running; `None` if it already is.
     fn start_owned(self: Arc<Self>, sub: &str) -> Option<OwnedRunningSync> {
-        self.running
-            .lock()
-            .insert(sub.to_string())
-            .then(|| OwnedRunningSync {
-                scheduler: self.clone(),
-                sub: sub.to_string(),
-            })
+        let cancel = {
+            let mut running = self.running.lock();
+            if running.contains_key(sub) {
+                return None;
+            }
+            let cancel = self.shutdown.abort.child_token();
+            running.insert(sub.to_string(), cancel.clone());
+            cancel
+        };
+        Some(OwnedRunningSync {
+            scheduler: self.clone(),
+            sub: sub.to_string(),
+            cancel,
+        })
     }
 }
 
@@ -515,16 +547,15 @@ fn log_cycle(outcome: &CycleOutcome, took: Duration) {
 struct OwnedRunningSync {
     scheduler: Arc<Scheduler>,
     sub: String,
+    /// Stops this sync: this user's entry of `running`.
+    cancel: CancellationToken,
 }
 
 impl OwnedRunningSync {
     async fn sync(self, user: DueUser) -> SyncResult {
         let scheduler = self.scheduler.clone();
         let _ = scheduler.events.send(SyncEvent::started(&user.sub));
-        let r = scheduler
-            .engine
-            .sync_user(user, &scheduler.shutdown.abort)
-            .await;
+        let r = scheduler.engine.sync_user(user, &self.cancel).await;
         // Free the user before anyone hears that its sync finished.
         drop(self);
         let _ = scheduler.events.send(SyncEvent::finished(&r));

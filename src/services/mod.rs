@@ -8,6 +8,7 @@ pub mod data;
 pub mod feed;
 mod reload;
 pub mod reports;
+mod security;
 mod users;
 mod webhooks;
 pub mod writes;
@@ -21,6 +22,7 @@ use parking_lot::Mutex;
 use crate::config::ResolvedConfig;
 use crate::google::id_token::IdTokenVerifier;
 use crate::google::RateLimit;
+use crate::risc::Risc;
 use crate::scheduler::resync::{ResyncReport, ResyncTarget, WaitError};
 use crate::scheduler::{Scheduler, SyncEvent};
 use crate::store::schedule::{self, Resync};
@@ -74,6 +76,8 @@ pub struct Parts {
     pub limit: Arc<RateLimit>,
     pub mirror: Mirror,
     pub log: Option<LogHandle>,
+    /// Cross-Account Protection (its audiences follow reloads of the client ids).
+    pub risc: Arc<Risc>,
 }
 
 pub struct Services {
@@ -84,6 +88,7 @@ pub struct Services {
     limit: Arc<RateLimit>,
     mirror: Mirror,
     log: Option<LogHandle>,
+    risc: Arc<Risc>,
     started: Instant,
     /// The configuration in force (replaced by reloads).
     config: Mutex<ResolvedConfig>,
@@ -112,6 +117,7 @@ impl Services {
             limit: parts.limit,
             mirror: parts.mirror,
             log: parts.log,
+            risc: parts.risc,
             started: Instant::now(),
             config: Mutex::new(parts.config),
         })
@@ -172,7 +178,9 @@ impl Services {
         let reauth_required_last_day =
             user_rows::count_changed_since(&mut conn, UserState::ReauthRequired, day_ago).await?;
         let (waits, waited) = self.limit.waits();
+        let security = self.security_counts_on(&mut conn).await?;
         Ok(Status {
+            security,
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_s: self.started.elapsed().as_secs(),
             database: store::redact_url(&self.config.lock().store_url),
@@ -241,7 +249,7 @@ impl Services {
                 user.state
             )));
         }
-        Ok(())
+        self.check_not_suspended(sub).await
     }
 
     /// Changes the rate limit of calls to Google, as a reload of

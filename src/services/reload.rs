@@ -91,6 +91,8 @@ impl Services {
                 self.verifier
                     .set_allowed_azp(n.google.android_client_ids.clone());
                 k.google.android_client_ids = n.google.android_client_ids.clone();
+                // Security event tokens must be for one of the client ids in force.
+                self.risc.set_audiences(kept);
                 "google.android_client_ids".into()
             }
             "log.level" => {

@@ -10,6 +10,7 @@ use crate::scheduler::CycleOutcome;
 use crate::store::api_keys::ApiKey;
 use crate::store::files::FileRow;
 use crate::store::schedule::Instance;
+use crate::store::security_events::SecurityEvent;
 use crate::store::syncs::SyncRecord;
 use crate::store::users::{User, UserState, UserSummary};
 use crate::store::webhooks::EndpointStats;
@@ -33,6 +34,35 @@ pub struct Status {
     pub last_cycle: Option<CycleOutcome>,
     pub next_cycle_at: Option<i64>,
     pub rate_limit: RateLimitStatus,
+    /// Cross-Account Protection.
+    #[serde(default)]
+    pub security: SecurityCounts,
+}
+
+/// Cross-Account Protection at a glance: `ctl status` and the metrics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SecurityCounts {
+    /// Users Google disabled (`appdata_syncd_users_flagged{flag="suspended_by_google"}`).
+    pub suspended_by_google: i64,
+    /// Users flagged for a credential change, not yet acknowledged
+    /// (`appdata_syncd_users_flagged{flag="credential_change_required"}`).
+    pub credential_change_required: i64,
+    /// Security events received in the last 24 hours.
+    pub events_last_day: i64,
+    /// Received and not yet acted on (`appdata_syncd_risc_pending_events`).
+    pub pending_events: i64,
+}
+
+impl SecurityCounts {
+    /// Sets the gauges (before a scrape).
+    pub fn to_metrics(&self) {
+        crate::metrics::set_users_flagged("suspended_by_google", self.suspended_by_google);
+        crate::metrics::set_users_flagged(
+            "credential_change_required",
+            self.credential_change_required,
+        );
+        crate::metrics::set_risc_pending(self.pending_events);
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +92,21 @@ pub struct UserDetail {
     pub recent_syncs: Vec<SyncRecord>,
     /// The last 10 writes queued for the user.
     pub writes: Vec<Write>,
+    /// Cross-Account Protection: the user's flags and last security events.
+    #[serde(default)]
+    pub security: SecurityView,
+}
+
+/// What Google's security events did to one user.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SecurityView {
+    /// The reason Google disabled the account (`hijacking`, `bulk-account`, `unspecified`);
+    /// `None`: not suspended. Nothing calls Google for the user while it is set.
+    pub suspended_by_google: Option<String>,
+    /// When Google said the user must change a credential (unix ms); `None`: no flag.
+    pub credential_change_required_at: Option<i64>,
+    /// The last 20 security events about the user, newest first.
+    pub events: Vec<SecurityEvent>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,4 +200,12 @@ pub struct WebhookEndpointStatus {
     pub events: Vec<String>,
     #[serde(flatten)]
     pub stats: EndpointStats,
+}
+
+/// `ctl acknowledge`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Acknowledged {
+    pub user: String,
+    /// Whether a credential-change flag was set (and is now cleared).
+    pub cleared: bool,
 }

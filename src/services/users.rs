@@ -68,6 +68,7 @@ impl Services {
             bytes: totals.bytes,
             recent_syncs: syncs::recent(&mut conn, sub, 10).await?,
             writes: writes::recent(&mut conn, sub, 10).await?,
+            security: self.security_view(&mut conn, sub).await?,
         })
     }
 

@@ -33,6 +33,10 @@ text_enum! {
         UserResumed = "user.resumed",
         /// An admin forgot the user: grant revoked, mirror and rows deleted.
         UserForgotten = "user.forgotten",
+        /// Google's Cross-Account Protection acted on the user (suspended, suspension lifted,
+        /// tokens revoked, credential change required...): `detail` holds the event and the
+        /// outcome, `state` the user's state after it.
+        UserSecurityEvent = "user.security_event",
         /// A write of the data API (or `ctl push`) was carried out on Drive; `detail` holds
         /// its `write_id`. The file's own change comes just before it in the feed.
         WriteDone = "write.done",

@@ -10,6 +10,9 @@ pub struct StoredCredential {
     pub scopes: String,
     pub obtained_at: i64,
     pub access_token: Option<(Sealed, i64)>,
+    /// Google's `hash_base64_sha512_sha512` of the refresh token (migration 0007); `None` for a
+    /// token stored before it, until the token is next opened.
+    pub refresh_token_hash: Option<String>,
 }
 
 /// The sealed refresh token columns of `credentials`.
@@ -64,12 +67,13 @@ struct CredentialRow {
     obtained_at: i64,
     #[sqlx(flatten)]
     access: SealedAccess,
+    refresh_token_hash: Option<String>,
 }
 
 pub async fn get(conn: &mut Conn, sub: &str) -> Result<Option<StoredCredential>, sqlx::Error> {
     let row: Option<CredentialRow> = sqlx::query_as(
         "SELECT refresh_token, key_id, scopes, obtained_at, access_token, access_key_id, \
-                access_expires_at FROM credentials WHERE sub = $1",
+                access_expires_at, refresh_token_hash FROM credentials WHERE sub = $1",
     )
     .bind(sub)
     .fetch_optional(conn)
@@ -79,6 +83,7 @@ pub async fn get(conn: &mut Conn, sub: &str) -> Result<Option<StoredCredential>,
         scopes: r.scopes,
         obtained_at: r.obtained_at,
         access_token: r.access.get(),
+        refresh_token_hash: r.refresh_token_hash,
     }))
 }
 
@@ -91,7 +96,9 @@ pub async fn exists(conn: &mut Conn, sub: &str) -> Result<bool, sqlx::Error> {
 }
 
 /// Stores a new refresh token (and the access token that came with it), unless a newer one is
-/// already stored: of two racing sign-ins, the token Google issued last wins.
+/// already stored: of two racing sign-ins, the token Google issued last wins. The identifiers
+/// of the token it replaces are cleared (`tokens::store_token_ids` sets the new ones): a
+/// token-revoked event for the old token must not match the new one.
 pub async fn put_refresh_token(
     conn: &mut Conn,
     sub: &str,
@@ -108,7 +115,8 @@ pub async fn put_refresh_token(
              key_id = excluded.key_id, scopes = excluded.scopes, \
              obtained_at = excluded.obtained_at, access_token = excluded.access_token, \
              access_key_id = excluded.access_key_id, \
-             access_expires_at = excluded.access_expires_at \
+             access_expires_at = excluded.access_expires_at, \
+             refresh_token_hash = NULL, refresh_token_prefix_hash = NULL \
          WHERE credentials.obtained_at <= excluded.obtained_at",
     )
     .bind(sub)
@@ -195,4 +203,71 @@ pub async fn add_encryptions(conn: &mut Conn, key_id: &str, n: u64) -> Result<u6
     .fetch_one(conn)
     .await?;
     Ok(total.max(0) as u64)
+}
+
+/// How a token-revoked event names a refresh token: by one of the two identifiers stored
+/// beside it (see migration 0007).
+#[derive(Debug, Clone, Copy)]
+pub enum TokenId<'a> {
+    /// Google's `hash_base64_sha512_sha512` of the whole token.
+    Hash(&'a str),
+    /// The same hash of its first 16 characters (`token_identifier_alg = prefix`).
+    PrefixHash(&'a str),
+}
+
+/// Stores the identifiers of the refresh token sealed as `sealed`, if that is still the stored
+/// token (a sign-in may have replaced it since it was opened). `true` when stored.
+pub async fn set_token_ids(
+    conn: &mut Conn,
+    sub: &str,
+    sealed: &Sealed,
+    hash: &str,
+    prefix_hash: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE credentials SET refresh_token_hash = $3, refresh_token_prefix_hash = $4 \
+         WHERE sub = $1 AND refresh_token = $2",
+    )
+    .bind(sub)
+    .bind(&sealed.bytes)
+    .bind(hash)
+    .bind(prefix_hash)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The users whose stored refresh token has identifier `id`.
+pub async fn subs_with_token(conn: &mut Conn, id: TokenId<'_>) -> Result<Vec<String>, sqlx::Error> {
+    let (column, value) = match id {
+        TokenId::Hash(v) => ("refresh_token_hash", v),
+        TokenId::PrefixHash(v) => ("refresh_token_prefix_hash", v),
+    };
+    sqlx::query_scalar(&format!(
+        "SELECT sub FROM credentials WHERE {column} = $1 ORDER BY sub"
+    ))
+    .bind(value)
+    .fetch_all(conn)
+    .await
+}
+
+/// Deletes the user's refresh and access tokens; `true` when there were some.
+pub async fn delete(conn: &mut Conn, sub: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM credentials WHERE sub = $1")
+        .bind(sub)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Forgets the cached access token, so the next call refreshes; `true` when one was cached.
+pub async fn drop_access_token(conn: &mut Conn, sub: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE credentials SET access_token = NULL, access_key_id = NULL, \
+                access_expires_at = NULL WHERE sub = $1 AND access_token IS NOT NULL",
+    )
+    .bind(sub)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

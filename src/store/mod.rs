@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod files;
 pub mod pushes;
 pub mod schedule;
+pub mod security_events;
 pub mod syncs;
 pub mod user_pages;
 pub mod users;

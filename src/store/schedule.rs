@@ -100,8 +100,10 @@ pub enum Claim {
 }
 
 /// Claims up to `limit` users for `owner` until `lease_until`, and returns them loaded for
-/// sync. On PostgreSQL concurrent instances skip each other's locked rows (`FOR UPDATE SKIP
-/// LOCKED`), so every user goes to exactly one of them; on SQLite the write lock does the same.
+/// sync: active users with credentials that Google has not suspended (Cross-Account
+/// Protection: nothing calls Google for a suspended user). On PostgreSQL concurrent instances
+/// skip each other's locked rows (`FOR UPDATE SKIP LOCKED`), so every user goes to exactly one
+/// of them; on SQLite the write lock does the same.
 /// An expired lease (its owner died) is fair game.
 #[allow(clippy::too_many_arguments)]
 pub async fn claim(
@@ -128,7 +130,8 @@ pub async fn claim(
         "UPDATE users SET lease_owner = $1, lease_expires_at = $2, \
                 last_cycle = CASE WHEN $3 > 0 THEN $3 ELSE last_cycle END \
          WHERE sub IN (SELECT u.sub FROM users u JOIN credentials c ON c.sub = u.sub \
-                       WHERE u.state = 'active' AND {due} \
+                       WHERE u.state = 'active' AND u.suspended_by_google IS NULL \
+                         AND {due} \
                          AND (u.lease_owner IS NULL OR u.lease_owner = $1 \
                               OR u.lease_expires_at < $4) \
                        ORDER BY u.sub LIMIT $5 {lock}) \
@@ -340,25 +343,27 @@ pub async fn take_resync_request(conn: &mut Conn, sub: &str) -> Result<(), sqlx:
     Ok(())
 }
 
-/// Asks for a sync of every active user ahead of schedule. Returns their subs.
+/// Asks for a sync of every active, unsuspended user ahead of schedule. Returns their subs.
 pub async fn request_resync_all(conn: &mut Conn, kind: Resync) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query(
         "UPDATE users SET resync_requested = CASE WHEN resync_requested > $1 \
-                THEN resync_requested ELSE $1 END WHERE state = 'active'",
+                THEN resync_requested ELSE $1 END \
+         WHERE state = 'active' AND suspended_by_google IS NULL",
     )
     .bind(kind as i64)
     .execute(&mut *conn)
     .await?;
-    sqlx::query_scalar("SELECT sub FROM users WHERE state = 'active' ORDER BY sub")
-        .fetch_all(conn)
-        .await
+    active_subs(conn).await
 }
 
-/// Every active user, in sub order.
+/// Every active user Google has not suspended (those that sync), in sub order.
 pub async fn active_subs(conn: &mut Conn) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT sub FROM users WHERE state = 'active' ORDER BY sub")
-        .fetch_all(conn)
-        .await
+    sqlx::query_scalar(
+        "SELECT sub FROM users WHERE state = 'active' AND suspended_by_google IS NULL \
+         ORDER BY sub",
+    )
+    .fetch_all(conn)
+    .await
 }
 
 /// Every instance ever seen (live or not).

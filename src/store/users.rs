@@ -114,6 +114,14 @@ pub struct UserSummary {
     pub last_error: Option<String>,
     pub files: i64,
     pub bytes: i64,
+    /// Cross-Account Protection (migration 0007): the reason Google disabled the account.
+    #[sqlx(default)]
+    #[serde(default)]
+    pub suspended_by_google: Option<String>,
+    /// When Google said the user must change a credential (unix ms); `None`: no flag.
+    #[sqlx(default)]
+    #[serde(default)]
+    pub credential_change_required_at: Option<i64>,
 }
 
 /// Users (optionally in one state) with their mirrored file counts, in `sub` order.
@@ -126,10 +134,12 @@ pub async fn list_summary(
         "SELECT u.sub, u.email, u.state, u.last_sync_at, u.last_error, \
                 COUNT(f.file_id) AS files, \
                 CAST(COALESCE(SUM(CASE WHEN f.metadata_only = 0 THEN f.size ELSE 0 END), 0) AS BIGINT) \
-                    AS bytes \
+                    AS bytes, \
+                u.suspended_by_google, u.credential_change_required_at \
          FROM users u LEFT JOIN files f ON f.sub = u.sub \
          WHERE ($1 IS NULL OR u.state = $1) \
-         GROUP BY u.sub, u.email, u.state, u.last_sync_at, u.last_error \
+         GROUP BY u.sub, u.email, u.state, u.last_sync_at, u.last_error, \
+                  u.suspended_by_google, u.credential_change_required_at \
          ORDER BY u.sub LIMIT $2",
     )
     .bind(state.map(UserState::as_str))
@@ -196,4 +206,89 @@ pub async fn delete(conn: &mut Conn, sub: &str) -> Result<bool, sqlx::Error> {
         .execute(conn)
         .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// What Cross-Account Protection says of a user (migration 0007).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, sqlx::FromRow)]
+pub struct UserSecurity {
+    /// The reason Google disabled the account; `None`: not suspended.
+    pub suspended_by_google: Option<String>,
+    /// The iat (unix ms) of the event that last set or cleared the suspension.
+    pub suspension_changed_at: Option<i64>,
+    /// When Google said the user must change a credential; `None`: no flag.
+    pub credential_change_required_at: Option<i64>,
+}
+
+pub async fn security(conn: &mut Conn, sub: &str) -> Result<Option<UserSecurity>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT suspended_by_google, suspension_changed_at, credential_change_required_at \
+         FROM users WHERE sub = $1",
+    )
+    .bind(sub)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Suspends (`reason` set) or lifts the suspension (`None`) as of `event_at` (the SET's iat,
+/// unix ms), unless a newer event already changed it. `false`: superseded (or no such user).
+pub async fn set_suspension(
+    conn: &mut Conn,
+    sub: &str,
+    reason: Option<&str>,
+    event_at: i64,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE users SET suspended_by_google = $2, suspension_changed_at = $3, updated_at = $4 \
+         WHERE sub = $1 AND (suspension_changed_at IS NULL OR suspension_changed_at <= $3)",
+    )
+    .bind(sub)
+    .bind(reason)
+    .bind(event_at)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Flags (`Some(at)`) or clears (`None`) "credential change required"; `false`: no such user.
+pub async fn set_credential_change_required(
+    conn: &mut Conn,
+    sub: &str,
+    at: Option<i64>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE users SET credential_change_required_at = $2 WHERE sub = $1")
+        .bind(sub)
+        .bind(at)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// How many users Google suspended, and how many are flagged for a credential change.
+pub async fn flag_counts(conn: &mut Conn) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT COUNT(suspended_by_google), COUNT(credential_change_required_at) FROM users",
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Of `subs`, those whose calls to Google must stop: suspended by Google, or whose grant is
+/// gone (reauth_required). A running sync of one of them is cancelled.
+pub async fn stopped_among(conn: &mut Conn, subs: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    if subs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=subs.len()).map(|i| format!("${i}")).collect();
+    let query = format!(
+        "SELECT sub FROM users WHERE sub IN ({}) \
+           AND (state = 'reauth_required' OR suspended_by_google IS NOT NULL) ORDER BY sub",
+        placeholders.join(", ")
+    );
+    let mut q = sqlx::query_scalar(&query);
+    for sub in subs {
+        q = q.bind(sub);
+    }
+    q.fetch_all(conn).await
 }

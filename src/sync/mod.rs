@@ -43,7 +43,7 @@ pub enum SyncError {
     Mirror(#[from] MirrorError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("stopped by shutdown")]
+    #[error("stopped by shutdown, or because every call for the user had to stop")]
     Cancelled,
     /// The mirror's filesystem is under its free-space floor: no download starts.
     #[error("the mirror's disk has {free} bytes free, under [sync] min_free_disk_bytes ({floor}); no download until there is room")]
@@ -131,7 +131,10 @@ impl SyncEngine {
         let (outcome, error) = match result {
             Ok(()) => (SyncOutcome::Ok, None),
             Err(SyncError::Token(TokenError::Revoked(_))) => (SyncOutcome::ReauthRequired, None),
-            Err(SyncError::Cancelled) => (SyncOutcome::Cancelled, None),
+            // Google suspended the user meanwhile (Cross-Account Protection): stopped, not failed.
+            Err(SyncError::Cancelled | SyncError::Token(TokenError::Suspended(_))) => {
+                (SyncOutcome::Cancelled, None)
+            }
             Err(e) => (SyncOutcome::Failed, Some(e)),
         };
         let record = SyncRecord {

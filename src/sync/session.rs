@@ -157,6 +157,9 @@ impl<'a> Session<'a> {
         let mut refreshed_after_401 = false;
         let mut rejected = None;
         loop {
+            // Once the sync is cancelled (shutdown, or every call for the user must stop), no
+            // new call starts.
+            self.check_cancel()?;
             let attempt = async {
                 let token = self.token(rejected.take()).await?;
                 self.engine.limit.wait().await;
@@ -625,7 +628,12 @@ impl<'a> Session<'a> {
                 })
                 .await?;
             let body = resp.bytes_stream().map_err(|e| e.without_url());
-            match download.feed(body).await {
+            // A long download stops at once when the sync is cancelled; the caller abandons it.
+            let fed = tokio::select! {
+                fed = download.feed(body) => fed,
+                _ = self.cancel.cancelled() => return Err(SyncError::Cancelled),
+            };
+            match fed {
                 Ok(()) => return Ok(()),
                 Err(MirrorError::Download(why)) => {
                     stalls = if download.received() > offset {

@@ -12,6 +12,7 @@
 //! - [`google_json`]: token endpoint and Drive responses, success and error bodies.
 //! - [`admin_protocol`]: admin socket byte streams and request lines, round trips.
 //! - [`config`]: config.toml, environment overrides, client_secret.json, key files.
+//! - [`risc_set`]: security event tokens (`POST /risc`) -> `SetVerifier::verify`.
 //!
 //! Every target checks: no panic, no case slower than [`CASE_LIMIT`] (a watchdog aborts the
 //! process on a hang), errors are `Err`s that do not echo a secret from the input.
@@ -22,6 +23,7 @@ mod google_json;
 mod id_token;
 mod intake_body;
 mod mutate;
+mod risc_set;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,6 +62,11 @@ fn admin_protocol() {
 #[test]
 fn config() {
     config::run();
+}
+
+#[test]
+fn risc_set() {
+    risc_set::run();
 }
 
 fn budget() -> Duration {

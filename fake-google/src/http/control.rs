@@ -50,6 +50,25 @@ pub(crate) fn router() -> Router<Emulator> {
         .route("/_emulator/clients", get(clients))
         .route("/_emulator/client-secret-json", get(client_secret_json))
         .route("/_emulator/issued-secrets", get(issued_secrets))
+        .route(
+            "/_emulator/risc/service-accounts",
+            post(super::risc::create_service_account),
+        )
+        .route("/_emulator/risc/events", post(super::risc::emit))
+        .route("/_emulator/risc/deliveries", get(super::risc::deliveries))
+        .route(
+            "/_emulator/risc/deliveries/{jti}/replay",
+            post(super::risc::replay),
+        )
+        .route(
+            "/_emulator/risc/stream",
+            get(super::risc::get_stream).put(super::risc::put_stream),
+        )
+        .route("/_emulator/risc/settings", put(super::risc::settings))
+        .route(
+            "/_emulator/risc/rotate-keys",
+            post(super::risc::rotate_keys),
+        )
 }
 
 type Ctl = Result<Response, Error>;

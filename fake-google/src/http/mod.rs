@@ -6,6 +6,7 @@ pub(crate) mod download;
 pub(crate) mod drive;
 pub(crate) mod oauth;
 pub(crate) mod resumable;
+pub(crate) mod risc;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -76,6 +77,13 @@ pub(crate) fn router(emu: Emulator) -> Router {
             get(drive::start_page_token),
         )
         .route("/drive/v3/changes", get(drive::changes_list))
+        .route("/.well-known/risc-configuration", get(risc::configuration))
+        .route("/risc/certs", get(risc::certs))
+        .route("/v1beta/stream:update", post(risc::stream_update))
+        .route("/v1beta/stream", get(risc::stream_get))
+        .route("/v1beta/stream:verify", post(risc::stream_verify))
+        .route("/v1beta/stream/status", get(risc::status_get))
+        .route("/v1beta/stream/status:update", post(risc::status_update))
         .layer(DefaultBodyLimit::max(GOOGLE_BODY_LIMIT));
     google
         .merge(control::router().layer(DefaultBodyLimit::max(256 * 1024 * 1024)))
@@ -102,6 +110,13 @@ fn classify(
         "/oauth2/v3/certs" => return Some((Family::Jwks, Some(Jwks))),
         "/.well-known/openid-configuration" => return token(Discovery),
         "/v1/userinfo" | "/oauth2/v3/userinfo" => return token(Userinfo),
+        "/.well-known/risc-configuration" => return token(RiscConfiguration),
+        "/risc/certs" => return Some((Family::Jwks, Some(RiscJwks))),
+        "/v1beta/stream:update" => return token(RiscStreamUpdate),
+        "/v1beta/stream" => return token(RiscStreamGet),
+        "/v1beta/stream:verify" => return token(RiscStreamVerify),
+        "/v1beta/stream/status" => return token(RiscStatusGet),
+        "/v1beta/stream/status:update" => return token(RiscStatusUpdate),
         _ => {}
     }
     let upload = path.starts_with("/upload/");

@@ -44,6 +44,8 @@ pub fn test_config(dir: &Path, google: &FakeGoogle) -> Config {
     config.google.revoke_uri = format!("{base}/revoke");
     config.google.drive_api_base = base.clone();
     config.google.android_client_ids = vec![google.clients().android_client_id];
+    config.risc.configuration_uri = format!("{base}/.well-known/risc-configuration");
+    config.risc.api_base = base.clone();
     config.google.request_timeout = Duration::from_secs(2);
     // Google's schedule (1 s doubling to 32 s) is the default; tests retry on a shorter one.
     config.google.retry_initial_delay = Duration::from_millis(50);
