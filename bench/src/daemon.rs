@@ -103,6 +103,8 @@ pub fn http_version_name(v: HttpVersion) -> String {
 pub struct Daemon {
     /// `http://127.0.0.1:PORT` of the intake.
     pub intake: String,
+    /// The data API's base URL, when the scenario set `[api] listen`.
+    pub api: Option<String>,
     pub store: Store,
     pub scheduler: Arc<Scheduler>,
     services: Arc<Services>,
@@ -119,6 +121,17 @@ impl Daemon {
         google: &FakeGoogle,
         tuning: Tuning,
         place: Placement<'_>,
+    ) -> anyhow::Result<Daemon> {
+        Daemon::start_with(dir, google, tuning, place, |_| Ok(())).await
+    }
+
+    /// [`Daemon::start`], with `configure` changing the config last (data-api: `[api]`).
+    pub async fn start_with(
+        dir: &Path,
+        google: &FakeGoogle,
+        tuning: Tuning,
+        place: Placement<'_>,
+        configure: impl FnOnce(&mut Config) -> anyhow::Result<()>,
     ) -> anyhow::Result<Daemon> {
         let mut config = emulator_config(dir, google)?;
         config.intake.listen = "127.0.0.1:0".parse()?;
@@ -142,10 +155,12 @@ impl Daemon {
         config.sync.concurrency = tuning.concurrency;
         config.sync.max_requests_per_second = tuning.max_requests_per_second;
         config.google.http_version = place.http_version;
+        configure(&mut config)?;
         let app = App::build(config.resolve()?, None)
             .await
             .context("building the daemon")?;
         let intake = format!("http://{}", app.intake_addr());
+        let api = app.api_url();
         let store = app.store().clone();
         let scheduler = app.scheduler().clone();
         let services = app.services().clone();
@@ -153,12 +168,18 @@ impl Daemon {
         let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         Ok(Daemon {
             intake,
+            api,
             store,
             scheduler,
             services,
             shutdown,
             running,
         })
+    }
+
+    /// The handle the daemon's front doors share (API keys, resyncs, the change feed).
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
     }
 
     /// Changes concurrency and the rate limit the way a config reload does.

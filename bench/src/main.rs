@@ -8,7 +8,7 @@
 //! - [`google`]: the fake-google child process and its `/_emulator/` control API.
 //! - [`database`]: SQLite in the scenario directory, or a scratch PostgreSQL database.
 //! - [`daemon`]: the daemon built from a `Config` exactly as `appdata-syncd` builds it.
-//! - [`scenarios`]: intake, first-sync, idle-cycle, churn, quota, all.
+//! - [`scenarios`]: intake, first-sync, idle-cycle, churn, quota, data-api, all.
 //! - [`tenant`]: quota's other client of the same Google project, at a fixed rate.
 //! - [`soak`]: M minutes of sign-ins, changes, faults, admin commands and restarts, then the
 //!   invariants; its daemon runs in a child process (hidden `soak-daemon`) so it can be killed.
@@ -113,6 +113,9 @@ enum Scenario {
     /// optionally shared with another tenant; the daemon must use what is left without
     /// failing a sync.
     Quota(QuotaArgs),
+    /// The data API: a consumer draining the change feed, concurrent content reads by id,
+    /// and webhook delay from a sync's commit to the receiver.
+    DataApi(DataApiArgs),
     /// Sign-ins, emulator changes, random faults, admin commands and daemon restarts for M
     /// minutes, then the invariants; exit status 1 on any violation.
     Soak {
@@ -182,6 +185,30 @@ pub struct QuotaArgs {
     /// [sync] concurrency for the measured cycle (default: the daemon's default).
     #[arg(long)]
     pub concurrency: Option<usize>,
+}
+
+/// The data-api scenario's sizes.
+#[derive(Args, Clone, Debug)]
+pub struct DataApiArgs {
+    /// Users signed in and first-synced before anything is measured.
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// Files per user (the feed then holds users·files `file.added` changes).
+    #[arg(long, default_value_t = 20)]
+    pub files: usize,
+    /// Bytes per file.
+    #[arg(long, default_value_t = 4096)]
+    pub size: usize,
+    /// Concurrent readers of content, each its own keep-alive connection.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// How long the readers read.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Webhook rounds (one file of one user changed, that user synced), then a burst of as
+    /// many users changed at once and synced by one cycle.
+    #[arg(long, default_value_t = 200)]
+    pub rounds: usize,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,6 +338,11 @@ async fn run(
             }
         }
         Scenario::Quota(args) => emit(s::quota(env, &args).await?),
+        Scenario::DataApi(args) => {
+            for r in s::data_api(env, &args).await? {
+                emit(r);
+            }
+        }
         Scenario::All { quick } => {
             let started = std::time::Instant::now();
             let all_clean = s::all(env, out.json, quick).await?;

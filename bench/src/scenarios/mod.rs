@@ -2,11 +2,13 @@
 //! users through the real intake, then measures one phase between [`Window::open`] and
 //! [`Window::close`]: wall time, CPU of this process and of the emulator, and peak RSS.
 //! idle-cycle can also run on a fresh PostgreSQL database with several daemons sharing it;
-//! [`quota`] (its own module) runs the daemon against a project quota, shared or not.
+//! [`quota`] (its own module) runs the daemon against a project quota, shared or not;
+//! [`data_api`] (its own module) measures the data API's change feed, reads and webhooks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use appdata_syncd::config::Config;
 use appdata_syncd::google::HttpVersion;
 use appdata_syncd::scheduler::CycleOutcome;
 use appdata_syncd::store::now_ms;
@@ -20,7 +22,9 @@ use crate::measure;
 use crate::report::Report;
 use crate::{Profiles, TuningArgs};
 
+mod data_api;
 mod quota;
+pub use data_api::data_api;
 pub use quota::quota;
 
 /// What p50_ms/p99_ms measure, and how they differ from the `syncs` table's figures.
@@ -63,6 +67,13 @@ struct World {
     http: reqwest::Client,
 }
 
+/// The "Android app"'s HTTP client: many sign-ins in flight at once.
+fn seed_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?)
+}
+
 struct Seeded {
     subs: Vec<String>,
     secs: f64,
@@ -96,15 +107,38 @@ impl World {
         for index in 1..instances.max(1) {
             peers.push(Daemon::start(dir.path(), &google, tuning, place(index)).await?);
         }
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .build()?;
         Ok(World {
             dir,
             google,
             daemon,
             peers,
-            http,
+            http: seed_client()?,
+        })
+    }
+
+    /// One daemon on SQLite, `configure` changing its config last (it gets the scenario
+    /// directory, for files the config names).
+    async fn start_configured(
+        env: &Env,
+        tuning: Tuning,
+        configure: impl FnOnce(&Path, &mut Config) -> anyhow::Result<()>,
+    ) -> anyhow::Result<World> {
+        let dir = env.scratch_dir("appdata-syncd-bench-")?;
+        let google = FakeGoogle::spawn(dir.path()).await?;
+        let place = Placement {
+            database_url: None,
+            index: 0,
+            http_version: HttpVersion::default(),
+        };
+        let path = dir.path().to_path_buf();
+        let daemon =
+            Daemon::start_with(dir.path(), &google, tuning, place, |c| configure(&path, c)).await?;
+        Ok(World {
+            dir,
+            google,
+            daemon,
+            peers: Vec::new(),
+            http: seed_client()?,
         })
     }
 
