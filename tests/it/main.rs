@@ -17,5 +17,6 @@ mod openapi;
 mod risc;
 mod s3;
 mod scale_out;
+mod secrets;
 mod sync;
 mod webhooks;
