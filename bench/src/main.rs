@@ -113,6 +113,9 @@ enum Scenario {
     /// optionally shared with another tenant; the daemon must use what is left without
     /// failing a sync.
     Quota(QuotaArgs),
+    /// Database size over many cycles (syncs recorded straight through the daemon's recorder,
+    /// pruned by its prune task's function): flat once the history is full?
+    History(scenarios::HistoryArgs),
     /// Sign-ins, emulator changes, random faults, admin commands and daemon restarts for M
     /// minutes, then the invariants; exit status 1 on any violation.
     Soak {
@@ -311,6 +314,7 @@ async fn run(
             }
         }
         Scenario::Quota(args) => emit(s::quota(env, &args).await?),
+        Scenario::History(args) => emit(s::history(env, &args).await?),
         Scenario::All { quick } => {
             let started = std::time::Instant::now();
             let all_clean = s::all(env, out.json, quick).await?;

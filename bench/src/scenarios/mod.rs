@@ -20,7 +20,9 @@ use crate::measure;
 use crate::report::Report;
 use crate::{Profiles, TuningArgs};
 
+mod history;
 mod quota;
+pub use history::{history, HistoryArgs};
 pub use quota::quota;
 
 /// What p50_ms/p99_ms measure, and how they differ from the `syncs` table's figures.
