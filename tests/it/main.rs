@@ -4,6 +4,8 @@
 mod admin;
 mod admission;
 mod api;
+mod api_writes;
+mod backend;
 mod cli;
 mod crash;
 mod faults;
