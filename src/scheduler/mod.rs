@@ -331,7 +331,21 @@ impl Scheduler {
         };
         let mut tasks = JoinSet::new();
         let batch = self.concurrency.load(Ordering::Relaxed).max(MIN_CLAIM) as i64;
-        while let Some(claimed) = self.claim_batch(Claim::Cycle(cycle), batch).await {
+        // The cursor: claims walk the users in sub order, each after the last one's end.
+        let mut after = String::new();
+        while let Some(claimed) = self
+            .claim_batch(
+                Claim::Cycle {
+                    stamp: cycle,
+                    after: &after,
+                },
+                batch,
+            )
+            .await
+        {
+            if let Some(last) = claimed.back() {
+                after.clone_from(&last.sub);
+            }
             if !self.start_batch(claimed, &mut tasks, &mut outcome).await {
                 break;
             }
@@ -350,7 +364,7 @@ impl Scheduler {
     }
 
     /// The next batch of a cycle; `None` when there is none left (or the claim failed).
-    async fn claim_batch(&self, what: Claim, limit: i64) -> Option<VecDeque<DueUser>> {
+    async fn claim_batch(&self, what: Claim<'_>, limit: i64) -> Option<VecDeque<DueUser>> {
         match self.claim(what, limit).await {
             Ok(c) if c.is_empty() => None,
             Ok(c) => Some(c.into()),
@@ -400,7 +414,7 @@ impl Scheduler {
         true
     }
 
-    async fn claim(&self, what: Claim, limit: i64) -> Result<Vec<DueUser>, sqlx::Error> {
+    async fn claim(&self, what: Claim<'_>, limit: i64) -> Result<Vec<DueUser>, sqlx::Error> {
         let now = store::now_ms();
         let until = now + self.lease.as_millis() as i64;
         let mut tx = self.store.begin_write().await?;
