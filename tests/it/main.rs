@@ -19,5 +19,6 @@ mod openapi;
 mod risc;
 mod s3;
 mod scale_out;
+mod secrets;
 mod sync;
 mod webhooks;
