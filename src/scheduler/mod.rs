@@ -331,8 +331,19 @@ impl Scheduler {
         };
         let mut tasks = JoinSet::new();
         let batch = self.concurrency.load(Ordering::Relaxed).max(MIN_CLAIM) as i64;
-        while let Some(claimed) = self.claim_batch(Claim::Cycle(cycle), batch).await {
+        // Completed: every due user was claimed and started (no database error, no stop).
+        let mut completed = true;
+        loop {
+            let claimed = match self.claim_batch(Claim::Cycle(cycle), batch).await {
+                Ok(Some(claimed)) => claimed,
+                Ok(None) => break,
+                Err(()) => {
+                    completed = false;
+                    break;
+                }
+            };
             if !self.start_batch(claimed, &mut tasks, &mut outcome).await {
+                completed = false;
                 break;
             }
         }
@@ -343,20 +354,22 @@ impl Scheduler {
             }
         }
         outcome.finished_at = store::now_ms();
+        crate::metrics::cycle_finished(completed, outcome.finished_at);
         log_cycle(&outcome, clock.elapsed());
         *self.last_cycle.lock() = Some(outcome.clone());
         self.cycle_running.store(false, Ordering::SeqCst);
         outcome
     }
 
-    /// The next batch of a cycle; `None` when there is none left (or the claim failed).
-    async fn claim_batch(&self, what: Claim, limit: i64) -> Option<VecDeque<DueUser>> {
+    /// The next batch of a cycle; `None` when there is none left; `Err` (logged) when the
+    /// claim failed.
+    async fn claim_batch(&self, what: Claim, limit: i64) -> Result<Option<VecDeque<DueUser>>, ()> {
         match self.claim(what, limit).await {
-            Ok(c) if c.is_empty() => None,
-            Ok(c) => Some(c.into()),
+            Ok(c) if c.is_empty() => Ok(None),
+            Ok(c) => Ok(Some(c.into())),
             Err(e) => {
                 tracing::error!(error = %e, "cannot claim due users; cycle cut short");
-                None
+                Err(())
             }
         }
     }
