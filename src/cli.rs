@@ -90,12 +90,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(a) => check_config(&a.config),
         Command::Migrate(a) => runtime()?.block_on(async {
             let config = Config::load(Some(&a.config))?.resolve()?;
-            let store = Store::connect(&config.store_url, 1).await?;
+            let store = Store::connect(config.store_url.expose(), 1).await?;
             store.migrate().await?;
-            println!(
-                "database {} is up to date",
-                crate::store::redact_url(&config.store_url)
-            );
+            println!("database {} is up to date", config.store_url);
             Ok(ExitCode::SUCCESS)
         }),
         Command::RotateKey(a) => runtime()?.block_on(rotate_key(&a.config)),
@@ -130,7 +127,7 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
 
 async fn rotate_key(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(Some(path))?.resolve()?;
-    let store = Store::connect(&config.store_url, 1).await?;
+    let store = Store::connect(config.store_url.expose(), 1).await?;
     store.migrate().await?;
     let done = crate::tokens::reseal_all(&store, &config.keyring).await?;
     println!(

@@ -366,6 +366,21 @@ impl Emulator {
             .ok_or_else(|| Error::FileNotFound(file_id.to_string()))
     }
 
+    /// The user's Drive storage quota, in bytes (`None`: unlimited). Uploads that would pass it
+    /// are refused with 403 `storageQuotaExceeded`, as Drive refuses them.
+    pub fn set_storage_limit(&self, sub: &str, limit: Option<u64>) -> Result<(), Error> {
+        self.account(sub)?.drive.lock().storage_limit = limit;
+        Ok(())
+    }
+
+    /// Takes away (or gives back) the app's permission to change the user's files: creates,
+    /// updates and deletes answer 403 `insufficientFilePermissions`, reads still work. A
+    /// permanent refusal, for testing how a client gives up.
+    pub fn set_read_only(&self, sub: &str, read_only: bool) -> Result<(), Error> {
+        self.account(sub)?.drive.lock().read_only = read_only;
+        Ok(())
+    }
+
     /// Every file and folder in the user's appDataFolder, nested ones too, in creation order.
     pub fn list_files(&self, sub: &str) -> Result<Vec<DriveFile>, Error> {
         let account = self.account(sub)?;

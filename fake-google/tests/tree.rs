@@ -330,3 +330,86 @@ async fn generated_ids_are_usable_once_and_only_by_their_user() {
     assert_eq!(status, 400);
     assert_eq!(env.fg.emulator().stats().count("files.generateIds"), 3);
 }
+
+impl Env {
+    async fn upload(&self, token: &str, name: &str, content: &[u8]) -> (u16, Value) {
+        let meta = json!({"name": name, "parents": ["appDataFolder"]});
+        let (content_type, body) = related(&meta, content, "text/plain");
+        let resp = self
+            .http
+            .post(self.url("/upload/drive/v3/files?uploadType=multipart"))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Uploads past the storage quota are refused with 403 storageQuotaExceeded; nothing is made.
+#[tokio::test]
+async fn uploads_past_the_storage_quota_are_refused() {
+    let env = Env::start().await;
+    let t = env.sign_in("1").await;
+    env.fg.emulator().set_storage_limit("1", Some(10)).unwrap();
+    let (status, _) = env.upload(&t.access, "small.txt", b"0123456789").await;
+    assert_eq!(status, 200);
+    let (status, body) = env.upload(&t.access, "more.txt", b"x").await;
+    let item = drive_error(&body, 403);
+    assert_eq!(
+        (status, item["reason"].as_str()),
+        (403, Some("storageQuotaExceeded"))
+    );
+    assert_eq!(item["domain"], "usageLimits");
+    assert_eq!(
+        env.names_in(&t.access, "trashed = false").await,
+        ["small.txt"]
+    );
+}
+
+/// With `set_read_only`, creates, updates and deletes answer 403 insufficientFilePermissions
+/// (Drive's handle-errors guide); reads still work.
+#[tokio::test]
+async fn a_read_only_drive_refuses_every_change() {
+    let env = Env::start().await;
+    let t = env.sign_in("1").await;
+    let (_, file) = env.upload(&t.access, "kept.txt", b"kept").await;
+    let id = file["id"].as_str().unwrap();
+    env.fg.emulator().set_read_only("1", true).unwrap();
+    let refused = |status: u16, body: &Value| {
+        let item = drive_error(body, 403);
+        assert_eq!(
+            (status, item["reason"].as_str()),
+            (403, Some("insufficientFilePermissions"))
+        );
+    };
+    let (status, body) = env.upload(&t.access, "new.txt", b"new").await;
+    refused(status, &body);
+    let resp = env
+        .http
+        .delete(env.url(&format!("/drive/v3/files/{id}")))
+        .bearer_auth(&t.access)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    refused(status, &resp.json().await.unwrap());
+    let resp = env
+        .http
+        .patch(env.url(&format!("/upload/drive/v3/files/{id}?uploadType=media")))
+        .bearer_auth(&t.access)
+        .body("changed")
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    refused(status, &resp.json().await.unwrap());
+    let (status, _) = env
+        .get_json(&format!("/drive/v3/files/{id}"), &t.access)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(env.fg.emulator().file_content("1", id).unwrap(), "kept");
+}

@@ -16,8 +16,9 @@ mod writes;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{middleware, Json, Router};
@@ -50,8 +51,27 @@ pub fn router(services: Arc<Services>) -> Router {
             auth::require_key,
         ))
         .layer(middleware::map_response(count))
+        .layer(middleware::from_fn(close_after_refused_body))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// A request with a body that is refused may leave that body unread, and the server then
+/// closes the connection: say so (`Connection: close`), or a client that keeps connections
+/// alive sends its next request into a closed socket.
+async fn close_after_refused_body(request: Request, next: Next) -> Response {
+    let may_have_body = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+    );
+    let mut response = next.run(request).await;
+    let refused = response.status().is_client_error() || response.status().is_server_error();
+    if may_have_body && refused {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn read_routes() -> Router<ApiState> {

@@ -74,7 +74,8 @@ impl App {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
-        let store = Store::connect(&config.store_url, config.raw.store.max_connections).await?;
+        let store =
+            Store::connect(config.store_url.expose(), config.raw.store.max_connections).await?;
         store.migrate().await?;
         let shutdown = Shutdown::new();
         let recorder_done = CancellationToken::new();

@@ -333,8 +333,14 @@ impl Scheduler {
         let batch = self.concurrency.load(Ordering::Relaxed).max(MIN_CLAIM) as i64;
         // Completed: every due user was claimed and started (no database error, no stop).
         let mut completed = true;
+        // The cursor: claims walk the users in sub order, each after the last one's end.
+        let mut after = String::new();
         loop {
-            let claimed = match self.claim_batch(Claim::Cycle(cycle), batch).await {
+            let what = Claim::Cycle {
+                stamp: cycle,
+                after: &after,
+            };
+            let claimed = match self.claim_batch(what, batch).await {
                 Ok(Some(claimed)) => claimed,
                 Ok(None) => break,
                 Err(()) => {
@@ -342,6 +348,9 @@ impl Scheduler {
                     break;
                 }
             };
+            if let Some(last) = claimed.back() {
+                after.clone_from(&last.sub);
+            }
             if !self.start_batch(claimed, &mut tasks, &mut outcome).await {
                 completed = false;
                 break;
@@ -363,7 +372,11 @@ impl Scheduler {
 
     /// The next batch of a cycle; `None` when there is none left; `Err` (logged) when the
     /// claim failed.
-    async fn claim_batch(&self, what: Claim, limit: i64) -> Result<Option<VecDeque<DueUser>>, ()> {
+    async fn claim_batch(
+        &self,
+        what: Claim<'_>,
+        limit: i64,
+    ) -> Result<Option<VecDeque<DueUser>>, ()> {
         match self.claim(what, limit).await {
             Ok(c) if c.is_empty() => Ok(None),
             Ok(c) => Ok(Some(c.into())),
@@ -413,7 +426,7 @@ impl Scheduler {
         true
     }
 
-    async fn claim(&self, what: Claim, limit: i64) -> Result<Vec<DueUser>, sqlx::Error> {
+    async fn claim(&self, what: Claim<'_>, limit: i64) -> Result<Vec<DueUser>, sqlx::Error> {
         let now = store::now_ms();
         let until = now + self.lease.as_millis() as i64;
         let mut tx = self.store.begin_write().await?;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{ServiceError, Services};
 use crate::store::changes::{self, Change};
 use crate::store::files::{self, FileRow, FOLDER_MIME};
-use crate::store::users::{UserState, UserSummary};
+use crate::store::users::{self, UserState, UserSummary};
 use crate::store::{schedule, user_pages};
 use crate::sync::mirror::Content;
 
@@ -146,6 +146,11 @@ pub struct UserView {
     pub last_sync_at: Option<i64>,
     pub files: i64,
     pub bytes: i64,
+    /// Cross-Account Protection: why Google disabled the account (nothing calls Google for
+    /// the user meanwhile); null: not suspended.
+    pub suspended_by_google: Option<String>,
+    /// When Google said the user must change a credential (unix ms); null: no flag.
+    pub credential_change_required_at: Option<i64>,
 }
 
 /// One item of `GET /v1/users/{sub}/files`.
@@ -303,6 +308,7 @@ impl Services {
             .await?
             .unwrap_or_default();
         let totals = files::totals(&mut conn, sub).await?;
+        let security = users::security(&mut conn, sub).await?.unwrap_or_default();
         let p = u.profile;
         Ok(UserView {
             sub: p.sub,
@@ -321,6 +327,8 @@ impl Services {
             last_sync_at: sync.last_sync_at,
             files: totals.files,
             bytes: totals.bytes,
+            suspended_by_google: security.suspended_by_google,
+            credential_change_required_at: security.credential_change_required_at,
         })
     }
 

@@ -197,7 +197,7 @@ impl Services {
             security,
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_s: self.started.elapsed().as_secs(),
-            database: store::redact_url(&self.config.lock().store_url),
+            database: self.config.lock().store_url.to_string(),
             instance: self.scheduler.instance().to_string(),
             instances,
             users_by_state,

@@ -17,20 +17,20 @@ async fn api_app() -> TestApp {
 }
 
 /// Ids of what [`drive_fixture`] made.
-struct Fixture {
-    settings: String,
-    a_json: String,
-    b_txt: String,
-    docs: String,
-    dups: Vec<String>,
-    notes: String,
-    big: String,
-    big_content: Vec<u8>,
+pub(crate) struct Fixture {
+    pub(crate) settings: String,
+    pub(crate) a_json: String,
+    pub(crate) b_txt: String,
+    pub(crate) docs: String,
+    pub(crate) dups: Vec<String>,
+    pub(crate) notes: String,
+    pub(crate) big: String,
+    pub(crate) big_content: Vec<u8>,
 }
 
 /// User `api1`: settings.json; docs/a.json and docs/2026/b.txt in folders; two dup.txt at the
 /// root; a Google Doc; a 300 KB binary. User `api2` with one file, `api3` paused.
-async fn drive_fixture(app: &TestApp) -> Fixture {
+pub(crate) async fn drive_fixture(app: &TestApp) -> Fixture {
     for sub in ["api1", "api2", "api3"] {
         app.sign_in(sub).await;
     }
@@ -100,7 +100,7 @@ async fn drive_fixture(app: &TestApp) -> Fixture {
     }
 }
 
-fn md5_hex(bytes: &[u8]) -> String {
+pub(crate) fn md5_hex(bytes: &[u8]) -> String {
     hex::encode(Md5::digest(bytes))
 }
 
@@ -607,12 +607,19 @@ fn api_config_errors_are_caught_at_start_up() {
 /// one the document lists, with a body that matches its schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_and_server_agree() {
-    let app = api_app().await;
+    // Writes over 1 MiB are refused (413); the fixture's largest file is 300 KB.
+    let app = spawn_app_with(|c| {
+        c.api.listen = Some("127.0.0.1:0".into());
+        c.sync.max_file_bytes = 1 << 20;
+    })
+    .await;
     let fixture = drive_fixture(&app).await;
     let api = app.api_client(false).await;
     exercise_users_and_files(&api, &fixture).await;
     exercise_content(&api, &fixture).await;
     exercise_feed(&app, &api).await;
+    crate::api_writes::exercise(&app, &api, &fixture).await;
+    crate::api_writes::exercise_a_full_disk().await;
     let nokey = api.with_key("");
     for path in crate::openapi::documented()
         .into_iter()

@@ -4,6 +4,8 @@
 mod admin;
 mod admission;
 mod api;
+mod api_writes;
+mod backend;
 mod cli;
 mod crash;
 mod faults;
@@ -18,5 +20,6 @@ mod ops;
 mod risc;
 mod s3;
 mod scale_out;
+mod secrets;
 mod sync;
 mod webhooks;

@@ -20,18 +20,18 @@ use crate::helpers::{db_pool, free_port, sign_in_via, test_config, Daemon};
 
 /// What the receiver got: per webhook-id, the body and how many attempts it saw.
 #[derive(Default)]
-struct Received {
-    bodies: BTreeMap<String, Value>,
+pub(crate) struct Received {
+    pub(crate) bodies: BTreeMap<String, Value>,
     attempts: HashMap<String, u32>,
-    bad_signatures: Vec<String>,
+    pub(crate) bad_signatures: Vec<String>,
 }
 
 /// The receiver's handler state: what it got, and the key it checks signatures with.
 type ReceiverState = (Arc<Mutex<Received>>, Arc<Vec<u8>>);
 
-struct Receiver {
-    url: String,
-    got: Arc<Mutex<Received>>,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
+    pub(crate) got: Arc<Mutex<Received>>,
 }
 
 /// Verifies a delivery the way the docs tell a backend to (docs/data-api.md).
@@ -67,7 +67,7 @@ fn verify(key: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<(String, Value
 }
 
 /// A receiver on a loopback port; answers 503 to the first attempt of every fourth message.
-async fn receiver(key: Vec<u8>) -> Receiver {
+pub(crate) async fn receiver(key: Vec<u8>) -> Receiver {
     let got: Arc<Mutex<Received>> = Arc::default();
     let state = (got.clone(), Arc::new(key));
     let app = axum::Router::new().route(
@@ -102,7 +102,11 @@ async fn receiver(key: Vec<u8>) -> Receiver {
     Receiver { url, got }
 }
 
-fn webhook_config(dir: &Path, google: &fake_google::FakeGoogle, hook: &str) -> (Config, Vec<u8>) {
+pub(crate) fn webhook_config(
+    dir: &Path,
+    google: &fake_google::FakeGoogle,
+    hook: &str,
+) -> (Config, Vec<u8>) {
     let key: Vec<u8> = (0..32u8)
         .map(|i| i.wrapping_mul(37).wrapping_add(11))
         .collect();
@@ -125,7 +129,7 @@ fn webhook_config(dir: &Path, google: &fake_google::FakeGoogle, hook: &str) -> (
 }
 
 /// Every seq the feed holds, as webhook-ids; `None` while changes wait for their seq.
-async fn feed_ids(dir: &Path) -> Option<Vec<String>> {
+pub(crate) async fn feed_ids(dir: &Path) -> Option<Vec<String>> {
     let pool = db_pool(dir).await;
     let seqs: Vec<i64> =
         sqlx::query_scalar("SELECT seq FROM changes WHERE seq IS NOT NULL ORDER BY seq")

@@ -170,6 +170,19 @@ impl DriveError {
         e
     }
 
+    /// Content past the user's Drive storage quota. Drive's docs list no reason for it; this is
+    /// the reason and message Drive answers uploads with, as Drive clients handle it
+    /// (e.g. googleapis clients checking `errors[].reason == "storageQuotaExceeded"`).
+    pub(crate) fn storage_quota_exceeded() -> Self {
+        let mut e = Self::new(
+            StatusCode::FORBIDDEN,
+            "storageQuotaExceeded",
+            "The user's Drive storage quota has been exceeded.",
+        );
+        e.domain = "usageLimits";
+        e
+    }
+
     /// A create with an id that `files.generateIds` did not hand out. Drive's docs name no
     /// reason for it; this is the reason and message Drive clients are seen to handle.
     pub(crate) fn id_not_usable() -> Self {

@@ -232,6 +232,10 @@ pub(crate) struct Drive {
     next_order: u64,
     /// Ids handed out by `files.generateIds` and not used yet, with the space they are for.
     generated: HashMap<String, String>,
+    /// The user's storage quota in bytes (`set_storage_limit`); `None`: unlimited.
+    pub(crate) storage_limit: Option<u64>,
+    /// The app may read but not change the user's files (`set_read_only`).
+    pub(crate) read_only: bool,
 }
 
 impl Default for Drive {
@@ -245,6 +249,8 @@ impl Default for Drive {
             floor: 1,
             next_order: 0,
             generated: HashMap::new(),
+            storage_limit: None,
+            read_only: false,
         }
     }
 }
@@ -254,6 +260,35 @@ fn md5_hex(content: &[u8]) -> String {
 }
 
 impl Drive {
+    /// Refuses a change when the app may not change the user's files: Drive's 403
+    /// `insufficientFilePermissions` ("Resolve a 403 error: Insufficient file permissions",
+    /// https://developers.google.com/drive/api/guides/handle-errors).
+    pub(crate) fn check_writable(
+        &self,
+        file_id: &str,
+    ) -> Result<(), crate::drive::error::DriveError> {
+        if self.read_only {
+            return Err(crate::drive::error::DriveError::forbidden(
+                "insufficientFilePermissions",
+                format!("The user does not have sufficient permissions for file {file_id}."),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `adding` bytes of content (in place of the content of `replacing`) fit in the
+    /// user's storage quota. Trashed files count, as they do at Drive.
+    pub(crate) fn has_room(&self, adding: u64, replacing: Option<&str>) -> bool {
+        let Some(limit) = self.storage_limit else {
+            return true;
+        };
+        let used: u64 = self.files.values().map(|e| e.file.size).sum();
+        let freed = replacing
+            .and_then(|id| self.files.get(id))
+            .map_or(0, |e| e.file.size);
+        used.saturating_sub(freed).saturating_add(adding) <= limit
+    }
+
     /// The appDataFolder itself, as `files.get("appDataFolder")` returns it.
     pub(crate) fn folder_json(&self) -> serde_json::Value {
         serde_json::json!({

@@ -396,6 +396,7 @@ impl CreateSpec {
         drive
             .check_parent(self.parent.as_deref())
             .map_err(create_error)?;
+        drive.check_writable(self.parent.as_deref().unwrap_or("appDataFolder"))?;
         if let Some(id) = &self.meta.id {
             drive.check_new_id(id).map_err(create_error)?;
         }
@@ -408,6 +409,10 @@ impl CreateSpec {
         media: Bytes,
         media_type: Option<String>,
     ) -> Result<crate::DriveFile, DriveError> {
+        drive.check_writable(self.parent.as_deref().unwrap_or("appDataFolder"))?;
+        if !drive.has_room(media.len() as u64, None) {
+            return Err(DriveError::storage_quota_exceeded());
+        }
         let mime = self.meta.mime_type.or(media_type);
         let name = self.meta.name.unwrap_or_else(|| "Untitled".into());
         drive
@@ -583,6 +588,7 @@ pub(crate) fn check_update(
         .files
         .get(file_id)
         .ok_or_else(|| DriveError::not_found(file_id))?;
+    drive.check_writable(file_id)?;
     if media && entry.file.is_folder() {
         // Docs silent; strictest plausible: a folder has no content to replace.
         return Err(DriveError::bad_request(
@@ -601,6 +607,11 @@ pub(crate) fn update_file(
 ) -> Result<crate::DriveFile, DriveError> {
     let mut drive = account.drive.lock();
     check_update(&drive, file_id, media.is_some())?;
+    if let Some(m) = &media {
+        if !drive.has_room(m.len() as u64, Some(file_id)) {
+            return Err(DriveError::storage_quota_exceeded());
+        }
+    }
     let edit = Edit {
         content: media,
         name: meta.name.as_deref(),
@@ -650,6 +661,9 @@ pub(crate) async fn files_delete(
             "insufficientFilePermissions",
             "The user does not have sufficient permissions for this file.",
         ));
+    }
+    if drive.files.contains_key(&file_id) {
+        drive.check_writable(&file_id)?;
     }
     // A folder goes with all its descendants, each with its own change.
     if drive.delete_tree(&file_id) == 0 {

@@ -41,8 +41,11 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     init_test_log();
-    let dir = test_dir();
-    let google = google().await;
+    start(test_dir(), google().await, tweak).await
+}
+
+/// The daemon on `dir` (its database and mirror) and `google`.
+async fn start(dir: TestDir, google: FakeGoogle, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(dir.path(), &google);
     tweak(&mut config);
     let mirror = config
@@ -316,5 +319,16 @@ impl TestApp {
             r.await.unwrap().unwrap();
         }
         crate::log_scan::assert_in_process_logs_clean(self.google.emulator());
+    }
+
+    /// Stops the daemon cleanly and starts it again on the same database, mirror and
+    /// fake-google, its configuration changed by `tweak`.
+    pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            r.await.unwrap().unwrap();
+        }
+        let TestApp { dir, google, .. } = self;
+        start(dir, google, tweak).await
     }
 }
