@@ -323,11 +323,14 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// Human-readable on a terminal, JSON lines otherwise.
+    /// The journal's native protocol when stderr is the journal (`JOURNAL_STREAM`),
+    /// human-readable on a terminal, JSON lines otherwise.
     #[default]
     Auto,
     Human,
     Json,
+    /// journald's native protocol, with every event field as a journal field.
+    Journal,
 }
 
 /// `[api]`: the data API for the operator's backend (docs/data-api.md).

@@ -501,6 +501,10 @@ async fn serve_metrics(
             if let Ok(n) = services.users_over_quota().await {
                 crate::metrics::set_users_over_quota(n);
             }
+            // Set on every change too; here so that it exists before the first change.
+            crate::metrics::request_rate(services.current_request_rate());
+            let (free, floor) = services.mirror_free_space();
+            crate::metrics::set_mirror_free_space(free, floor);
             if let Ok(security) = services.security_counts().await {
                 security.to_metrics();
             }

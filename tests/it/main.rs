@@ -16,6 +16,7 @@ mod intake;
 mod lifecycle;
 mod log_scan;
 mod openapi;
+mod ops;
 mod risc;
 mod s3;
 mod scale_out;
