@@ -36,11 +36,23 @@ pub enum Command {
     /// Put the old key in [store] previous_key_files first.
     RotateKey(ConfigArg),
     /// Run everything locally against an in-process fake-google, with demo users.
+    #[cfg(feature = "dev")]
     Dev(DevArgs),
     /// Talk to a running daemon through its admin socket.
     Ctl(ctl::CtlArgs),
     /// Cross-Account Protection: register the receiver with Google, verify, status, disable.
     Risc(risc::RiscArgs),
+    /// Print a shell completion script: `appdata-syncd completions bash > /etc/bash_completion.d/appdata-syncd`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (roff): appdata-syncd.1 and one per subcommand, into DIR.
+    #[command(hide = true)]
+    Man {
+        /// Folder to write the pages into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +62,7 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+#[cfg(feature = "dev")]
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
     /// Folder for the database, mirror and keys (default: a temporary folder, removed at exit).
@@ -58,6 +71,9 @@ pub struct DevArgs {
     /// How many demo users to sign in.
     #[arg(long, default_value_t = 3)]
     pub users: usize,
+    /// Files in each demo user's appDataFolder: settings.json, then file-2.json, ...
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub files: u32,
     /// Where the intake listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
@@ -74,19 +90,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(a) => check_config(&a.config),
         Command::Migrate(a) => runtime()?.block_on(async {
             let config = Config::load(Some(&a.config))?.resolve()?;
-            let store = Store::connect(&config.store_url, 1).await?;
+            let store = Store::connect(config.store_url.expose(), 1).await?;
             store.migrate().await?;
-            println!(
-                "database {} is up to date",
-                crate::store::redact_url(&config.store_url)
-            );
+            println!("database {} is up to date", config.store_url);
             Ok(ExitCode::SUCCESS)
         }),
         Command::RotateKey(a) => runtime()?.block_on(rotate_key(&a.config)),
         Command::Serve(a) => serve(&a.config),
+        #[cfg(feature = "dev")]
         Command::Dev(args) => runtime()?.block_on(crate::cli::dev::run(args)),
         Command::Ctl(args) => ctl::run(args),
         Command::Risc(args) => risc::run(args),
+        Command::Completions { shell } => print_completions(shell),
+        Command::Man { dir } => write_man_pages(&dir),
     }
 }
 
@@ -111,7 +127,7 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
 
 async fn rotate_key(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(Some(path))?.resolve()?;
-    let store = Store::connect(&config.store_url, 1).await?;
+    let store = Store::connect(config.store_url.expose(), 1).await?;
     store.migrate().await?;
     let done = crate::tokens::reseal_all(&store, &config.keyring).await?;
     println!(
@@ -120,6 +136,46 @@ async fn rotate_key(path: &Path) -> anyhow::Result<ExitCode> {
         done.total,
         config.keyring.current_id()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `completions SHELL`, rendered from the clap definitions. Rendered into memory first:
+/// clap_complete panics on a write error, such as a closed pipe.
+fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "appdata-syncd", &mut script);
+    if shell == clap_complete::Shell::Bash {
+        script = fix_bash_subcommand_states(script);
+    }
+    std::io::stdout()
+        .write_all(&script)
+        .context("cannot write the completion script")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// clap_complete's bash script names a subcommand's state `appdata__syncd__subcmd__ctl` in its
+/// dispatch loop but `appdata__subcmd__syncd__subcmd__ctl` in its case arms when the binary
+/// name has a hyphen, so nothing completes past the first word
+/// (https://github.com/clap-rs/clap/issues/6421, open). Spell the arms as the loop does.
+fn fix_bash_subcommand_states(script: Vec<u8>) -> Vec<u8> {
+    String::from_utf8(script)
+        .map(|s| {
+            s.replace("appdata__subcmd__syncd", "appdata__syncd")
+                .into_bytes()
+        })
+        .unwrap_or_else(|e| e.into_bytes())
+}
+
+/// `man DIR`: the pages are rendered from the clap definitions, so they cannot drift from
+/// `--help`. The Debian package ships them (see contrib/debian/build).
+fn write_man_pages(dir: &Path) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    // Subcommand pages are named like git's: appdata-syncd-ctl.1.
+    clap_mangen::generate_to(cmd, dir)
+        .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -157,5 +213,6 @@ fn abort_a_task_if_asked(app: &App) {
 fn abort_a_task_if_asked(_: &App) {}
 
 pub mod ctl;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod risc;

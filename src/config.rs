@@ -20,6 +20,8 @@ use crate::google::HttpVersion;
 use crate::scheduler::schedule::Schedule;
 pub use crate::sync::mirror::MirrorLocation;
 
+pub mod transport;
+
 /// Prefix of the environment variables that override config.toml keys.
 pub const ENV_PREFIX: &str = "APPDATA_SYNCD_";
 
@@ -157,14 +159,22 @@ impl Default for IntakeConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Where state lives. Default: `$STATE_DIRECTORY` (systemd's StateDirectory), else
     /// /var/lib/appdata-syncd.
     pub state_dir: Option<PathBuf>,
     /// `sqlite://PATH` or `postgres://...`. Default: `sqlite://STATE_DIR/appdata-syncd.db`.
+    /// A PostgreSQL server off this machine needs `sslmode=verify-full`.
     pub url: Option<String>,
+    /// A file (mode 0600, or under `$CREDENTIALS_DIRECTORY`) whose first line is the URL, so
+    /// the password need not be in this file. Or leave the password out of the URL and let
+    /// `~/.pgpass` / `PGPASSFILE` hold it.
+    pub url_file: Option<PathBuf>,
+    /// Accept a PostgreSQL server off this machine without `sslmode=verify-full` (a network
+    /// you trust end to end): the password and every token then cross it unverified.
+    pub allow_unverified_tls: bool,
     /// 32-byte key that encrypts tokens at rest. Default: `$CREDENTIALS_DIRECTORY/encryption.key`.
     pub encryption_key_file: Option<PathBuf>,
     /// Keys that were current before a rotation: still decrypt, never encrypt.
@@ -183,12 +193,31 @@ impl Default for StoreConfig {
         Self {
             state_dir: None,
             url: None,
+            url_file: None,
+            allow_unverified_tls: false,
             encryption_key_file: None,
             previous_key_files: Vec::new(),
             max_connections: 0,
             keep_history: Duration::from_secs(7 * 86_400),
             keep_syncs_per_user: 20,
         }
+    }
+}
+
+/// By hand: `url` may hold a password.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("state_dir", &self.state_dir)
+            .field("url", &self.url.as_deref().map(crate::store::redact_url))
+            .field("url_file", &self.url_file)
+            .field("allow_unverified_tls", &self.allow_unverified_tls)
+            .field("encryption_key_file", &self.encryption_key_file)
+            .field("previous_key_files", &self.previous_key_files)
+            .field("max_connections", &self.max_connections)
+            .field("keep_history", &self.keep_history)
+            .field("keep_syncs_per_user", &self.keep_syncs_per_user)
+            .finish()
     }
 }
 
@@ -294,11 +323,14 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// Human-readable on a terminal, JSON lines otherwise.
+    /// The journal's native protocol when stderr is the journal (`JOURNAL_STREAM`),
+    /// human-readable on a terminal, JSON lines otherwise.
     #[default]
     Auto,
     Human,
     Json,
+    /// journald's native protocol, with every event field as a journal field.
+    Journal,
 }
 
 /// `[api]`: the data API for the operator's backend (docs/data-api.md).
@@ -648,7 +680,8 @@ pub struct ResolvedConfig {
     pub raw: Config,
     pub client: ClientSecret,
     pub token_uri: String,
-    pub store_url: String,
+    /// Shown redacted; `expose()` only to connect.
+    pub store_url: crate::store::DatabaseUrl,
     pub state_dir: PathBuf,
     pub data_dir: PathBuf,
     /// Where mirror contents live: `data_dir`, or what `[sync] mirror_url` names.
@@ -675,12 +708,12 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("/var/lib/appdata-syncd"));
         let (client, token_uri) = self.resolve_google(credentials_dir.as_deref())?;
         let keyring = self.resolve_key(credentials_dir.as_deref())?;
-        let store_url = self.store.url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", state_dir.join("appdata-syncd.db").display())
-        });
-        if !(store_url.starts_with("sqlite:") || store_url.starts_with("postgres")) {
-            bail!("[store] url must start with sqlite:// or postgres://, got {store_url:?}");
-        }
+        let store_url = transport::database_url(
+            self.store.url.as_deref(),
+            self.store.url_file.as_deref(),
+            &state_dir,
+        )?;
+        transport::check_database_transport(&store_url, self.store.allow_unverified_tls)?;
         self.check_intake()?;
         let schedule = self.check_sync()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
@@ -723,11 +756,7 @@ impl Config {
             ("revoke_uri", &self.google.revoke_uri),
             ("drive_api_base", &self.google.drive_api_base),
         ] {
-            let url = url::Url::parse(value)
-                .with_context(|| format!("[google] {key} = {value:?} is not a URL"))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                bail!("[google] {key} = {value:?} must be an http(s) URL");
-            }
+            transport::check_google_url("google", key, value)?;
         }
         if self.google.required_scopes.is_empty() {
             bail!("[google] required_scopes must not be empty");
@@ -874,11 +903,7 @@ impl Config {
             ("configuration_uri", &r.configuration_uri),
             ("api_base", &r.api_base),
         ] {
-            let url = url::Url::parse(value)
-                .with_context(|| format!("[risc] {key} = {value:?} is not a URL"))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                bail!("[risc] {key} = {value:?} must be an http(s) URL");
-            }
+            transport::check_google_url("risc", key, value)?;
         }
         if r.max_event_age < Duration::from_secs(60) {
             bail!("[risc] max_event_age must be at least 1m");
@@ -955,7 +980,7 @@ impl ResolvedConfig {
                 None => "off (plain HTTP: put a TLS-terminating proxy in front)".into(),
             },
         );
-        derived("store.url", crate::store::redact_url(&self.store_url));
+        derived("store.url", self.store_url.to_string());
         derived("store.state_dir", self.state_dir.display().to_string());
         derived(
             "store.encryption_key",

@@ -30,6 +30,17 @@ pub fn install() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder is installed, which this process never does.
             let _ = metrics::set_global_recorder(recorder);
+            // Counters without labels exist from the start, at 0: rate() and the alerts in
+            // contrib/prometheus see a quiet counter, not a missing one.
+            for name in [
+                "appdata_syncd_bytes_downloaded_total",
+                "appdata_syncd_bytes_uploaded_total",
+                "appdata_syncd_rate_limit_waits_total",
+                "appdata_syncd_intake_connections_refused_total",
+                "appdata_syncd_intake_connections_evicted_total",
+            ] {
+                metrics::counter!(name).increment(0);
+            }
             handle
         })
         .clone()
@@ -81,14 +92,40 @@ pub fn set_users_over_quota(n: i64) {
     metrics::gauge!("appdata_syncd_users_over_quota").set(n as f64);
 }
 
+/// Free bytes on the mirror's disk (not exported for an object store) and
+/// `[sync] min_free_disk_bytes`, under which downloads stop: the disk-space alert compares them.
+pub fn set_mirror_free_space(free: Option<u64>, floor: u64) {
+    if let Some(free) = free {
+        metrics::gauge!("appdata_syncd_mirror_free_bytes").set(free as f64);
+    }
+    metrics::gauge!("appdata_syncd_mirror_free_floor_bytes").set(floor as f64);
+}
+
 /// How many users are in `state` (fed by the caller before each scrape).
 pub fn set_users(state: &'static str, n: i64) {
     metrics::gauge!("appdata_syncd_users", "state" => state).set(n as f64);
 }
 
-/// outcome: "ok" or the error code answered.
-pub fn intake_request(outcome: &'static str) {
-    metrics::counter!("appdata_syncd_intake_requests_total", "outcome" => outcome).increment(1);
+/// outcome: "ok" or the error code answered; status: the HTTP status (the 5xx alert's label).
+pub fn intake_request(outcome: &'static str, status: u16) {
+    metrics::counter!("appdata_syncd_intake_requests_total", "outcome" => outcome, "status" => status.to_string())
+        .increment(1);
+}
+
+/// A sync cycle ended: `completed` when every due user was claimed and started (not cut short
+/// by a database error or a stop). `finished_at` is unix ms.
+pub fn cycle_finished(completed: bool, finished_at: i64) {
+    let result = if completed { "completed" } else { "cut_short" };
+    metrics::counter!("appdata_syncd_cycles_total", "result" => result).increment(1);
+    if completed {
+        metrics::gauge!("appdata_syncd_last_completed_cycle_timestamp_seconds")
+            .set(finished_at as f64 / 1000.0);
+    }
+}
+
+/// Seconds between two ticks of `[sync] schedule` (the next two, for an irregular one).
+pub fn set_cycle_interval(seconds: i64) {
+    metrics::gauge!("appdata_syncd_cycle_interval_seconds").set(seconds as f64);
 }
 
 /// One webhook delivery attempt to `endpoint`.

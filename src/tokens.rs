@@ -376,9 +376,20 @@ pub async fn reseal_all(store: &Store, keyring: &Keyring) -> anyhow::Result<Rese
 /// the count nears what AES-GCM with random nonces allows. Returns the key's total.
 pub async fn record_key_usage(store: &Store, keyring: &Keyring) -> Result<u64, sqlx::Error> {
     let sealed = keyring.take_encryptions();
-    let mut tx = store.begin_write().await?;
-    let total = credentials::add_encryptions(tx.conn(), keyring.current_id(), sealed).await?;
-    tx.commit().await?;
+    let persisted = async {
+        let mut tx = store.begin_write().await?;
+        let total = credentials::add_encryptions(tx.conn(), keyring.current_id(), sealed).await?;
+        tx.commit().await?;
+        Ok::<u64, sqlx::Error>(total)
+    };
+    let total = match persisted.await {
+        Ok(total) => total,
+        Err(e) => {
+            // Counted next time instead of lost.
+            keyring.untake_encryptions(sealed);
+            return Err(e);
+        }
+    };
     if total >= crate::crypto::WARN_ENCRYPTIONS {
         tracing::warn!(
             key_id = keyring.current_id(),

@@ -21,6 +21,10 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::google::FakeGoogle;
+use crate::measure::Reservoir;
+
+/// Sync times kept per cycle for p50/p99: a uniform sample beyond this many.
+const SYNC_TIME_SAMPLES: usize = 100_000;
 
 /// The two [sync] settings that bound cycle throughput.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -51,11 +55,15 @@ impl Tuning {
     }
 }
 
+/// The daemon's token encryption key in every benchmark (`dir/encryption.key`); [`crate::seed`]
+/// seals tokens with it too.
+pub const BENCH_KEY: [u8; 32] = [42u8; 32];
+
 /// The config every benchmark daemon starts from: [`Config::default`] with Google's endpoints
 /// on the emulator and the token key written to `dir/encryption.key`. Callers set the rest.
 pub fn emulator_config(dir: &Path, google: &FakeGoogle) -> anyhow::Result<Config> {
     let key = dir.join("encryption.key");
-    std::fs::write(&key, [42u8; 32]).context("writing the encryption key")?;
+    std::fs::write(&key, BENCH_KEY).context("writing the encryption key")?;
     // Secrets readable by their owner only, as the daemon requires.
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let base = &google.base;
@@ -207,7 +215,8 @@ impl Daemon {
 
     /// One full cycle stamped `cycle` (daemons given the same stamp share its users), also
     /// timing each user from the scheduler's "started" event to its "finished" event, which
-    /// comes after the sync's bookkeeping commit. Returns the outcome, the durations (ms) and
+    /// comes after the sync's bookkeeping commit. Returns the outcome, the durations (ms; a
+    /// uniform sample of [`SYNC_TIME_SAMPLES`] in larger cycles) and
     /// how many events the receiver missed (the channel holds 1024).
     pub async fn timed_cycle(&self, cycle: i64) -> anyhow::Result<(CycleOutcome, Vec<f64>, u64)> {
         let mut events = self.scheduler.subscribe();
@@ -217,7 +226,7 @@ impl Daemon {
             let done = done.clone();
             tokio::spawn(async move {
                 let mut started: HashMap<String, Instant> = HashMap::new();
-                let mut durations = Vec::new();
+                let mut durations = Reservoir::new(SYNC_TIME_SAMPLES);
                 let mut missed = 0u64;
                 loop {
                     let event = tokio::select! {
@@ -233,14 +242,14 @@ impl Daemon {
                         }
                         Ok(e) => {
                             if let Some(t) = started.remove(&e.sub) {
-                                durations.push(t.elapsed().as_secs_f64() * 1000.0);
+                                durations.offer(t.elapsed().as_secs_f64() * 1000.0);
                             }
                         }
                         Err(broadcast::error::RecvError::Lagged(n)) => missed += n,
                         Err(broadcast::error::RecvError::Closed) => break,
                     }
                 }
-                (durations, missed)
+                (durations.into_values(), missed)
             })
         };
         // Its own task, so that several daemons' claim loops run on all cores at once.

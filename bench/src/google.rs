@@ -14,6 +14,8 @@ use tokio::process::{Child, Command};
 
 use crate::measure;
 
+pub use fake_google::BulkUser;
+
 /// Child side: serves on 127.0.0.1:0, writes client_secret.json, prints its base URL on one
 /// line of stdout, and exits when stdin closes (the parent exited or dropped us).
 pub async fn serve_child(write_client_secret: &Path) -> anyhow::Result<()> {
@@ -179,6 +181,30 @@ impl FakeGoogle {
         )
         .await?;
         Ok(())
+    }
+
+    /// Users `{prefix}{i:07}` for i in from..from+count, signed in at once on the emulator
+    /// (`POST /_emulator/bulk-users`): their tokens and changes start page tokens.
+    pub async fn bulk_users(
+        &self,
+        prefix: &str,
+        from: usize,
+        count: usize,
+    ) -> anyhow::Result<Vec<BulkUser>> {
+        #[derive(Deserialize)]
+        struct Made {
+            users: Vec<BulkUser>,
+        }
+        let made: Made = self
+            .control(
+                reqwest::Method::POST,
+                "bulk-users",
+                Some(serde_json::json!({ "prefix": prefix, "from": from, "count": count })),
+            )
+            .await?
+            .json()
+            .await?;
+        Ok(made.users)
     }
 
     /// What the Android app gets from getServerAuthCode().

@@ -8,7 +8,9 @@
 //! - [`google`]: the fake-google child process and its `/_emulator/` control API.
 //! - [`database`]: SQLite in the scenario directory, or a scratch PostgreSQL database.
 //! - [`daemon`]: the daemon built from a `Config` exactly as `appdata-syncd` builds it.
-//! - [`scenarios`]: intake, first-sync, idle-cycle, churn, quota, data-api, all.
+//! - [`scenarios`]: intake, first-sync, idle-cycle, churn, quota, history, data-api, all.
+//! - [`seed`]: idle-cycle's users above 100,000, written straight into the database and emulator.
+//! - [`statements`]: counts the daemon's SQL statements (sqlx's tracing events).
 //! - [`tenant`]: quota's other client of the same Google project, at a fixed rate.
 //! - [`soak`]: M minutes of sign-ins, changes, faults, admin commands and restarts, then the
 //!   invariants; its daemon runs in a child process (hidden `soak-daemon`) so it can be killed.
@@ -25,7 +27,9 @@ mod google;
 mod measure;
 mod report;
 mod scenarios;
+mod seed;
 mod soak;
+mod statements;
 mod tenant;
 
 use std::path::PathBuf;
@@ -97,6 +101,12 @@ enum Scenario {
         /// freshly seeded database. More than 1 needs --database.
         #[arg(long, value_delimiter = ',', default_value = "1")]
         instances: Vec<usize>,
+        /// How users are seeded: `intake` (sign-ins through POST /authcode, then an unmeasured
+        /// first cycle), `direct` (rows, tokens, page tokens and manifests written straight
+        /// into the database, emulator and mirror; no sign-in, no first sync) or `auto`:
+        /// direct above 100,000 users.
+        #[arg(long, value_enum, default_value_t = scenarios::Seeding::Auto)]
+        seed: scenarios::Seeding,
         #[command(flatten)]
         tuning: TuningArgs,
     },
@@ -116,6 +126,9 @@ enum Scenario {
     /// The data API: a consumer draining the change feed, concurrent content reads by id,
     /// and webhook delay from a sync's commit to the receiver.
     DataApi(DataApiArgs),
+    /// Database size over many cycles (syncs recorded straight through the daemon's recorder,
+    /// pruned by its prune task's function): flat once the history is full?
+    History(scenarios::HistoryArgs),
     /// Sign-ins, emulator changes, random faults, admin commands and daemon restarts for M
     /// minutes, then the invariants; exit status 1 on any violation.
     Soak {
@@ -300,8 +313,10 @@ async fn run(
             http_version,
             database,
             instances,
+            seed,
             tuning,
         } => {
+            statements::install();
             let backend = database::Backend::parse(database.as_deref())?;
             if instances.contains(&0) {
                 anyhow::bail!("--instances: each count must be at least 1");
@@ -320,7 +335,7 @@ async fn run(
             };
             for n in users {
                 for &k in &instances {
-                    for r in s::idle_cycle(env, n, link, &tuning, &backend, k).await? {
+                    for r in s::idle_cycle(env, n, link, seed, &tuning, &backend, k).await? {
                         emit(r);
                     }
                 }
@@ -343,6 +358,7 @@ async fn run(
                 emit(r);
             }
         }
+        Scenario::History(args) => emit(s::history(env, &args).await?),
         Scenario::All { quick } => {
             let started = std::time::Instant::now();
             let all_clean = s::all(env, out.json, quick).await?;

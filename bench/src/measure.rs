@@ -101,3 +101,37 @@ mod tests {
         let _ = cpu_self();
     }
 }
+
+/// At most `cap` values: a uniform sample of all those offered (Vitter's algorithm R), so the
+/// percentiles of a million syncs take a bounded amount of memory.
+pub struct Reservoir {
+    cap: usize,
+    seen: u64,
+    values: Vec<f64>,
+}
+
+impl Reservoir {
+    pub fn new(cap: usize) -> Reservoir {
+        Reservoir {
+            cap: cap.max(1),
+            seen: 0,
+            values: Vec::new(),
+        }
+    }
+
+    pub fn offer(&mut self, v: f64) {
+        self.seen += 1;
+        if self.values.len() < self.cap {
+            self.values.push(v);
+        } else {
+            let j = rand::random::<u64>() % self.seen;
+            if let Some(slot) = self.values.get_mut(j as usize) {
+                *slot = v;
+            }
+        }
+    }
+
+    pub fn into_values(self) -> Vec<f64> {
+        self.values
+    }
+}

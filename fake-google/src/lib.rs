@@ -36,7 +36,7 @@ pub use emulator::{Clients, Emulator, NewUser, User};
 pub use error::Error;
 pub use faults::{Fault, Faults};
 pub use keys::IdTokenAttack;
-pub use oauth::MintCode;
+pub use oauth::{BulkUser, MintCode};
 pub use risc::{
     hash_base64_sha512_sha512, Delivery, DeliveryOutcome, EmitEvent, Emitted, RiscEvent,
     RiscSettings, SetForgery, Stream, StreamStatus, SubjectFormat, DELIVERY_METHOD_PUSH,

@@ -1,7 +1,11 @@
 //! The admin socket: a Unix socket (mode 0660) that only root, the daemon's own uid and the
-//! uids/groups in `[admin] allow` may use (checked per connection with SO_PEERCRED), speaking
-//! [`protocol`]. [`commands`] runs each request through the daemon's [`Services`];
-//! [`client`] is the other end, used by `appdata-syncd ctl` and tests.
+//! uids/groups in `[admin] allow` may use (checked per connection with SO_PEERCRED and
+//! SO_PEERGROUPS), speaking [`protocol`]. [`commands`] runs each request through the daemon's
+//! [`Services`]; [`client`] is the other end, used by `appdata-syncd ctl` and tests.
+//!
+//! Every command that changes something leaves an audit line (target `appdata_syncd::audit`:
+//! peer uid and pid, command, user, outcome; never other arguments), and so does every refused
+//! connection.
 
 pub mod client;
 pub mod commands;
@@ -47,7 +51,17 @@ impl AdminServer {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::FileTypeExt;
+            // Only a socket is ours to remove: anything else there (a file, a symlink, a
+            // directory) is someone's mistake, or an attack, to be looked at, not deleted.
+            if !meta.file_type().is_socket() {
+                bail!(
+                    "{} exists and is not a socket; left untouched: remove it or set \
+                     [admin] socket to another path",
+                    path.display()
+                );
+            }
             if std::os::unix::net::UnixStream::connect(&path).is_ok() {
                 bail!(
                     "another appdata-syncd is already running: its admin socket {} answers",
@@ -131,38 +145,95 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
     }
 }
 
-/// Root, our own uid, an allowed uid, or a member (primary or supplementary) of an allowed group.
-fn peer_allowed(stream: &UnixStream, allowed: &Allowed) -> Result<(), String> {
-    let cred = stream
-        .peer_cred()
-        .map_err(|e| format!("cannot read peer credentials: {e}"))?;
-    let uid = cred.uid();
-    if uid == 0 || uid == nix::unistd::geteuid().as_raw() || allowed.uids.contains(&uid) {
-        return Ok(());
-    }
-    if !allowed.gids.is_empty() {
-        let mut groups = vec![cred.gid()];
-        if let Some(pid) = cred.pid() {
-            groups.extend(supplementary_groups(pid));
-        }
-        if groups.iter().any(|g| allowed.gids.contains(g)) {
-            return Ok(());
-        }
-    }
-    Err(format!("uid {uid} is not allowed on the admin socket"))
+/// Who is on the other end of a connection, as the kernel saw it at `connect()`.
+#[derive(Debug, Clone)]
+struct Peer {
+    uid: u32,
+    /// 0 when the peer is in another pid namespace.
+    pid: i32,
+    /// Primary and supplementary groups.
+    gids: Vec<u32>,
 }
 
-fn supplementary_groups(pid: i32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
-                g.split_whitespace()
-                    .filter_map(|n| n.parse().ok())
-                    .collect()
-            })
+impl Peer {
+    /// SO_PEERCRED for uid, gid and pid; SO_PEERGROUPS for the supplementary groups, since
+    /// /proc/PID/status is hidden by the unit's `ProtectProc=invisible` (and racy besides:
+    /// the peer may have exited, or its pid been reused).
+    fn of(stream: &UnixStream) -> Result<Peer, String> {
+        use std::os::fd::AsRawFd;
+        let cred = stream
+            .peer_cred()
+            .map_err(|e| format!("cannot read peer credentials: {e}"))?;
+        let mut gids = vec![cred.gid()];
+        gids.extend(
+            peer_groups(stream.as_raw_fd())
+                .map_err(|e| format!("cannot read the peer's groups: {e}"))?,
+        );
+        Ok(Peer {
+            uid: cred.uid(),
+            pid: cred.pid().unwrap_or(0),
+            gids,
         })
-        .unwrap_or_default()
+    }
+
+    /// Root, our own uid, an allowed uid, or a member (primary or supplementary) of an
+    /// allowed group.
+    fn allowed(&self, allowed: &Allowed) -> Result<(), String> {
+        let uid = self.uid;
+        if uid == 0 || uid == nix::unistd::geteuid().as_raw() || allowed.uids.contains(&uid) {
+            return Ok(());
+        }
+        if self.gids.iter().any(|g| allowed.gids.contains(g)) {
+            return Ok(());
+        }
+        Err(format!("uid {uid} is not allowed on the admin socket"))
+    }
+}
+
+/// The supplementary groups the peer had at `connect()` (Linux 4.13+).
+fn peer_groups(fd: std::os::fd::RawFd) -> std::io::Result<Vec<u32>> {
+    use nix::libc;
+    const GID: usize = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = (groups.len() * GID) as libc::socklen_t;
+        // SAFETY: `groups` is writable for `len` bytes; the kernel writes at most that and
+        // sets `len` to what it wrote (or, with ERANGE, to what it needs).
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let len = len as usize / GID;
+        if r == 0 {
+            groups.truncate(len);
+            return Ok(groups);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ERANGE) && len > groups.len() {
+            groups.resize(len, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// One audit line: who did what to whom, and how it ended; never a command's other
+/// arguments (paths, content, filters), which may carry what is not ours to log.
+fn audit(peer: Option<&Peer>, command: &str, user: Option<&str>, outcome: &str) {
+    tracing::info!(
+        target: "appdata_syncd::audit",
+        uid = peer.map(|p| p.uid),
+        pid = peer.map(|p| p.pid),
+        command,
+        user,
+        outcome,
+        "admin command"
+    );
 }
 
 /// One line read from a client.
@@ -215,10 +286,15 @@ async fn handle_connection(
     services: Arc<Services>,
     stop: CancellationToken,
 ) {
-    let refused = peer_allowed(&stream, allowed);
+    let peer = Peer::of(&stream);
+    let refused = peer
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|p| p.allowed(allowed));
     let (read, mut write) = stream.into_split();
     if let Err(why) = refused {
         tracing::warn!(reason = %why, "refused an admin connection");
+        audit(peer.as_ref().ok(), "connect", None, "forbidden");
         let line = Response::error(None, ErrorCode::Forbidden, why).to_line();
         let _ = write.write_all(line.as_bytes()).await;
         return;
@@ -240,7 +316,16 @@ async fn handle_connection(
                 write.write_all(r.to_line().as_bytes()).await
             }
             Ok(Ok(Line::Text(line))) if line.trim().is_empty() => Ok(()),
-            Ok(Ok(Line::Text(line))) => answer(&services, &line, &mut reader, &mut write).await,
+            Ok(Ok(Line::Text(line))) => {
+                answer(
+                    &services,
+                    peer.as_ref().ok(),
+                    &line,
+                    &mut reader,
+                    &mut write,
+                )
+                .await
+            }
         };
         if answered.is_err() {
             return; // the client has gone
@@ -252,6 +337,7 @@ async fn handle_connection(
 /// its content from `reader`, after the line.
 async fn answer(
     services: &Services,
+    peer: Option<&Peer>,
     line: &str,
     reader: &mut (impl AsyncBufRead + Unpin + Send),
     write: &mut (impl AsyncWriteExt + Unpin),
@@ -264,6 +350,8 @@ async fn answer(
             return write.write_all(r.to_line().as_bytes()).await;
         }
     };
+    let (name, user) = (command.name(), command.user().map(str::to_owned));
+    let audited = command.is_mutating();
     let content_length = match &command {
         Command::Push { content_length, .. } => *content_length,
         _ => 0,
@@ -278,7 +366,13 @@ async fn answer(
                 r = &mut run => break r,
                 Some(event) = events_rx.recv() => {
                     let line = Response::event(id.clone(), event).to_line();
-                    write.write_all(line.as_bytes()).await?;
+                    if let Err(e) = write.write_all(line.as_bytes()).await {
+                        // The client left mid-command; what it started may have happened.
+                        if audited {
+                            audit(peer, name, user.as_deref(), "client_gone");
+                        }
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -292,6 +386,16 @@ async fn answer(
     while let Ok(event) = events_rx.try_recv() {
         let line = Response::event(id.clone(), event).to_line();
         write.write_all(line.as_bytes()).await?;
+    }
+    if audited {
+        let outcome = match &response {
+            Ok(_) => "ok".to_string(),
+            Err(e) => serde_json::to_value(e.code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "error".into()),
+        };
+        audit(peer, name, user.as_deref(), &outcome);
     }
     let line = match response {
         Ok(result) => Response::ok(id, result),

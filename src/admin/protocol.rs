@@ -84,6 +84,58 @@ pub enum Command {
     Webhooks,
 }
 
+impl Command {
+    /// The command's name on the wire (`pause`, `api-key-create`), for the audit log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Users { .. } => "users",
+            Command::User { .. } => "user",
+            Command::Files { .. } => "files",
+            Command::Resync { .. } => "resync",
+            Command::Pause { .. } => "pause",
+            Command::Resume { .. } => "resume",
+            Command::Push { .. } => "push",
+            Command::Forget { .. } => "forget",
+            Command::Acknowledge { .. } => "acknowledge",
+            Command::LogLevel { .. } => "log-level",
+            Command::Reload => "reload",
+            Command::ApiKeyCreate { .. } => "api-key-create",
+            Command::ApiKeyList => "api-key-list",
+            Command::ApiKeyRevoke { .. } => "api-key-revoke",
+            Command::Webhooks => "webhooks",
+        }
+    }
+
+    /// Whether it changes anything (users, files, keys, settings): those are audited.
+    pub fn is_mutating(&self) -> bool {
+        !matches!(
+            self,
+            Command::Status
+                | Command::Users { .. }
+                | Command::User { .. }
+                | Command::Files { .. }
+                | Command::ApiKeyList
+                | Command::Webhooks
+        )
+    }
+
+    /// The user a command is about, when it names one: not a secret, and what an auditor asks.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Command::User { sub }
+            | Command::Files { sub }
+            | Command::Pause { sub }
+            | Command::Resume { sub }
+            | Command::Push { sub, .. }
+            | Command::Forget { sub }
+            | Command::Acknowledge { sub } => Some(sub),
+            Command::Resync { sub, .. } => sub.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 /// Stable error codes (see docs/admin-protocol.md).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

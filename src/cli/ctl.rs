@@ -49,13 +49,9 @@ pub enum CtlCommand {
         state: Option<String>,
     },
     /// One user in full, with the last 10 syncs.
-    User {
-        sub: String,
-    },
+    User { sub: String },
     /// The mirrored files of a user.
-    Files {
-        sub: String,
-    },
+    Files { sub: String },
     /// Sync now, ahead of scheduled work.
     Resync {
         /// The user to sync (or --all).
@@ -70,12 +66,9 @@ pub enum CtlCommand {
         wait: bool,
     },
     /// Stop syncing a user until `resume`.
-    Pause {
-        sub: String,
-    },
-    Resume {
-        sub: String,
-    },
+    Pause { sub: String },
+    /// Sync a paused user again.
+    Resume { sub: String },
     /// Write a file into the user's appDataFolder, as the data API's PUT does: created, or
     /// replacing the file at that path, on the user's next sync (or at once with --now). A
     /// file that changes on Drive meanwhile is not overwritten: the write ends as `conflict`.
@@ -108,13 +101,9 @@ pub enum CtlCommand {
         yes: bool,
     },
     /// Clear a user's credential-change flag (Cross-Account Protection) after looking into it.
-    Acknowledge {
-        sub: String,
-    },
+    Acknowledge { sub: String },
     /// Change the log filter at run time (e.g. "debug" or "appdata_syncd=trace,info").
-    LogLevel {
-        filter: String,
-    },
+    LogLevel { filter: String },
     /// Re-read config.toml (same as SIGHUP).
     Reload,
     /// Keys of the data API (docs/data-api.md).

@@ -71,7 +71,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .set_risc_stream(&format!("{intake}/risc"), None)
         .map_err(|e| anyhow::anyhow!("registering the RISC receiver: {e}"))?;
 
-    sign_in_demo_users(&google, &intake, args.users).await?;
+    sign_in_demo_users(&google, &intake, args.users, args.files).await?;
     // Show the first syncs now rather than at the next tick.
     let first_syncs = services
         .resync_and_wait(&ResyncTarget::All, Resync::Incremental, print_first_sync)
@@ -150,7 +150,12 @@ struct Api {
 
 /// Demo users with a settings file each, signed in through the intake exactly as the Android
 /// sample does (HttpPost + UrlEncodedFormEntity).
-async fn sign_in_demo_users(google: &FakeGoogle, intake: &str, users: usize) -> anyhow::Result<()> {
+async fn sign_in_demo_users(
+    google: &FakeGoogle,
+    intake: &str,
+    users: usize,
+    files: u32,
+) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let emulator = google.emulator();
     for i in 1..=users {
@@ -171,6 +176,16 @@ async fn sign_in_demo_users(google: &FakeGoogle, intake: &str, users: usize) -> 
                 Some("application/json"),
             )
             .map_err(|e| anyhow::anyhow!("creating a demo file: {e}"))?;
+        for f in 2..=files {
+            emulator
+                .put_file(
+                    &sub,
+                    &format!("file-{f}.json"),
+                    format!("{{\"user\": {i}, \"file\": {f}}}"),
+                    Some("application/json"),
+                )
+                .map_err(|e| anyhow::anyhow!("creating a demo file: {e}"))?;
+        }
         let code = emulator
             .mint_auth_code(MintCode {
                 sub: sub.clone(),

@@ -288,10 +288,10 @@ async fn post_authcode(
             )),
         },
     };
-    crate::metrics::intake_request(match &result {
-        Ok(_) => "ok",
-        Err(e) => e.code(),
-    });
+    match &result {
+        Ok(_) => crate::metrics::intake_request("ok", 200),
+        Err(e) => crate::metrics::intake_request(e.code(), e.status.as_u16()),
+    }
     match result {
         Err(e) if e.status == StatusCode::REQUEST_TIMEOUT => {
             // The unread rest of the body makes the connection useless; say so.

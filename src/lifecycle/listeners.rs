@@ -113,7 +113,7 @@ impl Listeners {
         tracing::info!(
             intake = %format!("{scheme}://{}", self.intake_addr),
             admin_socket = %self.admin.path().display(),
-            database = %crate::store::redact_url(&config.store_url),
+            database = %config.store_url,
             schedule = %config.raw.sync.schedule,
             data_api = %self.api_url().unwrap_or_else(|| "off".into()),
             "appdata-syncd is serving"

@@ -74,7 +74,8 @@ impl App {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
-        let store = Store::connect(&config.store_url, config.raw.store.max_connections).await?;
+        let store =
+            Store::connect(config.store_url.expose(), config.raw.store.max_connections).await?;
         store.migrate().await?;
         let shutdown = Shutdown::new();
         let recorder_done = CancellationToken::new();
@@ -500,6 +501,10 @@ async fn serve_metrics(
             if let Ok(n) = services.users_over_quota().await {
                 crate::metrics::set_users_over_quota(n);
             }
+            // Set on every change too; here so that it exists before the first change.
+            crate::metrics::request_rate(services.current_request_rate());
+            let (free, floor) = services.mirror_free_space();
+            crate::metrics::set_mirror_free_space(free, floor);
             if let Ok(security) = services.security_counts().await {
                 security.to_metrics();
             }

@@ -331,8 +331,28 @@ impl Scheduler {
         };
         let mut tasks = JoinSet::new();
         let batch = self.concurrency.load(Ordering::Relaxed).max(MIN_CLAIM) as i64;
-        while let Some(claimed) = self.claim_batch(Claim::Cycle(cycle), batch).await {
+        // Completed: every due user was claimed and started (no database error, no stop).
+        let mut completed = true;
+        // The cursor: claims walk the users in sub order, each after the last one's end.
+        let mut after = String::new();
+        loop {
+            let what = Claim::Cycle {
+                stamp: cycle,
+                after: &after,
+            };
+            let claimed = match self.claim_batch(what, batch).await {
+                Ok(Some(claimed)) => claimed,
+                Ok(None) => break,
+                Err(()) => {
+                    completed = false;
+                    break;
+                }
+            };
+            if let Some(last) = claimed.back() {
+                after.clone_from(&last.sub);
+            }
             if !self.start_batch(claimed, &mut tasks, &mut outcome).await {
+                completed = false;
                 break;
             }
         }
@@ -343,20 +363,26 @@ impl Scheduler {
             }
         }
         outcome.finished_at = store::now_ms();
+        crate::metrics::cycle_finished(completed, outcome.finished_at);
         log_cycle(&outcome, clock.elapsed());
         *self.last_cycle.lock() = Some(outcome.clone());
         self.cycle_running.store(false, Ordering::SeqCst);
         outcome
     }
 
-    /// The next batch of a cycle; `None` when there is none left (or the claim failed).
-    async fn claim_batch(&self, what: Claim, limit: i64) -> Option<VecDeque<DueUser>> {
+    /// The next batch of a cycle; `None` when there is none left; `Err` (logged) when the
+    /// claim failed.
+    async fn claim_batch(
+        &self,
+        what: Claim<'_>,
+        limit: i64,
+    ) -> Result<Option<VecDeque<DueUser>>, ()> {
         match self.claim(what, limit).await {
-            Ok(c) if c.is_empty() => None,
-            Ok(c) => Some(c.into()),
+            Ok(c) if c.is_empty() => Ok(None),
+            Ok(c) => Ok(Some(c.into())),
             Err(e) => {
                 tracing::error!(error = %e, "cannot claim due users; cycle cut short");
-                None
+                Err(())
             }
         }
     }
@@ -400,7 +426,7 @@ impl Scheduler {
         true
     }
 
-    async fn claim(&self, what: Claim, limit: i64) -> Result<Vec<DueUser>, sqlx::Error> {
+    async fn claim(&self, what: Claim<'_>, limit: i64) -> Result<Vec<DueUser>, sqlx::Error> {
         let now = store::now_ms();
         let until = now + self.lease.as_millis() as i64;
         let mut tx = self.store.begin_write().await?;

@@ -157,6 +157,10 @@ impl Timer {
                 state.generation += 1;
                 let tick = state.schedule.next_after(after);
                 state.next_tick = tick.map(|t| t.timestamp_millis());
+                // For the "no completed cycle in two intervals" alert (contrib/prometheus).
+                if let Some(next) = tick.and_then(|t| state.schedule.next_after(t).zip(Some(t))) {
+                    crate::metrics::set_cycle_interval((next.0 - next.1).num_seconds());
+                }
                 (tick, state.generation)
             };
             let Some(tick) = tick else {

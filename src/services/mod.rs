@@ -163,6 +163,20 @@ impl Services {
         Ok(user_rows::counts_by_state(&mut conn).await?)
     }
 
+    /// The rate of calls to Google in force (the rate limiter's, lowered after quota refusals).
+    pub fn current_request_rate(&self) -> u32 {
+        self.limit.current_rate()
+    }
+
+    /// Free bytes on the mirror's file system (None for an object store, or when statvfs
+    /// fails), and the floor under which downloads stop.
+    pub fn mirror_free_space(&self) -> (Option<u64>, u64) {
+        (
+            self.mirror.free_space(),
+            self.config().raw.sync.min_free_disk_bytes,
+        )
+    }
+
     pub async fn users_over_quota(&self) -> Result<i64, ServiceError> {
         let mut conn = self.store.pool().acquire().await?;
         Ok(user_rows::count_over_quota(&mut conn).await?)
@@ -183,7 +197,7 @@ impl Services {
             security,
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_s: self.started.elapsed().as_secs(),
-            database: store::redact_url(&self.config.lock().store_url),
+            database: self.config.lock().store_url.to_string(),
             instance: self.scheduler.instance().to_string(),
             instances,
             users_by_state,

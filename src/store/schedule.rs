@@ -92,9 +92,13 @@ pub async fn sync_state(conn: &mut Conn, sub: &str) -> Result<Option<SyncState>,
 
 /// What a claim is for.
 #[derive(Debug, Clone, Copy)]
-pub enum Claim {
-    /// Scheduled work of cycle `cycle` (its tick, unix ms): users due and not yet claimed in it.
-    Cycle(i64),
+pub enum Claim<'a> {
+    /// Scheduled work of cycle `stamp` (its tick, unix ms): users due and not yet claimed in
+    /// it, after `after` in sub order (`""`: from the first). A cycle walks the users once with
+    /// this cursor, so each claim reads only the rows it passes: without it every claim would
+    /// re-read the users already claimed in the cycle, O(users) per claim and O(users²) per
+    /// cycle.
+    Cycle { stamp: i64, after: &'a str },
     /// Admin resync requests.
     Resync,
 }
@@ -109,27 +113,38 @@ pub enum Claim {
 pub async fn claim(
     conn: &mut Conn,
     backend: Backend,
-    what: Claim,
+    what: Claim<'_>,
     owner: &str,
     now: i64,
     lease_until: i64,
     limit: i64,
 ) -> Result<Vec<DueUser>, sqlx::Error> {
-    let (due, cycle) = match what {
-        Claim::Cycle(cycle) => (
-            "u.last_cycle < $3 AND (u.next_sync_at <= $4 OR u.resync_requested > 0)",
-            cycle,
+    // SQLite has no statistics (no ANALYZE) and would otherwise pick `users_due` (state) and
+    // sort every active user for each claim; INDEXED BY makes it walk the sub order from the
+    // cursor (the primary key's index), or only the users with a request (migration 0011).
+    let (due, index, cycle, after) = match what {
+        Claim::Cycle { stamp, after } => (
+            "u.sub > $6 AND u.last_cycle < $3 AND (u.next_sync_at <= $4 OR u.resync_requested > 0)",
+            "sqlite_autoindex_users_1",
+            stamp,
+            after,
         ),
-        Claim::Resync => ("u.resync_requested > 0", 0),
+        Claim::Resync => (
+            "u.resync_requested > 0 AND u.sub > $6",
+            "users_resync_requested",
+            0,
+            "",
+        ),
     };
-    let lock = match backend {
-        Backend::Postgres => "FOR UPDATE OF u SKIP LOCKED",
-        Backend::Sqlite => "",
+    let (indexed_by, lock) = match backend {
+        Backend::Postgres => (String::new(), "FOR UPDATE OF u SKIP LOCKED"),
+        Backend::Sqlite => (format!("INDEXED BY {index}"), ""),
     };
     let claimed: Vec<String> = sqlx::query_scalar(&format!(
         "UPDATE users SET lease_owner = $1, lease_expires_at = $2, \
                 last_cycle = CASE WHEN $3 > 0 THEN $3 ELSE last_cycle END \
-         WHERE sub IN (SELECT u.sub FROM users u JOIN credentials c ON c.sub = u.sub \
+         WHERE sub IN (SELECT u.sub FROM users u {indexed_by} \
+                       JOIN credentials c ON c.sub = u.sub \
                        WHERE u.state = 'active' AND u.suspended_by_google IS NULL \
                          AND {due} \
                          AND (u.lease_owner IS NULL OR u.lease_owner = $1 \
@@ -142,6 +157,7 @@ pub async fn claim(
     .bind(cycle)
     .bind(now)
     .bind(limit)
+    .bind(after)
     .fetch_all(&mut *conn)
     .await?;
     if claimed.is_empty() {
@@ -157,7 +173,8 @@ pub async fn claim(
          FROM users u JOIN credentials c ON c.sub = u.sub WHERE u.sub IN ({}) ORDER BY u.sub",
         placeholders.join(", ")
     );
-    let mut q = sqlx::query_as(&query);
+    // Not kept prepared: the text differs with the number claimed.
+    let mut q = sqlx::query_as(&query).persistent(false);
     for sub in &claimed {
         q = q.bind(sub);
     }
@@ -421,40 +438,61 @@ pub struct Finished<'a> {
     pub idle: bool,
 }
 
-/// What a finished sync changes on the user, in one statement: next sync time, failure count,
-/// last success, last error, the count of syncs (idle ones apart), and the lease given back.
-pub async fn finish_sync(
+/// What finished syncs change on their users, in one statement for the whole batch (an idle
+/// user-sync then costs a fraction of a statement): next sync time, failure count, last
+/// success, last error, the count of syncs (idle ones apart), and the lease given back.
+pub async fn finish_syncs(
     conn: &mut Conn,
-    sub: &str,
     owner: &str,
-    f: &Finished<'_>,
+    batch: &[(&str, Finished<'_>)],
 ) -> Result<(), sqlx::Error> {
-    let (change_error, error) = match f.last_error {
-        LastError::Keep => (false, None),
-        LastError::Clear => (true, None),
-        LastError::Set(e) => (true, Some(e)),
-    };
-    sqlx::query(
-        "UPDATE users SET next_sync_at = $3, failures = $4, \
-                last_sync_at = COALESCE($5, last_sync_at), \
-                last_error = CASE WHEN $6 = 1 THEN $7 ELSE last_error END, \
-                idle_syncs = CASE WHEN $9 = 1 THEN idle_syncs + 1 ELSE 0 END, \
-                syncs_done = syncs_done + 1, last_outcome = $8, \
-                lease_owner = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_owner END, \
-                lease_expires_at = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_expires_at END \
-         WHERE sub = $1",
-    )
-    .bind(sub)
-    .bind(owner)
-    .bind(f.next_sync_at)
-    .bind(f.failures)
-    .bind(f.last_ok)
-    .bind(change_error as i64)
-    .bind(error)
-    .bind(f.outcome.as_str())
-    .bind(f.idle as i64)
-    .execute(conn)
-    .await?;
+    for chunk in batch.chunks(super::ROWS_PER_STATEMENT) {
+        finish_chunk(conn, owner, chunk).await?;
+    }
+    Ok(())
+}
+
+async fn finish_chunk(
+    conn: &mut Conn,
+    owner: &str,
+    chunk: &[(&str, Finished<'_>)],
+) -> Result<(), sqlx::Error> {
+    // A VALUES row per sync: sub, next_sync_at, failures, last_ok, change_error, error,
+    // outcome, idle; both SQLite and PostgreSQL name its columns column1 to column8.
+    const COLUMNS: usize = 8;
+    let sql = format!(
+        "UPDATE users SET next_sync_at = v.column2, failures = v.column3, \
+                last_sync_at = COALESCE(v.column4, users.last_sync_at), \
+                last_error = CASE WHEN v.column5 = 1 THEN v.column6 ELSE users.last_error END, \
+                idle_syncs = CASE WHEN v.column8 = 1 THEN users.idle_syncs + 1 ELSE 0 END, \
+                syncs_done = users.syncs_done + 1, last_outcome = v.column7, \
+                lease_owner = CASE WHEN users.lease_owner = $1 THEN NULL \
+                                   ELSE users.lease_owner END, \
+                lease_expires_at = CASE WHEN users.lease_owner = $1 THEN NULL \
+                                        ELSE users.lease_expires_at END \
+         FROM (VALUES {}) AS v WHERE users.sub = v.column1",
+        super::values_rows(chunk.len(), COLUMNS, 2)
+    );
+    // Full chunks share one text, kept prepared; a shorter last one is not.
+    let full = chunk.len() == super::ROWS_PER_STATEMENT;
+    let mut q = sqlx::query(&sql).persistent(full).bind(owner);
+    for (sub, f) in chunk {
+        let (change_error, error) = match f.last_error {
+            LastError::Keep => (false, None),
+            LastError::Clear => (true, None),
+            LastError::Set(e) => (true, Some(e)),
+        };
+        q = q
+            .bind(*sub)
+            .bind(f.next_sync_at)
+            .bind(f.failures)
+            .bind(f.last_ok)
+            .bind(change_error as i64)
+            .bind(error)
+            .bind(f.outcome.as_str())
+            .bind(f.idle as i64);
+    }
+    q.execute(conn).await?;
     Ok(())
 }
 

@@ -46,27 +46,37 @@ pub struct SyncRecord {
     pub error: Option<String>,
 }
 
-pub async fn insert(conn: &mut Conn, r: &SyncRecord) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO syncs (sub, kind, started_at, finished_at, outcome, added, updated, removed, \
-                            uploaded, bytes_down, bytes_up, api_calls, error) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(&r.sub)
-    .bind(r.kind.as_str())
-    .bind(r.started_at)
-    .bind(r.finished_at)
-    .bind(r.outcome.as_str())
-    .bind(r.added)
-    .bind(r.updated)
-    .bind(r.removed)
-    .bind(r.uploaded)
-    .bind(r.bytes_down)
-    .bind(r.bytes_up)
-    .bind(r.api_calls)
-    .bind(&r.error)
-    .execute(conn)
-    .await?;
+/// Inserts `records`, up to [`super::ROWS_PER_STATEMENT`] per statement.
+pub async fn insert_many(conn: &mut Conn, records: &[&SyncRecord]) -> Result<(), sqlx::Error> {
+    const COLUMNS: usize = 13;
+    for chunk in records.chunks(super::ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO syncs (sub, kind, started_at, finished_at, outcome, added, updated, \
+                                removed, uploaded, bytes_down, bytes_up, api_calls, error) \
+             VALUES {}",
+            super::values_rows(chunk.len(), COLUMNS, 1)
+        );
+        // Full chunks share one text, kept prepared; a shorter last one is not.
+        let full = chunk.len() == super::ROWS_PER_STATEMENT;
+        let mut q = sqlx::query(&sql).persistent(full);
+        for r in chunk {
+            q = q
+                .bind(&r.sub)
+                .bind(r.kind.as_str())
+                .bind(r.started_at)
+                .bind(r.finished_at)
+                .bind(r.outcome.as_str())
+                .bind(r.added)
+                .bind(r.updated)
+                .bind(r.removed)
+                .bind(r.uploaded)
+                .bind(r.bytes_down)
+                .bind(r.bytes_up)
+                .bind(r.api_calls)
+                .bind(&r.error);
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

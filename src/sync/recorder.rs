@@ -1,8 +1,9 @@
 //! Group commit of sync outcomes. Every sync ends with a small write (its record, the user's
 //! next sync time, the lease given back); committed one by one, each pays an fsync and the
 //! single SQLite writer becomes the ceiling of a whole cycle. The recorder task takes every
-//! outcome waiting in its queue and commits them in one transaction, then answers each caller,
-//! so a sync still returns only once its outcome is durable.
+//! outcome waiting in its queue and commits them in one transaction, a statement per 64 users
+//! rather than one per user, then answers each caller, so a sync still returns only once its
+//! outcome is durable.
 
 use std::future::Future;
 
@@ -106,17 +107,20 @@ async fn commit_with_retries(store: &Store, owner: &str, batch: &[Queued]) -> Re
     }
 }
 
+/// The batch in one transaction of multi-row statements (see `store::ROWS_PER_STATEMENT`): the
+/// records of the syncs that did something, and every user's outcome.
 async fn commit(store: &Store, owner: &str, batch: &[Queued]) -> Result<(), sqlx::Error> {
-    let mut tx = store.begin_write().await?;
+    let mut records = Vec::new();
+    let mut finished = Vec::with_capacity(batch.len());
     for (o, _) in batch {
         let r = &o.record;
         let ok = r.outcome == SyncOutcome::Ok;
         // An idle sync is counted on the user's row, not recorded: history stays bounded.
         let idle = ok && r.error.is_none() && r.added + r.updated + r.removed + r.uploaded == 0;
         if !idle {
-            syncs::insert(tx.conn(), r).await?;
+            records.push(r);
         }
-        let finished = schedule::Finished {
+        let f = schedule::Finished {
             next_sync_at: o.next_sync_at,
             failures: o.failures,
             last_ok: ok.then_some(r.finished_at),
@@ -124,7 +128,10 @@ async fn commit(store: &Store, owner: &str, batch: &[Queued]) -> Result<(), sqlx
             outcome: r.outcome,
             idle,
         };
-        schedule::finish_sync(tx.conn(), &r.sub, owner, &finished).await?;
+        finished.push((r.sub.as_str(), f));
     }
+    let mut tx = store.begin_write().await?;
+    syncs::insert_many(tx.conn(), &records).await?;
+    schedule::finish_syncs(tx.conn(), owner, &finished).await?;
     tx.commit().await
 }

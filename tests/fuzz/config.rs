@@ -49,6 +49,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
         &[
             "state_dir",
             "url",
+            "url_file",
+            "allow_unverified_tls",
             "encryption_key_file",
             "previous_key_files",
             "max_connections",
@@ -110,6 +112,8 @@ fn toml_value() -> impl Strategy<Value = String> {
             "",
             "sqlite://:memory:",
             "postgres://u:p@h/db",
+            "postgres://u@db.example.com/db?sslmode=verify-full&password=p",
+            "http://www.googleapis.com",
             "s3://my-bucket/p",
             "file:///tmp/x",
             "/tmp/appdata-syncd-fuzz",

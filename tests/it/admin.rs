@@ -338,3 +338,200 @@ async fn a_second_daemon_on_the_same_socket_refuses_to_start() {
         "the first daemon is unharmed"
     );
 }
+
+/// The daemon's audit lines (target `appdata_syncd::audit`) from its JSON log.
+fn audit_lines(daemon: &Daemon) -> Vec<serde_json::Value> {
+    daemon
+        .logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "appdata_syncd::audit")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutating_command_leaves_an_audit_line_and_reads_do_not() {
+    let (_dir, _google, daemon) = daemon_with_users(&["a1"]).await;
+    assert!(daemon.ctl(&["pause", "a1"]).await.ok);
+    assert!(daemon.ctl(&["status"]).await.ok);
+    assert!(daemon.ctl(&["users"]).await.ok);
+    assert!(!daemon.ctl(&["resume", "nobody-like-this"]).await.ok);
+    let created = daemon
+        .ctl(&["api-key", "create", "backend", "--json"])
+        .await;
+    assert!(created.ok, "{}", created.stderr);
+    let key = created.json()["key"].as_str().unwrap().to_string();
+
+    let lines = audit_lines(&daemon);
+    let seen: Vec<(String, String)> = lines
+        .iter()
+        .map(|f| {
+            (
+                f["command"].as_str().unwrap_or("?").to_string(),
+                f["outcome"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("pause".to_string(), "ok".to_string()),
+            ("resume".to_string(), "unknown_user".to_string()),
+            ("api-key-create".to_string(), "ok".to_string()),
+        ],
+        "{lines:?}"
+    );
+    assert_eq!(lines[0]["user"], "a1");
+    for f in &lines {
+        assert_eq!(f["uid"], unsafe { libc::geteuid() }, "{f}");
+        assert!(f["pid"].as_i64().is_some_and(|p| p > 0), "{f}");
+    }
+    let audit_text = serde_json::to_string(&lines).unwrap();
+    assert!(
+        !audit_text.contains(&key),
+        "the new API key is in the audit log"
+    );
+}
+
+/// `pre_exec` for a client as uid/gid 65534 with the supplementary groups `groups`.
+fn as_nobody_in(cmd: &mut std::process::Command, groups: &'static [libc::gid_t]) {
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_an_allowed_group_gets_in_although_proc_is_hidden() {
+    if unsafe { libc::geteuid() } != 0 || which("unshare").is_none() {
+        eprintln!("SKIPPED: needs root and unshare(1) (CI runs as root)");
+        return;
+    }
+    let dir = crate::helpers::test_dir();
+    let google = crate::helpers::google().await;
+    let mut config = crate::helpers::test_config(dir.path(), &google);
+    let port = free_port();
+    config.intake.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    // `users` (gid 100) owns the socket and is allowed; the client is in it only as a
+    // supplementary group, which only SO_PEERGROUPS tells.
+    config.admin.group = Some("users".into());
+    config.admin.allow = vec!["users".into()];
+    let config_path = write_config(dir.path(), &config);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The daemon in a pid namespace of its own with its own /proc: the client's pid means
+    // nothing there, as with the unit's ProtectProc=invisible.
+    let log = dir.path().join("daemon.log");
+    let child = tokio::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child", binary()])
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let intake = format!("http://127.0.0.1:{port}");
+    crate::helpers::wait_ready(&format!("{intake}/readyz")).await;
+    let daemon = Daemon {
+        child,
+        socket: config.admin.socket.clone(),
+        intake,
+        config,
+        config_path,
+        log,
+    };
+    let run = |groups: &'static [libc::gid_t]| {
+        let mut cmd = std::process::Command::new(binary());
+        cmd.args(["ctl", "--socket"])
+            .arg(&daemon.socket)
+            .arg("status");
+        as_nobody_in(&mut cmd, groups);
+        cmd.output().unwrap()
+    };
+    let member = run(&[100]);
+    assert!(
+        member.status.success(),
+        "a member of `users` was refused: {}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    // Without the group the socket file's mode already keeps it out; with the group but
+    // another primary gid and no allow entry it would be refused by the daemon (next test).
+    let outsider = run(&[]);
+    assert!(!outsider.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_no_allowed_group_is_refused_by_the_daemon_itself() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to run a client as another uid (CI runs as root)");
+        return;
+    }
+    let dir = crate::helpers::test_dir();
+    let google = crate::helpers::google().await;
+    // The socket belongs to `users`, but only `adm` is allowed: a member of `users` reaches
+    // the socket and the daemon's group check refuses it.
+    let daemon = Daemon::start(dir.path(), &google, |c| {
+        c.admin.group = Some("users".into());
+        c.admin.allow = vec!["adm".into()];
+    })
+    .await;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = std::process::Command::new(binary());
+    cmd.args(["ctl", "--socket"])
+        .arg(&daemon.socket)
+        .arg("status");
+    as_nobody_in(&mut cmd, &[100]);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"));
+    let refused = audit_lines(&daemon);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["outcome"], "forbidden");
+    assert_eq!(refused[0]["uid"], 65534);
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_socket_is_removed_at_the_socket_path() {
+    let dir = crate::helpers::test_dir();
+    let google = crate::helpers::google().await;
+    let mut config = crate::helpers::test_config(dir.path(), &google);
+    config.intake.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config_path = write_config(dir.path(), &config);
+    std::fs::write(&config.admin.socket, "someone's notes").unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a socket"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&config.admin.socket).unwrap(),
+        "someone's notes"
+    );
+
+    // A stale socket (its daemon died) is removed, and the daemon starts.
+    std::fs::remove_file(&config.admin.socket).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&config.admin.socket).unwrap());
+    let daemon = Daemon::run(dir.path(), config, &[]).await;
+    assert!(daemon.ctl(&["status"]).await.ok);
+}

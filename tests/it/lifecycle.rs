@@ -287,7 +287,10 @@ async fn metrics_move_after_a_sync() {
     // The users gauge is refreshed every 10 s; counters move at once.
     let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
     assert_eq!(
-        metric(&text, "appdata_syncd_intake_requests_total{outcome=\"ok\"}"),
+        metric(
+            &text,
+            "appdata_syncd_intake_requests_total{outcome=\"ok\",status=\"200\"}"
+        ),
         1.0,
         "{text}"
     );

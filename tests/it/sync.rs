@@ -3,7 +3,7 @@
 use appdata_syncd::store::now_ms;
 use fake_google::{Fault, Faults};
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
 
 async fn user_with_files(app: &TestApp, sub: &str, files: &[(&str, &str)]) {
     app.google_user(sub);
@@ -433,5 +433,51 @@ async fn idle_syncs_are_counted_not_recorded_and_old_history_is_pruned() {
     assert_eq!(count().await, 20);
     let newest = app.services.user("hist").await.unwrap().recent_syncs;
     assert_eq!(newest[0].added, 1, "the real one is kept: {newest:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cycle_walks_more_users_than_a_claim_takes_and_records_every_outcome() {
+    // Concurrency 1 claims 16 users at a time (the minimum): 40 users take three claims, each
+    // after the last one's end, and outcomes are committed a batch per statement.
+    let app = spawn_app_with(|c| c.sync.concurrency = 1).await;
+    let subs: Vec<String> = (0..40).map(|i| format!("walk{i:02}")).collect();
+    for sub in &subs {
+        user_with_files(&app, sub, &[("f", "x")]).await;
+    }
+    let first = app.cycle().await;
+    assert_eq!((first.users, first.ok), (40, 40), "{first:?}");
+    app.google
+        .emulator()
+        .create_file("walk17", "g", "y".to_string(), None)
+        .unwrap();
+    app.google.emulator().reset_stats();
+    let second = app.cycle().await;
+    assert_eq!(
+        (second.users, second.ok, second.files_changed),
+        (40, 40, 1),
+        "{second:?}"
+    );
+    assert_eq!(app.google.emulator().stats().count("changes.list"), 40);
+    for sub in &subs {
+        let sync = app.services.user(sub).await.unwrap().sync;
+        let idle = if sub == "walk17" { 0 } else { 1 };
+        assert_eq!(sync.idle_syncs, idle, "{sub}: {sync:?}");
+        assert!(sync.last_sync_at.is_some(), "{sub}: {sync:?}");
+    }
+    let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM syncs WHERE sub = 'walk17'")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded, 2,
+        "the first sync and the one that found a change"
+    );
+    let leased: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE lease_owner IS NOT NULL")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(leased, 0, "every finished sync gave its lease back");
     app.stop().await;
 }

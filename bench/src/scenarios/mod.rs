@@ -18,13 +18,15 @@ use serde_json::json;
 use crate::daemon::{http_version_name, Daemon, Placement, Tuning};
 use crate::database::{Backend, ScratchDatabase};
 use crate::google::{FakeGoogle, Stats};
-use crate::measure;
 use crate::report::Report;
+use crate::{measure, seed, statements};
 use crate::{Profiles, TuningArgs};
 
 mod data_api;
+mod history;
 mod quota;
 pub use data_api::data_api;
+pub use history::{history, HistoryArgs};
 pub use quota::quota;
 
 /// What p50_ms/p99_ms measure, and how they differ from the `syncs` table's figures.
@@ -34,6 +36,18 @@ const SYNC_TIME: &str = "p50_ms/p99_ms: scheduler 'started' to 'finished' event,
 
 /// Client concurrency used to seed users through the intake.
 const SEED_CONCURRENCY: usize = 64;
+
+/// Above this many users, `--seed auto` writes them straight into the database ([`seed`]).
+const DIRECT_SEED_ABOVE: usize = 100_000;
+
+/// How idle-cycle seeds its users (`--seed`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seeding {
+    /// Direct above 100,000 users, through the intake up to that.
+    Auto,
+    Intake,
+    Direct,
+}
 
 pub struct Env {
     pub parent_dir: Option<PathBuf>,
@@ -495,21 +509,32 @@ pub async fn idle_cycle(
     env: &Env,
     n: usize,
     link: Link,
+    seeding: Seeding,
     tuning: &TuningArgs,
     backend: &Backend,
     instances: usize,
 ) -> anyhow::Result<Vec<Report>> {
+    let direct = match seeding {
+        Seeding::Auto => n > DIRECT_SEED_ABOVE,
+        Seeding::Intake => false,
+        Seeding::Direct => true,
+    };
+    let setup = Setup {
+        link,
+        direct,
+        instances,
+    };
     match backend {
         Backend::Sqlite => {
             anyhow::ensure!(
                 instances == 1,
                 "{instances} instances need a shared PostgreSQL database (--database)"
             );
-            idle_cycle_on(env, n, link, tuning, None, 1).await
+            idle_cycle_on(env, n, setup, tuning, None).await
         }
         Backend::Postgres(server) => {
             let db = ScratchDatabase::create(server).await?;
-            let measured = idle_cycle_on(env, n, link, tuning, Some(&db.url), instances).await;
+            let measured = idle_cycle_on(env, n, setup, tuning, Some(&db.url)).await;
             let dropped = db.finish(env.keep).await;
             let reports = measured?;
             dropped?;
@@ -518,14 +543,69 @@ pub async fn idle_cycle(
     }
 }
 
+/// An idle-cycle run's fixed choices.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    link: Link,
+    /// Users written straight into the database ([`seed`]) instead of signed in.
+    direct: bool,
+    instances: usize,
+}
+
+/// How the users of an idle-cycle run came to be, for its report.
+struct Prepared {
+    seeding: &'static str,
+    seed_s: f64,
+    /// The unmeasured first cycle's seconds (none when seeded directly).
+    first_sync_s: Option<f64>,
+    errors: u64,
+}
+
+/// Seeds `n` users (`i0000000`, …) as `direct` says and brings them to idle.
+async fn prepare_idle(w: &World, n: usize, direct: bool) -> anyhow::Result<Prepared> {
+    if direct {
+        let mirror = w.dir.path().join("mirror");
+        let keyring = appdata_syncd::crypto::Keyring::from_key(&crate::daemon::BENCH_KEY);
+        let secs = seed::direct(&w.google, &w.daemon.store, &keyring, &mirror, "i", n).await?;
+        log(format!(
+            "seeded {n} users directly in the database, emulator and mirror in {secs:.1} s \
+             (no sign-in, no first sync)"
+        ));
+        return Ok(Prepared {
+            seeding: "direct: rows, sealed tokens, page tokens and empty manifests written by \
+                      the bench; no sign-in, no first sync",
+            seed_s: secs,
+            first_sync_s: None,
+            errors: 0,
+        });
+    }
+    let seeded = w.seed("i", n).await?;
+    log(format!(
+        "seeded {n} users through the intake in {:.1} s ({:.0}/s)",
+        seeded.secs,
+        n as f64 / seeded.secs
+    ));
+    let (first_s, first_errors) = first_cycle(w, n).await?;
+    Ok(Prepared {
+        seeding: "intake: sign-ins through POST /authcode, then an unmeasured first cycle",
+        seed_s: seeded.secs,
+        first_sync_s: Some(first_s),
+        errors: seeded.errors + first_errors,
+    })
+}
+
 async fn idle_cycle_on(
     env: &Env,
     n: usize,
-    link: Link,
+    setup: Setup,
     tuning: &TuningArgs,
     database_url: Option<&str>,
-    instances: usize,
 ) -> anyhow::Result<Vec<Report>> {
+    let Setup {
+        link,
+        direct,
+        instances,
+    } = setup;
     let latency_ms = link.latency_ms;
     let w = World::start_shared(
         env,
@@ -535,13 +615,7 @@ async fn idle_cycle_on(
         link.http_version,
     )
     .await?;
-    let seeded = w.seed("i", n).await?;
-    log(format!(
-        "seeded {n} users through the intake in {:.1} s ({:.0}/s)",
-        seeded.secs,
-        n as f64 / seeded.secs
-    ));
-    let (first_s, first_errors) = first_cycle(&w, n).await?;
+    let prepared = prepare_idle(&w, n, direct).await?;
     if latency_ms > 0 {
         w.google
             .set_faults(json!({ "drive": { "latency_ms": latency_ms } }))
@@ -556,9 +630,11 @@ async fn idle_cycle_on(
         // One stamp for all, as a cron tick gives: the instances share this cycle's users.
         let cycle = now_ms();
         let window = Window::open(&w.google);
+        let counted = statements::Counts::now();
         let runs =
             futures::future::try_join_all(w.instances().map(|d| d.timed_cycle(cycle))).await?;
         let m = window.close(&w.google);
+        let counted = statements::Counts::now().since(counted);
         let stats = w.google.stats().await?;
         let shares: Vec<u64> = runs.iter().map(|(o, _, _)| o.users).collect();
         if instances > 1 {
@@ -597,10 +673,18 @@ async fn idle_cycle_on(
             .set("sync_time_events_missed", missed)
             .set("p50_ms_syncs_table", table_p50)
             .set("p99_ms_syncs_table", table_p99)
-            .set("errors", cycle_errors(&o, n) + seeded.errors + first_errors)
-            .set("seed_s", seeded.secs)
-            .set("seed_sign_ins_per_s", n as f64 / seeded.secs)
-            .set("first_sync_s", first_s);
+            .set("db_statements", counted.total())
+            .set(
+                "db_statements_per_user",
+                counted.total() as f64 / n.max(1) as f64,
+            )
+            .set("db_statements_by_kind", counted.by_kind())
+            .set("db_statements_counted", statements::WHAT)
+            .set("errors", cycle_errors(&o, n) + prepared.errors)
+            .set("seeding", prepared.seeding)
+            .set("seed_s", prepared.seed_s)
+            .set("seed_users_per_s", n as f64 / prepared.seed_s)
+            .set("first_sync_s", prepared.first_sync_s);
         finish(&mut r, &m, &w.google, &stats, n as f64);
         reports.push(r);
     }

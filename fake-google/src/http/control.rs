@@ -15,6 +15,7 @@ use crate::{Emulator, Error, Faults, MintCode, NewUser};
 pub(crate) fn router() -> Router<Emulator> {
     Router::new()
         .route("/_emulator/users", post(create_user))
+        .route("/_emulator/bulk-users", post(bulk_users))
         .route("/_emulator/users/{sub}", get(get_user))
         .route("/_emulator/authcodes", post(mint_code))
         .route("/_emulator/users/{sub}/appdata", get(list_files))
@@ -89,6 +90,34 @@ async fn create_user(State(emu): State<Emulator>, body: Bytes) -> Ctl {
     let new: NewUser = json_or_default(&body)?;
     let user = emu.create_user(new)?;
     Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
+/// `{"prefix": "i", "from": 0, "count": 10000}`: users `{prefix}{i:07}` for i in from..from+count,
+/// each signed in at once (see `Emulator::bulk_sign_in`); answers `{"users": [...]}` with their
+/// tokens and changes start page tokens. Not a Google API: for benchmarks.
+#[derive(Deserialize)]
+struct BulkUsers {
+    prefix: String,
+    from: usize,
+    count: usize,
+}
+
+/// Users per `bulk-users` call at most: one answer stays a few megabytes.
+const MAX_BULK_USERS: usize = 100_000;
+
+async fn bulk_users(State(emu): State<Emulator>, body: Bytes) -> Ctl {
+    let req: BulkUsers =
+        serde_json::from_slice(&body).map_err(|e| Error::Invalid(e.to_string()))?;
+    if req.count > MAX_BULK_USERS {
+        return Err(Error::Invalid(format!(
+            "count {} is over {MAX_BULK_USERS}",
+            req.count
+        )));
+    }
+    let users = (req.from..req.from.saturating_add(req.count))
+        .map(|i| emu.bulk_sign_in(&format!("{}{i:07}", req.prefix)))
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(Json(serde_json::json!({ "users": users })).into_response())
 }
 
 async fn get_user(State(emu): State<Emulator>, Path(sub): Path<String>) -> Ctl {
