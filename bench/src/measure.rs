@@ -82,26 +82,6 @@ pub fn p50_p99(values: &mut [f64]) -> (f64, f64) {
     (quantile(values, 0.50), quantile(values, 0.99))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nearest_rank_quantiles() {
-        let mut v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
-        assert_eq!(p50_p99(&mut v), (50.0, 99.0));
-        assert_eq!(quantile(&[7.0], 0.99), 7.0);
-        assert_eq!(quantile(&[], 0.5), 0.0);
-    }
-
-    #[test]
-    fn reads_own_cpu_and_rss() {
-        assert!(peak_rss_mib(None).unwrap() > 0.0);
-        assert!(cpu_of(std::process::id()).is_some());
-        let _ = cpu_self();
-    }
-}
-
 /// At most `cap` values: a uniform sample of all those offered (Vitter's algorithm R), so the
 /// percentiles of a million syncs take a bounded amount of memory.
 pub struct Reservoir {
@@ -133,5 +113,25 @@ impl Reservoir {
 
     pub fn into_values(self) -> Vec<f64> {
         self.values
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let mut v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(p50_p99(&mut v), (50.0, 99.0));
+        assert_eq!(quantile(&[7.0], 0.99), 7.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn reads_own_cpu_and_rss() {
+        assert!(peak_rss_mib(None).unwrap() > 0.0);
+        assert!(cpu_of(std::process::id()).is_some());
+        let _ = cpu_self();
     }
 }

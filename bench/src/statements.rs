@@ -105,7 +105,7 @@ impl Visit for FirstWord {
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "summary" {
-            self.take(&format!("{value:?}").trim_matches('"').to_string());
+            self.take(format!("{value:?}").trim_matches('"'));
         }
     }
 }

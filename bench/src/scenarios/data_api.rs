@@ -388,10 +388,12 @@ async fn receive(
     };
     match checked {
         Some((id, at)) => {
-            if inbox.first.contains_key(&id) {
-                inbox.duplicates += 1;
-            } else {
-                inbox.first.insert(id, Delivery { at, received });
+            let inbox = &mut *inbox;
+            match inbox.first.entry(id) {
+                std::collections::btree_map::Entry::Occupied(_) => inbox.duplicates += 1,
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(Delivery { at, received });
+                }
             }
             StatusCode::NO_CONTENT
         }
