@@ -278,6 +278,8 @@ fn main() -> ExitCode {
 }
 
 /// Runs `scenario`, printing each report as it is ready; true when none had errors.
+/// One arm per scenario, a dispatch table: split up, each scenario's arguments would be
+/// read far from the call they make.
 async fn run(
     scenario: Scenario,
     env: &scenarios::Env,

@@ -308,6 +308,8 @@ fn bearer(key: &Value, tweak: impl FnOnce(&mut Value, &mut Header)) -> String {
     jsonwebtoken::encode(&header, &claims, &signing).unwrap()
 }
 
+/// One walk through the management API in the order a client makes its calls: each step
+/// depends on the stream the step before configured, so it stays one test.
 #[tokio::test]
 async fn the_management_api_takes_a_service_accounts_token_and_answers_the_pages_errors() {
     let env = Env::start().await;

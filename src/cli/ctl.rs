@@ -382,7 +382,8 @@ fn pairs(rows: &[(&str, String)]) -> String {
         .collect()
 }
 
-/// The result of `command`, read back into the type the daemon sent, as text.
+/// The result of `command`, read back into the type the daemon sent, as text. One arm per
+/// command: a table, longer than a screen.
 fn render(command: &Command, result: Value) -> anyhow::Result<String> {
     fn read<T: serde::de::DeserializeOwned>(v: Value) -> anyhow::Result<T> {
         serde_json::from_value(v).context("the daemon's answer does not have the expected shape")

@@ -657,6 +657,7 @@ mod tests {
 
     #[test]
     fn a_token_hash_matches_in_either_base64_alphabet_and_a_prefix_by_its_hash() {
+        // Made up, shaped like a Google refresh token; not a credential.
         let token = "1//0gAbCdEfGhIjKlMnOpQrStUvWxYz-_0123456789";
         let ids = RefreshTokenIds::of(token);
         let raw = STANDARD.decode(&ids.hash).unwrap();

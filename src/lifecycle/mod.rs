@@ -70,6 +70,8 @@ pub struct App {
 }
 
 impl App {
+    /// Opens and wires every part in start-up order, each step using the ones before it; kept
+    /// as one sequence so the order (and what a failure leaves bound) reads top to bottom.
     pub async fn build(config: ResolvedConfig, log: Option<LogHandle>) -> anyhow::Result<App> {
         for warning in config.warnings() {
             tracing::warn!("{warning}");

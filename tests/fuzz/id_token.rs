@@ -613,6 +613,7 @@ pub fn run() {
     };
     // Found by this target: the unknown-key error quoted any kid, a token among them.
     let mut secret_kid = valid.clone();
+    // Made up, shaped like an access token; not a credential.
     secret_kid.header[1].1 = json!("ya29.00_-aAAA-0A0_a0_aAAAa0AAaA0A0a");
     secret_kid.must_verify = false;
     let fixed = seeds

@@ -133,6 +133,7 @@ fn odd_value() -> BoxedStrategy<Value> {
 fn events() -> BoxedStrategy<Part> {
     let subject =
         json!({"subject_type": "iss-sub", "iss": "https://accounts.google.com/", "sub": "7"});
+    // The token below is made up (a refresh-token prefix shape), not a credential.
     let right = vec![
         json!({ DISABLED: { "subject": subject, "reason": "hijacking" } }),
         json!({ VERIFICATION: { "state": "s" } }),
@@ -166,6 +167,8 @@ fn iat() -> BoxedStrategy<(Option<Value>, bool)> {
     .boxed()
 }
 
+/// Every field of a SET and its mutations, combined in one place so that what a case may
+/// change reads next to the oracle in [`run`].
 fn built() -> impl Strategy<Value = Built> {
     let alg = part(
         vec![json!("RS256")],
@@ -382,6 +385,7 @@ fn may_verify(keys: &Keys, token: &str) -> bool {
             .is_some_and(|i| i <= now + leeway + SLACK && i >= now - MAX_AGE - SLACK)
 }
 
+/// The oracle, one branch per way a SET may be wrong: what the receiver must answer and keep.
 pub fn run() {
     let keys = keys();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -594,6 +594,8 @@ async fn prepare_idle(w: &World, n: usize, direct: bool) -> anyhow::Result<Prepa
     })
 }
 
+/// Seeding, the measured cycle and its report, in that order and in one place, so that what
+/// the measurement window includes (and excludes) reads top to bottom.
 async fn idle_cycle_on(
     env: &Env,
     n: usize,
