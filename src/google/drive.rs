@@ -587,6 +587,12 @@ pub fn drive_error(
             retry_after: retry_after(headers),
         },
         403 if reason == "fileNotDownloadable" => GoogleError::NotDownloadable { endpoint },
+        // https://developers.google.com/workspace/drive/api/guides/handle-errors: the project's
+        // quota; userRateLimitExceeded is one user's.
+        403 if reason == "rateLimitExceeded" => GoogleError::ProjectQuota {
+            endpoint,
+            retry_after: retry_after(headers),
+        },
         403 if rate_limited => GoogleError::Unavailable {
             endpoint,
             status: 403,

@@ -42,6 +42,15 @@ pub enum GoogleError {
         status: u16,
         retry_after: Option<Duration>,
     },
+    /// Drive: 403 `rateLimitExceeded`, the project's per-minute quota is spent (for all its
+    /// users; `userRateLimitExceeded`, one user's quota, is [`GoogleError::Unavailable`]).
+    #[error(
+        "Google {endpoint}: the project's per-minute quota is spent (HTTP 403 rateLimitExceeded)"
+    )]
+    ProjectQuota {
+        endpoint: &'static str,
+        retry_after: Option<Duration>,
+    },
     /// The refresh token or auth code is no good: revoked, expired, used, or for another client.
     #[error("Google rejected the grant: {description}")]
     InvalidGrant { description: String },
@@ -87,6 +96,7 @@ impl GoogleError {
             GoogleError::Timeout { .. }
                 | GoogleError::Network { .. }
                 | GoogleError::Unavailable { .. }
+                | GoogleError::ProjectQuota { .. }
                 | GoogleError::Malformed { .. }
         )
     }
@@ -99,13 +109,14 @@ impl GoogleError {
             GoogleError::Unavailable {
                 status: 429 | 403,
                 ..
-            }
+            } | GoogleError::ProjectQuota { .. }
         )
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            GoogleError::Unavailable { retry_after, .. } => *retry_after,
+            GoogleError::Unavailable { retry_after, .. }
+            | GoogleError::ProjectQuota { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -329,11 +340,15 @@ pub fn oauth_error(
 /// counts once); then it climbs back by a fortieth of the ceiling each second. A project that
 /// shares its quota with other services settles at its share instead of a storm of errors.
 ///
-/// Drive's quotas are per minute, per project and per user
-/// (https://developers.google.com/workspace/drive/api/guides/limits): once Google refuses,
-/// what it accepted from us over the last 60 s is what a minute allows us, so a refusal never
-/// takes the rate below a sixtieth of that. AIMD alone sinks to almost nothing during a
-/// window that stays full for half a minute, and the next window is wasted climbing back.
+/// Drive's quotas are per minute, per project and per user, and exceeding one is answered
+/// 403 (https://developers.google.com/workspace/drive/api/guides/limits; 429 comes from
+/// "additional rate limit checks on the Drive backend"): `rateLimitExceeded` for the project,
+/// `userRateLimitExceeded` for one user (handle-errors). So the project's 403 teaches the
+/// limiter a minute budget: what Google accepted from us over the last 60 s. From then on calls wait while the last 60 s
+/// hold that many, and go as soon as the window has room, instead of being refused and backing
+/// off past the moment it reopens; a refusal never takes the rate below a sixtieth of it
+/// either. The budget grows by a tenth each minute without a 403, so a raised quota or a
+/// quieter neighbour is found again.
 pub struct RateLimit {
     limiter: RwLock<Arc<DefaultDirectRateLimiter>>,
     /// The ceiling: `[sync] max_requests_per_second`.
@@ -355,41 +370,98 @@ struct Pace {
     raised: Instant,
 }
 
-/// Calls let through and quota refusals, per second over the last minute.
+/// Calls let through and quota refusals over the last minute, in tenths of a second, and the
+/// minute budget learned from the project's 403s.
 struct LastMinute {
-    origin: Instant,
-    /// (second since `origin`, calls, refusals), oldest first.
-    seconds: VecDeque<(u64, u64, u64)>,
+    /// tokio's clock, so tests can pause it.
+    origin: tokio::time::Instant,
+    /// (slice since `origin`, calls, refusals), oldest first.
+    slices: VecDeque<(u64, u64, u64)>,
+    /// Calls Google accepts from us in 60 s, and when that was learned (or last grown).
+    budget: Option<(u64, tokio::time::Instant)>,
 }
+
+/// A budget below this (one call a second) is not learned: too few calls to tell anything.
+const MIN_BUDGET: u64 = 60;
+/// The window of Drive's quotas.
+const MINUTE: Duration = Duration::from_secs(60);
+/// The window is counted in slices this long: a call leaves it at most this late.
+const SLICE: Duration = Duration::from_millis(100);
+/// A slice leaves the window once a minute has passed since its end.
+const SLICES_KEPT: u64 = (MINUTE.as_millis() / SLICE.as_millis()) as u64 + 1;
 
 impl LastMinute {
     fn new() -> Self {
         Self {
-            origin: Instant::now(),
-            seconds: VecDeque::new(),
+            origin: tokio::time::Instant::now(),
+            slices: VecDeque::new(),
+            budget: None,
         }
+    }
+
+    fn now(&self) -> u64 {
+        (self.origin.elapsed().as_millis() / SLICE.as_millis()) as u64
     }
 
     fn add(&mut self, calls: u64, refused: u64) {
-        let now = self.origin.elapsed().as_secs();
-        match self.seconds.back_mut() {
-            Some((second, c, r)) if *second == now => {
+        let now = self.now();
+        match self.slices.back_mut() {
+            Some((slice, c, r)) if *slice == now => {
                 *c += calls;
                 *r += refused;
             }
-            _ => self.seconds.push_back((now, calls, refused)),
+            _ => self.slices.push_back((now, calls, refused)),
         }
-        while self.seconds.front().is_some_and(|(s, _, _)| s + 60 <= now) {
-            self.seconds.pop_front();
+        self.forget_older_than_a_minute(now);
+    }
+
+    fn forget_older_than_a_minute(&mut self, now: u64) {
+        while self
+            .slices
+            .front()
+            .is_some_and(|(s, _, _)| s + SLICES_KEPT <= now)
+        {
+            self.slices.pop_front();
         }
     }
 
-    /// Calls Google did not refuse for quota in the last 60 s.
+    /// Calls Google did not refuse for quota in the last minute.
     fn accepted(&self) -> u64 {
-        self.seconds
+        self.slices
             .iter()
             .map(|(_, c, r)| c.saturating_sub(*r))
             .sum()
+    }
+
+    /// Google refused for the project's per-minute quota: what it accepted in the last minute
+    /// is the budget.
+    fn learn_budget(&mut self) {
+        let accepted = self.accepted();
+        if accepted >= MIN_BUDGET {
+            self.budget = Some((accepted, tokio::time::Instant::now()));
+        }
+    }
+
+    /// Counts a call and lets it go if the minute budget has room; else how long until the
+    /// oldest slice leaves the window.
+    fn admit(&mut self) -> Option<Duration> {
+        let now = self.now();
+        self.forget_older_than_a_minute(now);
+        let accepted = self.accepted();
+        if let Some((budget, since)) = &mut self.budget {
+            if since.elapsed() >= MINUTE {
+                *budget += (*budget / 10).max(1);
+                *since = tokio::time::Instant::now();
+            }
+            if accepted >= *budget {
+                let oldest = self.slices.front().map_or(now, |(s, _, _)| *s);
+                let leaves = self.origin
+                    + Duration::from_millis((oldest + SLICES_KEPT) * SLICE.as_millis() as u64);
+                return Some(leaves.saturating_duration_since(tokio::time::Instant::now()));
+            }
+        }
+        self.add(1, 0);
+        None
     }
 }
 
@@ -448,11 +520,15 @@ impl RateLimit {
     }
 
     /// Google said we are over quota: lower the rate in force (once per [`PACE_STEP`]), not
-    /// below a sixtieth of what Google accepted in the last minute.
-    pub fn slow_down(&self) {
+    /// below a sixtieth of what Google accepted in the last minute. `minute_quota`: it was
+    /// the project's per-minute quota, so that is also the minute's budget.
+    pub fn slow_down(&self, minute_quota: bool) {
         let minute_share = {
             let mut last_minute = self.last_minute.lock();
             last_minute.add(0, 1);
+            if minute_quota {
+                last_minute.learn_budget();
+            }
             last_minute.accepted() as f64 / 60.0
         };
         let mut pace = self.pace.lock();
@@ -517,12 +593,23 @@ impl RateLimit {
 
     pub async fn wait(&self) {
         self.recover();
-        self.last_minute.lock().add(1, 0);
+        let started = Instant::now();
+        let mut waited_for_budget = false;
+        loop {
+            let pause = self.last_minute.lock().admit();
+            match pause {
+                Some(pause) => {
+                    waited_for_budget = true;
+                    // At least a little: the oldest second may be leaving right now.
+                    tokio::time::sleep(pause.max(Duration::from_millis(20))).await;
+                }
+                None => break,
+            }
+        }
         let limiter = self.limiter.read().clone();
-        if limiter.check().is_ok() {
+        if limiter.check().is_ok() && !waited_for_budget {
             return;
         }
-        let started = Instant::now();
         limiter.until_ready().await;
         let waited = started.elapsed();
         self.waits.fetch_add(1, Ordering::Relaxed);
@@ -591,8 +678,8 @@ mod tests {
     fn the_rate_drops_on_refusals_once_a_second_and_climbs_back() {
         let ago = |d: Duration| Instant::now() - d;
         let limit = RateLimit::new(400);
-        limit.slow_down();
-        limit.slow_down();
+        limit.slow_down(false);
+        limit.slow_down(false);
         assert_eq!(limit.current_rate(), 280, "a burst of refusals counts once");
         limit.pace.lock().raised = ago(PACE_STEP * 2);
         limit.recover();
@@ -601,7 +688,7 @@ mod tests {
         limit.recover();
         assert_eq!(limit.current_rate(), 300, "two steps of 10");
         // A refusal while climbing still counts.
-        limit.slow_down();
+        limit.slow_down(false);
         assert_eq!(limit.current_rate(), 210);
         *limit.pace.lock() = Pace {
             lowered: ago(PACE_STEP * 100),
@@ -620,10 +707,36 @@ mod tests {
         limit.last_minute.lock().add(12_000, 0);
         let mut rates = Vec::new();
         for _ in 0..4 {
-            limit.slow_down();
+            limit.slow_down(false);
             rates.push(limit.current_rate());
             limit.pace.lock().lowered = Instant::now() - PACE_STEP;
         }
         assert_eq!(rates, [280, 199, 199, 199], "{rates:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_minute_quota_refusal_makes_calls_wait_for_room_in_the_window() {
+        let limit = RateLimit::new(1_000);
+        for _ in 0..300 {
+            limit.wait().await;
+        }
+        // Drive's 403: the 300 calls of the last minute are the budget.
+        limit.slow_down(true);
+        let before = tokio::time::Instant::now();
+        limit.wait().await;
+        assert!(
+            before.elapsed() >= Duration::from_secs(59),
+            "a call went before the window had room: {:?}",
+            before.elapsed()
+        );
+        // A 429 teaches no budget.
+        let limit = RateLimit::new(1_000);
+        for _ in 0..300 {
+            limit.wait().await;
+        }
+        limit.slow_down(false);
+        let before = tokio::time::Instant::now();
+        limit.wait().await;
+        assert!(before.elapsed() < Duration::from_secs(1));
     }
 }

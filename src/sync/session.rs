@@ -116,6 +116,15 @@ impl<'a> Session<'a> {
         (self.counts, self.changed, self.over)
     }
 
+    /// Waits for the instance's rate limiter (up to a minute when Google's per-minute quota
+    /// is spent), or until the sync is cancelled.
+    pub(super) async fn paced(&self) -> Result<(), SyncError> {
+        tokio::select! {
+            () = self.engine.limit.wait() => Ok(()),
+            () = self.cancel.cancelled() => Err(SyncError::Cancelled),
+        }
+    }
+
     pub(super) fn check_cancel(&self) -> Result<(), SyncError> {
         if self.cancel.is_cancelled() {
             Err(SyncError::Cancelled)
@@ -132,7 +141,7 @@ impl<'a> Session<'a> {
                 return Ok(t.token.clone());
             }
         }
-        self.engine.limit.wait().await;
+        self.paced().await?;
         let (t, refreshed) = self
             .engine
             .tokens
@@ -162,7 +171,7 @@ impl<'a> Session<'a> {
             self.check_cancel()?;
             let attempt = async {
                 let token = self.token(rejected.take()).await?;
-                self.engine.limit.wait().await;
+                self.paced().await?;
                 self.counts.api_calls += 1;
                 f(token).await.map_err(SyncError::from)
             }
@@ -178,9 +187,11 @@ impl<'a> Session<'a> {
                 }
                 Err(e) => e,
             };
-            if e.transient().is_some_and(GoogleError::is_rate_limit) {
+            if let Some(g) = e.transient().filter(|g| g.is_rate_limit()) {
                 // Over quota: the whole instance slows down, not only this call.
-                self.engine.limit.slow_down();
+                self.engine
+                    .limit
+                    .slow_down(matches!(g, GoogleError::ProjectQuota { .. }));
             }
             let Some(delay) = e.transient().and_then(|g| retry.next_delay(g)) else {
                 return Err(e);

@@ -290,7 +290,7 @@ impl Session<'_> {
             let chunk = self
                 .read_spool(spool, offset..(offset + CHUNK).min(size))
                 .await?;
-            self.engine.limit.wait().await;
+            self.paced().await?;
             self.counts.api_calls += 1;
             let sent = drive.upload_chunk(&session, chunk, offset, size).await;
             let progress = match sent {
@@ -299,7 +299,7 @@ impl Session<'_> {
                     failures += 1;
                     tracing::debug!(user = %self.sub, error = %e, offset, "upload chunk failed; asking the session how much it holds");
                     tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(failures)).await;
-                    self.engine.limit.wait().await;
+                    self.paced().await?;
                     self.counts.api_calls += 1;
                     match drive.upload_status(&session, size).await {
                         Ok(p) => p,

@@ -378,6 +378,39 @@ async fn quota_refusals_lower_the_request_rate_and_it_climbs_back() {
     app.stop().await;
 }
 
+/// The project's per-minute quota (403 rateLimitExceeded) spent mid-cycle: calls wait for room
+/// in Google's 60 s window instead of failing, so no sync fails. About a minute by nature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_project_minute_quota_makes_calls_wait_for_the_window_and_no_sync_fails() {
+    let app = spawn_app().await;
+    let e = app.google.emulator();
+    for i in 0..3 {
+        let sub = format!("pm{i}");
+        app.google_user(&sub);
+        for f in 0..40 {
+            e.create_file(&sub, &format!("f{f:02}"), format!("{i}/{f}"), None)
+                .unwrap();
+        }
+        app.sign_in(&sub).await;
+    }
+    // 3 × (startPageToken, a listing, 40 downloads) = 126 calls; the minute allows 80.
+    e.set_faults(drive_fault(Fault {
+        quota_per_minute: Some(80),
+        ..Default::default()
+    }));
+    e.reset_stats();
+    let out = app.cycle().await;
+    assert_eq!((out.ok, out.failed), (3, 0), "{out:?}");
+    let stats = e.stats();
+    let refused = stats.by_status.get("403").copied().unwrap_or(0);
+    // Only the calls already on their way when the quota ran out were refused.
+    assert!((1..=8).contains(&refused), "{refused} refusals: {stats:?}");
+    for i in 0..3 {
+        app.assert_mirror_matches(&format!("pm{i}")).await;
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn json_calls_ask_for_gzip_and_content_downloads_do_not() {
     let app = spawn_app().await;

@@ -131,6 +131,13 @@ pub async fn quota(env: &Env, args: &QuotaArgs) -> anyhow::Result<Report> {
         None
     };
     w.daemon.tune(plan.tuning).await;
+    if plan.window == QuotaWindow::Minute {
+        // The daemon takes what Google accepted from it in the last minute as its budget
+        // when the project's quota refuses; fake-google's window starts empty when the quota
+        // is set, so the first sync's calls must have left the daemon's minute too.
+        log("quota: a minute of quiet first (the first sync's calls leave the window)");
+        tokio::time::sleep(std::time::Duration::from_secs(61)).await;
+    }
     w.google.set_faults(plan.faults()).await?;
     w.google.reset_stats().await?;
     log(format!(
