@@ -210,7 +210,8 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
                 Failure::Other(e) => clean(&format!("{e:#}")),
             };
             if json {
-                println!("{}", serde_json::json!({"error": code, "message": message}));
+                let error = serde_json::json!({"error": code, "message": message});
+                let _ = emit(&format!("{error}\n"));
             }
             eprintln!("appdata-syncd ctl: {message}");
             Ok(ExitCode::from(exit))
@@ -282,10 +283,12 @@ async fn send(
         .map(|f| f as &mut (dyn tokio::io::AsyncRead + Unpin + Send));
     client
         .request_with_upload(&command, upload, |event| {
-            match (json, serde_json::from_value::<SyncEvent>(event.clone())) {
-                (false, Ok(e)) => println!("{}", describe_event(&e)),
-                _ => println!("{event}"),
-            }
+            let line = match (json, serde_json::from_value::<SyncEvent>(event.clone())) {
+                (false, Ok(e)) => describe_event(&e),
+                _ => event.to_string(),
+            };
+            // A reader that has gone misses the progress; the answer still decides the exit.
+            let _ = emit(&format!("{line}\n"));
         })
         .await
 }
@@ -316,17 +319,21 @@ async fn watch_status(socket: &Path, interval: Duration, json: bool) -> anyhow::
             }
             (None, _) => return print_response(&Command::Status, response, json),
         };
-        if redraw {
-            // Cursor home, clear the screen: not through anstream, which would strip it
-            // with NO_COLOR set.
-            print!("\x1b[H\x1b[2J");
-        } else if !json {
+        let head = if redraw {
+            // Cursor home, clear the screen (written past anstream, which would strip it
+            // with NO_COLOR set).
+            let mut stdout = std::io::stdout();
+            write!(stdout, "\x1b[H\x1b[2J")?;
+            String::new()
+        } else if json {
+            String::new()
+        } else {
             let now = chrono::Utc::now().timestamp_millis();
-            println!("--- {}", time(Some(now)));
+            format!("--- {}\n", time(Some(now)))
+        };
+        if !emit(&format!("{head}{text}"))? {
+            return Ok(ExitCode::SUCCESS);
         }
-        let mut out = anstream::stdout();
-        write!(out, "{text}")?;
-        out.flush()?;
         tokio::select! {
             _ = ctrl_c.recv() => return Ok(ExitCode::SUCCESS),
             () = tokio::time::sleep(interval) => {}
@@ -473,11 +480,11 @@ fn to_request(command: CtlCommand) -> Result<Command, Failure> {
 fn print_response(command: &Command, response: Response, json: bool) -> anyhow::Result<ExitCode> {
     match (response.ok, response.result, response.error) {
         (Some(true), Some(result), _) => {
-            if json {
-                println!("{result}");
-            } else {
-                anstream::print!("{}", render(command, result, layout::output_width())?);
-            }
+            let text = match json {
+                true => format!("{result}\n"),
+                false => render(command, result, layout::output_width())?,
+            };
+            emit(&text)?;
             Ok(ExitCode::SUCCESS)
         }
         (_, _, Some(e)) => {
@@ -486,15 +493,25 @@ fn print_response(command: &Command, response: Response, json: bool) -> anyhow::
                 .unwrap_or("error")
                 .to_string();
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"error": code, "message": e.message})
-                );
+                let error = serde_json::json!({"error": code, "message": e.message});
+                emit(&format!("{error}\n"))?;
             }
             eprintln!("appdata-syncd ctl: {code}: {}", clean(&e.message));
             Ok(ExitCode::FAILURE)
         }
         _ => anyhow::bail!("malformed response from the daemon"),
+    }
+}
+
+/// Writes `text` to stdout, styles stripped unless it is a terminal that takes them (anstream
+/// decides: NO_COLOR, CLICOLOR_FORCE). `false`: the reader has gone (`ctl users --all | head`),
+/// which is no error.
+fn emit(text: &str) -> anyhow::Result<bool> {
+    let mut out = anstream::stdout();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
     }
 }
 

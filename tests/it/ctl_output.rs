@@ -213,6 +213,20 @@ async fn exit_codes_say_who_failed() {
     let out = daemon.ctl(&["forget", "someone", "--json"]).await;
     assert_eq!((out.code, &out.json()["error"]), (Some(2), &"usage".into()));
 
+    // A reader that has gone (`ctl users --all | head`) is no failure, and no panic.
+    let mut child = tokio::process::Command::new(binary())
+        .args(["ctl", "--socket"])
+        .arg(&daemon.socket)
+        .arg("status")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!((out.status.code(), stderr.as_ref()), (Some(0), ""));
+
     let gone = dir.path().join("nothing.sock");
     let out = crate::helpers::ctl(&gone, &["status"]).await;
     assert_eq!(out.code, Some(3), "{}", out.stderr);
