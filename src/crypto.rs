@@ -56,7 +56,9 @@ pub enum CryptoError {
 #[derive(Clone)]
 pub struct Keyring {
     current: String,
-    keys: Arc<HashMap<String, Aes256Gcm>>,
+    /// Boxed, so that a growing map moves pointers, not key schedules (a moved-from copy
+    /// would be freed without being wiped).
+    keys: Arc<HashMap<String, Box<Aes256Gcm>>>,
     /// Values sealed under the current key since [`Keyring::take_encryptions`] last looked.
     sealed: Arc<AtomicU64>,
 }
@@ -86,10 +88,9 @@ impl Keyring {
         let mut ring = Keyring::from_key(&*read_key_file(current)?);
         for p in previous {
             let key = read_key_file(p.as_ref())?;
-            let id = key_id(&key);
             Arc::make_mut(&mut ring.keys)
-                .entry(id)
-                .or_insert_with(|| Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(&key[..])));
+                .entry(key_id(&key))
+                .or_insert_with(|| cipher(&key));
         }
         Ok(ring)
     }
@@ -98,10 +99,7 @@ impl Keyring {
     pub fn from_key(key: &[u8; 32]) -> Keyring {
         let id = key_id(key);
         let mut keys = HashMap::new();
-        keys.insert(
-            id.clone(),
-            Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(key)),
-        );
+        keys.insert(id.clone(), cipher(key));
         Keyring {
             current: id,
             keys: Arc::new(keys),
@@ -180,19 +178,29 @@ impl Keyring {
         }
         let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
         let aad = associated_data(sub, purpose);
-        let plain = cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| CryptoError::Corrupt)?;
-        String::from_utf8(plain)
-            .map(SecretString::from)
+        let plain = Zeroizing::new(
+            cipher
+                .decrypt(
+                    Nonce::from_slice(nonce),
+                    Payload {
+                        msg: ciphertext,
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| CryptoError::Corrupt)?,
+        );
+        // Copied into a string of its exact length (the decrypted buffer has room for the tag,
+        // and shrinking it would free a copy of the token unwiped); `plain` is wiped on drop.
+        std::str::from_utf8(&plain)
+            .map(|text| SecretString::from(text.to_string()))
             .map_err(|_| CryptoError::Corrupt)
     }
+}
+
+/// The cipher of `key`; its key schedule is wiped when it is dropped (the `aes` crate's
+/// `zeroize` feature, Cargo.toml).
+fn cipher(key: &[u8; 32]) -> Box<Aes256Gcm> {
+    Box::new(Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(key)))
 }
 
 fn associated_data(sub: &str, purpose: Purpose) -> Vec<u8> {
@@ -213,9 +221,7 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<Zeroizing<[u8; 32]>> {
         std::fs::read(path)
             .with_context(|| format!("cannot read encryption key file {}", path.display()))?,
     );
-    parse_key(&raw)
-        .map(Zeroizing::new)
-        .with_context(|| format!("in encryption key file {}", path.display()))
+    parse_key(&raw).with_context(|| format!("in encryption key file {}", path.display()))
 }
 
 /// Refuses a secret file that its group or others may read (`chmod 600` it), except under
@@ -236,24 +242,32 @@ pub fn check_private(path: &Path, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_key(raw: &[u8]) -> anyhow::Result<[u8; 32]> {
-    if let Ok(key) = <[u8; 32]>::try_from(raw) {
+/// The key in `raw` (32 bytes, 64 hex characters or base64), decoded straight into wiped
+/// buffers: the decoders' own vectors grow, and would free copies of the key unwiped.
+fn parse_key(raw: &[u8]) -> anyhow::Result<Zeroizing<[u8; 32]>> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    if raw.len() == key.len() {
+        key.copy_from_slice(raw);
         return Ok(key);
     }
     let text = std::str::from_utf8(raw).map(str::trim).unwrap_or("");
-    let decoded = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        hex::decode(text).ok()
+    let decoded = if text.len() == 64 {
+        hex::decode_to_slice(text, &mut key[..]).is_ok()
     } else {
-        base64::engine::general_purpose::STANDARD.decode(text).ok()
+        let mut buffer = Zeroizing::new([0u8; 48]);
+        let engine = base64::engine::general_purpose::STANDARD;
+        let length = engine.decode_slice(text, &mut buffer[..]);
+        key.copy_from_slice(&buffer[..32]);
+        matches!(length, Ok(32))
     };
-    match decoded.map(<[u8; 32]>::try_from) {
-        Some(Ok(key)) => Ok(key),
-        _ => bail!(
+    if !decoded {
+        bail!(
             "the key must be exactly 32 bytes (raw, 64 hex characters or base64); found {} bytes. \
              Create one with: head -c 32 /dev/urandom > encryption.key",
             raw.len()
-        ),
+        );
     }
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -286,13 +300,13 @@ mod tests {
     #[test]
     fn key_parsing_accepts_raw_hex_base64_and_rejects_short() {
         let key = [7u8; 32];
-        assert_eq!(parse_key(&key).unwrap(), key);
+        assert_eq!(*parse_key(&key).unwrap(), key);
         assert_eq!(
-            parse_key(format!("{}\n", hex::encode(key)).as_bytes()).unwrap(),
+            *parse_key(format!("{}\n", hex::encode(key)).as_bytes()).unwrap(),
             key
         );
         let b64 = base64::engine::general_purpose::STANDARD.encode(key);
-        assert_eq!(parse_key(b64.as_bytes()).unwrap(), key);
+        assert_eq!(*parse_key(b64.as_bytes()).unwrap(), key);
         assert!(parse_key(&[1u8; 16]).is_err());
     }
 }

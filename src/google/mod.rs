@@ -14,6 +14,7 @@ pub mod oauth;
 pub mod risc;
 pub mod risc_api;
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -325,8 +326,14 @@ pub fn oauth_error(
 ///
 /// Adaptive (AIMD): when Google answers that we are over quota (429 or a 403 rate-limit
 /// reason), the rate in force drops to 70 % (at most once a second, so one burst of refusals
-/// counts once); then it climbs back by a twentieth of the ceiling each second. A project that
+/// counts once); then it climbs back by a fortieth of the ceiling each second. A project that
 /// shares its quota with other services settles at its share instead of a storm of errors.
+///
+/// Drive's quotas are per minute, per project and per user
+/// (https://developers.google.com/workspace/drive/api/guides/limits): once Google refuses,
+/// what it accepted from us over the last 60 s is what a minute allows us, so a refusal never
+/// takes the rate below a sixtieth of that. AIMD alone sinks to almost nothing during a
+/// window that stays full for half a minute, and the next window is wasted climbing back.
 pub struct RateLimit {
     limiter: RwLock<Arc<DefaultDirectRateLimiter>>,
     /// The ceiling: `[sync] max_requests_per_second`.
@@ -336,6 +343,7 @@ pub struct RateLimit {
     /// When the rate was last lowered, and last raised (or lowered: a decrease restarts the
     /// climb). Apart, so that climbing back never hides a refusal from `slow_down`.
     pace: parking_lot::Mutex<Pace>,
+    last_minute: parking_lot::Mutex<LastMinute>,
     /// Calls that had to wait, and for how long in total (for metrics and `ctl status`).
     waits: AtomicU64,
     waited_us: AtomicU64,
@@ -345,6 +353,44 @@ pub struct RateLimit {
 struct Pace {
     lowered: Instant,
     raised: Instant,
+}
+
+/// Calls let through and quota refusals, per second over the last minute.
+struct LastMinute {
+    origin: Instant,
+    /// (second since `origin`, calls, refusals), oldest first.
+    seconds: VecDeque<(u64, u64, u64)>,
+}
+
+impl LastMinute {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            seconds: VecDeque::new(),
+        }
+    }
+
+    fn add(&mut self, calls: u64, refused: u64) {
+        let now = self.origin.elapsed().as_secs();
+        match self.seconds.back_mut() {
+            Some((second, c, r)) if *second == now => {
+                *c += calls;
+                *r += refused;
+            }
+            _ => self.seconds.push_back((now, calls, refused)),
+        }
+        while self.seconds.front().is_some_and(|(s, _, _)| s + 60 <= now) {
+            self.seconds.pop_front();
+        }
+    }
+
+    /// Calls Google did not refuse for quota in the last 60 s.
+    fn accepted(&self) -> u64 {
+        self.seconds
+            .iter()
+            .map(|(_, c, r)| c.saturating_sub(*r))
+            .sum()
+    }
 }
 
 /// The rate after a refusal: this fraction of the rate in force.
@@ -370,6 +416,7 @@ impl RateLimit {
                     .unwrap_or_else(Instant::now),
                 raised: Instant::now(),
             }),
+            last_minute: parking_lot::Mutex::new(LastMinute::new()),
             waits: AtomicU64::new(0),
             waited_us: AtomicU64::new(0),
         }
@@ -400,13 +447,24 @@ impl RateLimit {
         self.current.load(Ordering::Relaxed)
     }
 
-    /// Google said we are over quota: lower the rate in force (once per [`PACE_STEP`]).
+    /// Google said we are over quota: lower the rate in force (once per [`PACE_STEP`]), not
+    /// below a sixtieth of what Google accepted in the last minute.
     pub fn slow_down(&self) {
+        let minute_share = {
+            let mut last_minute = self.last_minute.lock();
+            last_minute.add(0, 1);
+            last_minute.accepted() as f64 / 60.0
+        };
         let mut pace = self.pace.lock();
         if pace.lowered.elapsed() < PACE_STEP {
             return;
         }
-        let lowered = ((self.current_rate() as f64) * DECREASE).floor().max(1.0) as u32;
+        let current = self.current_rate() as f64;
+        let lowered = (current * DECREASE)
+            .max(minute_share)
+            .min(current)
+            .floor()
+            .max(1.0) as u32;
         let now = Instant::now();
         *pace = Pace {
             lowered: now,
@@ -459,6 +517,7 @@ impl RateLimit {
 
     pub async fn wait(&self) {
         self.recover();
+        self.last_minute.lock().add(1, 0);
         let limiter = self.limiter.read().clone();
         if limiter.check().is_ok() {
             return;
@@ -552,5 +611,19 @@ mod tests {
         assert_eq!(limit.current_rate(), 400, "never above the ceiling");
         limit.set_rate(10);
         assert_eq!((limit.rate(), limit.current_rate()), (10, 10));
+    }
+
+    #[test]
+    fn refusals_never_take_the_rate_below_what_the_last_minute_accepted() {
+        let limit = RateLimit::new(400);
+        // Google accepted 200 a second for the last minute, then refuses.
+        limit.last_minute.lock().add(12_000, 0);
+        let mut rates = Vec::new();
+        for _ in 0..4 {
+            limit.slow_down();
+            rates.push(limit.current_rate());
+            limit.pace.lock().lowered = Instant::now() - PACE_STEP;
+        }
+        assert_eq!(rates, [280, 199, 199, 199], "{rates:?}");
     }
 }

@@ -308,16 +308,17 @@ async fn a_per_minute_quota_hit_fails_the_sync_and_the_next_resumes_the_listing_
     // Once the quota allows again, only the pages not listed yet are asked for.
     e.clear_faults();
     e.reset_stats();
-    app.services
-        .resync(
+    // The resync loop runs it (a cycle started here could find the user already taken).
+    let report = app
+        .services
+        .resync_and_wait(
             &appdata_syncd::scheduler::resync::ResyncTarget::User("many".into()),
             appdata_syncd::store::schedule::Resync::Incremental,
+            |_| {},
         )
         .await
         .unwrap();
-    let out = app.cycle().await;
-    e.clear_faults();
-    assert_eq!((out.ok, out.failed), (1, 0), "{out:?}");
+    assert_eq!((report.synced, report.failed), (1, 0), "{report:?}");
     let stats = e.stats();
     assert_eq!(
         stats.user_count("many", "changes.startPageToken"),
