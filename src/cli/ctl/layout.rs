@@ -138,9 +138,10 @@ pub fn table(width: usize, cols: &[Col], rows: Vec<Vec<String>>) -> String {
 
 /// Each column's width, `None` for a column left out. A table too wide for `width` first
 /// loses the columns that say nothing (`-` in every row) but its keys, then has its `Text`
-/// and `Path` columns cut, the widest first, down to a floor; if that is not enough, columns
-/// are left out from the right, `Extra` ones first, then text. `Key` and `State` columns are
-/// never cut nor left out: they may overflow.
+/// and `Path` columns cut down to a floor, the rightmost first (tables put what matters
+/// most on the left); if that is not enough, columns are left out from the right, `Extra`
+/// ones first, then text. `Key` and `State` columns are never cut nor left out: they may
+/// overflow.
 fn fit(cols: &[Col], natural: &[usize], empty: &[bool], width: usize) -> Vec<Option<usize>> {
     let total = |w: &[Option<usize>]| {
         let shown: Vec<usize> = w.iter().flatten().copied().collect();
@@ -158,10 +159,10 @@ fn fit(cols: &[Col], natural: &[usize], empty: &[bool], width: usize) -> Vec<Opt
     loop {
         let mut cut = widths.clone();
         while total(&cut) > width {
-            let widest = (0..cut.len())
-                .filter(|&i| cols[i].1.cuttable() && cut[i].is_some_and(|w| w > floor(i)))
-                .max_by_key(|&i| cut[i]);
-            match widest {
+            let rightmost = (0..cut.len())
+                .rev()
+                .find(|&i| cols[i].1.cuttable() && cut[i].is_some_and(|w| w > floor(i)));
+            match rightmost {
                 Some(i) => cut[i] = cut[i].map(|w| w - 1),
                 None => break,
             }
@@ -351,7 +352,7 @@ mod tests {
             "{row}"
         );
         assert!(row.ends_with('…'), "{row}");
-        // The shorter email keeps what it can while the long error gives first.
+        // The error, right of the email, gives first.
         assert!(row.contains("a@example.com"), "{row}");
     }
 

@@ -106,6 +106,12 @@ fn user() -> Value {
                 "sub": SUB, "subject": null, "reason": null, "state": null, "issued_at": T,
                 "received_at": T, "processed_at": T, "outcome": "flagged",
                 "detail": "the user must change a credential; syncing goes on until acknowledged", "attempts": 1,
+            }, {
+                "id": 2, "jti": "jti-2", "kind": "account-disabled",
+                "event_uri": "https://schemas.openid.net/secevent/risc/event-type/account-disabled",
+                "sub": SUB, "subject": null, "reason": "bulk-account", "state": null,
+                "issued_at": T, "received_at": T, "processed_at": T, "outcome": "suspended",
+                "detail": null, "attempts": 1,
             }],
         },
     })
