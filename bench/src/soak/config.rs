@@ -17,6 +17,10 @@ const SCHEDULE: &str = "*/5 * * * * *";
 /// What the daemon logs: warnings (scanned for secrets) and one line per cycle (counted).
 pub(super) const LOG_FILTER: &str =
     "warn,appdata_syncd::scheduler=info,appdata_syncd::lifecycle=info";
+/// `[intake] max_connections` and `first_byte_timeout` (the defaults, set here because the
+/// attackers hold the daemon to them).
+pub(super) const MAX_CONNECTIONS: usize = 1024;
+pub(super) const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The state directory's parts, and the intake address the config fixes.
 pub(super) struct Paths {
@@ -47,6 +51,8 @@ pub(super) fn write_config(dir: &Path, google: &FakeGoogle) -> anyhow::Result<Pa
     };
     let mut config = emulator_config(dir, google)?;
     config.intake.listen = paths.intake;
+    config.intake.max_connections = MAX_CONNECTIONS;
+    config.intake.first_byte_timeout = FIRST_BYTE_TIMEOUT;
     config.store.state_dir = Some(dir.to_path_buf());
     config.admin.socket = paths.socket.clone();
     config.sync.schedule = SCHEDULE.into();

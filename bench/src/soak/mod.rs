@@ -37,10 +37,12 @@ mod config;
 mod drive_changes;
 mod faults;
 mod finish;
+mod idle_sockets;
 mod process;
 mod restarts;
 mod secrets;
 mod state;
+mod trickle;
 
 pub use process::serve_daemon;
 
@@ -54,16 +56,18 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::accounts::{revokes, sign_ins};
+use self::accounts::{revokes, sign_ins, watch_sign_ins};
 use self::admin_commands::admin;
 use self::check::{check, Checked};
 use self::config::write_config;
 use self::drive_changes::changes;
 use self::faults::faults;
 use self::finish::finish;
+use self::idle_sockets::{idle_sockets, raise_fd_limit};
 use self::process::DaemonProc;
 use self::restarts::restarts;
 use self::state::{lock, Counts, Soak};
+use self::trickle::tricklers;
 use crate::google::FakeGoogle;
 use crate::report::Report;
 use crate::scenarios::Env;
@@ -74,6 +78,7 @@ const SHOWN_VIOLATIONS: usize = 20;
 /// The scenario: emulator and daemon up, every worker for `minutes`, then [`finish`], [`check()`]
 /// and the report, whose `errors` are the invariant violations.
 pub async fn soak(env: &Env, minutes: u64, users: usize) -> anyhow::Result<Report> {
+    raise_fd_limit();
     let dir = env.scratch_dir("appdata-syncd-soak-")?;
     let google = FakeGoogle::spawn(dir.path()).await?;
     let paths = write_config(dir.path(), &google)?;
@@ -113,6 +118,10 @@ async fn run_workers(soak: &Arc<Soak>, duration: Duration, started: Instant) -> 
     workers.spawn(admin(soak.clone(), stop.clone()));
     workers.spawn(restarts(soak.clone(), stop.clone(), duration));
     workers.spawn(progress(soak.clone(), stop.clone(), started));
+    // The attackers, each with its invariants.
+    workers.spawn(watch_sign_ins(soak.clone(), stop.clone()));
+    workers.spawn(idle_sockets(soak.clone(), stop.clone()));
+    workers.spawn(tricklers(soak.clone(), stop.clone()));
     tokio::select! {
         () = tokio::time::sleep(duration) => {}
         Some(done) = workers.join_next() => {
@@ -198,6 +207,9 @@ async fn report(soak: &Soak, minutes: u64, users: usize, secs: f64, c: Checked) 
         .set("admin_results", n.group("admin_result"))
         .set("restarts", restarts.values().sum::<u64>())
         .set("restarts_by_kind", &restarts)
+        .set("sign_in_watch", n.group("signin_watch"))
+        .set("idle_sockets", n.group("idle"))
+        .set("trickling_clients", n.group("trickle"))
         .set("cycles", c.cycles)
         .set("cycle_ticks_skipped", c.cycles_skipped)
         .set("syncs", &c.syncs)
@@ -213,7 +225,10 @@ async fn report(soak: &Soak, minutes: u64, users: usize, secs: f64, c: Checked) 
             "acknowledged sign-ins present with a credential; mirror = Drive (ids, names, md5s, \
              bytes) for every active user; PRAGMA integrity_check ok; no .tmp leftovers; \
              reauth_required = exactly the users we revoked; forgotten users gone; no issued \
-             secret in the db, -wal, -shm, mirror or log; no daemon crash or slow stop",
+             secret in the db, -wal, -shm, mirror or log; no daemon crash or slow stop; \
+             a sign-in acknowledged in every 20 s; silent connections closed within \
+             first_byte_timeout; daemon descriptors under max_connections + 512; trickling \
+             clients cut off within the head/body timeout",
         )
         .set("invariant_violations", violations)
         .set("errors", violations);
