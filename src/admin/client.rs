@@ -12,6 +12,12 @@ use super::protocol::{Command, Response};
 /// Responses can be large (`users` on a big install).
 const MAX_RESPONSE_LINE: usize = 512 * 1024 * 1024;
 
+/// The daemon could not be reached (no socket, permission denied, connection refused), or
+/// hung up before answering: `ctl` exits 3 on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(String);
+
 pub struct AdminClient {
     framed: Framed<UnixStream, LinesCodec>,
     next_id: u64,
@@ -20,10 +26,10 @@ pub struct AdminClient {
 impl AdminClient {
     pub async fn connect(path: &Path) -> anyhow::Result<AdminClient> {
         let stream = UnixStream::connect(path).await.map_err(|e| {
-            anyhow::anyhow!(
+            Unreachable(format!(
                 "cannot connect to {}: is appdata-syncd running? ({e})",
                 path.display()
-            )
+            ))
         })?;
         Ok(AdminClient {
             framed: Framed::new(stream, LinesCodec::new_with_max_length(MAX_RESPONSE_LINE)),
@@ -64,9 +70,13 @@ impl AdminClient {
         loop {
             let line = match (self.framed.next().await, &sent) {
                 (Some(Ok(line)), _) => line,
-                (_, Err(e)) => anyhow::bail!("cannot send the request: {e}"),
+                (_, Err(e)) => {
+                    return Err(Unreachable(format!("cannot send the request: {e}")).into())
+                }
                 (Some(Err(e)), _) => return Err(e.into()),
-                (None, _) => anyhow::bail!("the daemon closed the connection"),
+                (None, _) => {
+                    return Err(Unreachable("the daemon closed the connection".into()).into())
+                }
             };
             let response: Response = serde_json::from_str(&line)
                 .map_err(|e| anyhow::anyhow!("unreadable response from the daemon: {e}"))?;

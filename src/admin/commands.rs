@@ -97,7 +97,15 @@ pub async fn execute(
 ) -> CmdResult {
     match command {
         Command::Status => reply(services.status().await),
-        Command::Users { state } => reply(services.users(state).await),
+        Command::Users {
+            state,
+            after,
+            limit,
+        } => reply(
+            services
+                .users(state, after.as_deref(), limit.map(i64::from))
+                .await,
+        ),
         Command::User { sub } => reply(services.user(&sub).await),
         Command::Files { sub } => reply(services.files(&sub).await),
         Command::Resync {

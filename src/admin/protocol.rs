@@ -14,9 +14,16 @@ pub const MAX_LINE: usize = 64 * 1024;
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Command {
     Status,
+    /// Users in sub order, a page at a time.
     Users {
         #[serde(default)]
         state: Option<UserState>,
+        /// Only users whose sub sorts after this one (the last sub of the previous page).
+        #[serde(default)]
+        after: Option<String>,
+        /// At most this many (absent: up to 100,000).
+        #[serde(default)]
+        limit: Option<u32>,
     },
     User {
         sub: String,
@@ -260,5 +267,28 @@ mod tests {
         assert!(cmd.unwrap_err().contains("unknown variant"));
         assert!(parse_request("garbage").1.is_err());
         assert!(parse_request("[1]").1.is_err());
+    }
+
+    #[test]
+    fn users_pages_are_optional_so_older_clients_still_list_users() {
+        let (_, old) = parse_request(r#"{"cmd": "users", "state": "paused"}"#);
+        let paused = Some(UserState::Paused);
+        assert_eq!(
+            old.unwrap(),
+            Command::Users {
+                state: paused,
+                after: None,
+                limit: None
+            }
+        );
+        let (_, page) = parse_request(r#"{"cmd": "users", "after": "u049", "limit": 50}"#);
+        assert_eq!(
+            page.unwrap(),
+            Command::Users {
+                state: None,
+                after: Some("u049".into()),
+                limit: Some(50)
+            }
+        );
     }
 }

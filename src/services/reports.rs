@@ -75,10 +75,14 @@ pub struct RateLimitStatus {
     pub waited_ms: u64,
 }
 
-/// `ctl users`.
+/// `ctl users`: a page of users in sub order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserList {
     pub users: Vec<UserSummary>,
+    /// How many more users match after the last one listed (0: the list is complete); the
+    /// next page is the request again with `after` = the last sub.
+    #[serde(default)]
+    pub remaining: i64,
 }
 
 /// `ctl user SUB`: everything about one user, never a token.

@@ -9,9 +9,9 @@ use super::{ServiceError, Services};
 use crate::store::changes::{self, ChangeKind, NewChange};
 use crate::store::users::{self, User, UserState};
 use crate::store::writes;
-use crate::store::{self, credentials, files, schedule, syncs};
+use crate::store::{self, credentials, files, schedule, syncs, user_pages};
 
-/// `ctl users` lists at most this many.
+/// The most users one `users` answer lists (and what a request without a limit gets).
 const MAX_LISTED_USERS: i64 = 100_000;
 /// How long `forget` waits for a sync of the user that is running to end.
 const FORGET_WAITS_FOR_SYNC: Duration = Duration::from_secs(60);
@@ -31,10 +31,25 @@ impl Services {
             .ok_or_else(|| ServiceError::UnknownUser(sub.to_string()))
     }
 
-    pub async fn users(&self, state: Option<UserState>) -> Result<UserList, ServiceError> {
+    /// Users (optionally in one state) after `after` by sub, at most `limit`; how many remain
+    /// is counted only when some do.
+    pub async fn users(
+        &self,
+        state: Option<UserState>,
+        after: Option<&str>,
+        limit: Option<i64>,
+    ) -> Result<UserList, ServiceError> {
+        let limit = limit.unwrap_or(MAX_LISTED_USERS).clamp(1, MAX_LISTED_USERS);
         let mut conn = self.store.pool().acquire().await?;
-        let users = users::list_summary(&mut conn, state, MAX_LISTED_USERS).await?;
-        Ok(UserList { users })
+        let mut users = user_pages::page(&mut conn, state, after, limit + 1).await?;
+        let mut remaining = 0;
+        if users.len() as i64 > limit {
+            users.truncate(limit as usize);
+            if let Some(last) = users.last() {
+                remaining = user_pages::count_after(&mut conn, state, &last.sub).await?;
+            }
+        }
+        Ok(UserList { users, remaining })
     }
 
     pub async fn user(&self, sub: &str) -> Result<UserDetail, ServiceError> {

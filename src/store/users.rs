@@ -124,30 +124,6 @@ pub struct UserSummary {
     pub credential_change_required_at: Option<i64>,
 }
 
-/// Users (optionally in one state) with their mirrored file counts, in `sub` order.
-pub async fn list_summary(
-    conn: &mut Conn,
-    state: Option<UserState>,
-    limit: i64,
-) -> Result<Vec<UserSummary>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT u.sub, u.email, u.state, u.last_sync_at, u.last_error, \
-                COUNT(f.file_id) AS files, \
-                CAST(COALESCE(SUM(CASE WHEN f.metadata_only = 0 THEN f.size ELSE 0 END), 0) AS BIGINT) \
-                    AS bytes, \
-                u.suspended_by_google, u.credential_change_required_at \
-         FROM users u LEFT JOIN files f ON f.sub = u.sub \
-         WHERE ($1 IS NULL OR u.state = $1) \
-         GROUP BY u.sub, u.email, u.state, u.last_sync_at, u.last_error, \
-                  u.suspended_by_google, u.credential_change_required_at \
-         ORDER BY u.sub LIMIT $2",
-    )
-    .bind(state.map(UserState::as_str))
-    .bind(limit)
-    .fetch_all(conn)
-    .await
-}
-
 /// How many users are in each state (every state listed, zeros included).
 pub async fn counts_by_state(conn: &mut Conn) -> Result<Vec<(UserState, i64)>, sqlx::Error> {
     let rows: Vec<(String, i64)> =

@@ -83,8 +83,16 @@ fn command() -> impl Strategy<Value = Command> {
     let s = || ".{0,40}";
     prop_oneof![
         Just(Command::Status),
-        option::of(proptest::sample::select(UserState::ALL))
-            .prop_map(|state| Command::Users { state }),
+        (
+            option::of(proptest::sample::select(UserState::ALL)),
+            option::of(s()),
+            option::of(any::<u32>()),
+        )
+            .prop_map(|(state, after, limit)| Command::Users {
+                state,
+                after,
+                limit
+            }),
         s().prop_map(|sub| Command::User { sub }),
         s().prop_map(|sub| Command::Files { sub }),
         (option::of(s()), any::<[bool; 3]>()).prop_map(|(sub, [all, full, wait])| {

@@ -197,7 +197,6 @@ async fn errors_are_clear_and_exit_non_zero() {
         (vec!["user", "nobody"], "unknown_user"),
         (vec!["files", "nobody"], "unknown_user"),
         (vec!["resync", "nobody"], "unknown_user"),
-        (vec!["users", "--state", "sleeping"], "bad_request"),
         (vec!["resume", "nobody"], "unknown_user"),
     ] {
         let out = daemon.ctl(&args).await;

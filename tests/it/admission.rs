@@ -215,6 +215,25 @@ async fn a_client_that_hangs_up_during_the_exchange_does_not_lose_its_refresh_to
     app.stop().await;
 }
 
+/// Google issues a refresh token only on first consent: a sign-in that gets one but cannot
+/// store it (no database connection) revokes it, so that the app's retry is a first consent.
+#[tokio::test]
+async fn a_sign_in_that_cannot_reach_the_database_revokes_the_refresh_token_it_was_issued() {
+    let app = spawn_app_with(|_| {}).await;
+    let code = app.auth_code("nodb");
+    app.store.pool().close().await;
+    let (status, body) = app.post_code(&code).await;
+    assert!(status >= 500, "{status} {body}");
+    let stats = app.google.emulator().stats();
+    assert_eq!(stats.count("token"), 1, "{stats:?}");
+    assert_eq!(
+        stats.count("revoke"),
+        1,
+        "the issued refresh token was revoked: {stats:?}"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn an_empty_android_client_list_refuses_to_start_unless_any_client_is_allowed() {
     let google = crate::helpers::google().await;

@@ -8,6 +8,7 @@ mod api_writes;
 mod backend;
 mod cli;
 mod crash;
+mod ctl_output;
 mod faults;
 mod feed_race;
 mod fidelity;

@@ -387,7 +387,7 @@ async fn credential_change_required_flags_the_user_for_the_operator_until_acknow
         detail.security.events[0].kind.as_str(),
         "account-credential-change-required"
     );
-    let listed = app.services.users(None).await.unwrap();
+    let listed = app.services.users(None, None, None).await.unwrap();
     assert!(listed.users[0].credential_change_required_at.is_some());
     assert_eq!(
         app.services

@@ -67,7 +67,12 @@ async fn users(soak: &Soak) {
     ]
     .choose(&mut rand::thread_rng())
     .copied();
-    soak.admin_counted("users", &Command::Users { state }).await;
+    let users = Command::Users {
+        state,
+        after: None,
+        limit: None,
+    };
+    soak.admin_counted("users", &users).await;
 }
 
 /// `resync SUB`, a quarter of the time `--full`, a fifth `--wait`.

@@ -113,9 +113,11 @@ impl Drop for Daemon {
     }
 }
 
-/// What `ctl` printed.
+/// What `ctl` printed, and how it exited.
 pub struct CtlOutput {
     pub ok: bool,
+    /// The exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -128,16 +130,27 @@ impl CtlOutput {
 }
 
 pub async fn ctl(socket: &Path, args: &[&str]) -> CtlOutput {
+    ctl_env(socket, args, &[]).await
+}
+
+/// `ctl` with `env` set; whatever the test runner's environment says of width and colors is
+/// left out, so output is as in a pipe: 80 columns, no colors.
+pub async fn ctl_env(socket: &Path, args: &[&str], env: &[(&str, &str)]) -> CtlOutput {
     let out = tokio::process::Command::new(binary())
         .arg("ctl")
         .arg("--socket")
         .arg(socket)
         .args(args)
+        .env_remove("COLUMNS")
+        .env_remove("CLICOLOR_FORCE")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap();
     CtlOutput {
         ok: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }

@@ -15,7 +15,7 @@ use fake_google::{FakeGoogle, MintCode, NewUser};
 
 pub use api::{ApiClient, ApiResponse};
 pub use app::{spawn_app, spawn_app_with, TestApp};
-pub use daemon::{binary, ctl, Daemon};
+pub use daemon::{binary, ctl, ctl_env, Daemon};
 pub use postgres::{
     db_pool, on_postgres, postgres_or_skip, postgres_server, raw_database_bytes, test_dir, TestDir,
 };
