@@ -309,6 +309,31 @@ impl Emulator {
         }
     }
 
+    /// `count` copies of file `file_id` in the appDataFolder, named `NAME.1` … `NAME.count`,
+    /// sharing its content (see `files.copy`): gigabytes of appDataFolder for the memory of one
+    /// file.
+    pub fn copy_file(
+        &self,
+        sub: &str,
+        file_id: &str,
+        count: usize,
+    ) -> Result<Vec<DriveFile>, Error> {
+        let account = self.account(sub)?;
+        let mut drive = account.drive.lock();
+        let name = drive
+            .files
+            .get(file_id)
+            .map(|e| e.file.name.clone())
+            .ok_or_else(|| Error::FileNotFound(file_id.to_string()))?;
+        (1..=count)
+            .map(|i| {
+                drive
+                    .copy(file_id, &format!("{name}.{i}"))
+                    .ok_or_else(|| Error::Invalid(format!("{file_id} is a folder")))
+            })
+            .collect()
+    }
+
     pub fn update_file(
         &self,
         sub: &str,

@@ -391,3 +391,56 @@ async fn control_calls_for_users_and_settings() {
         401
     );
 }
+
+#[tokio::test]
+async fn copies_share_content_size_and_md5_with_their_original() {
+    let env = Env::start().await;
+    let t = env.sign_in("1").await;
+    let original = env
+        .fg
+        .emulator()
+        .put_file("1", "big.bin", vec![7u8; 1 << 20], None)
+        .unwrap();
+    let resp = env
+        .http
+        .post(env.url(&format!("/_emulator/users/1/files/{}/copies", original.id)))
+        .json(&json!({"count": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let copies: Value = resp.json().await.unwrap();
+    let copies = copies["files"].as_array().unwrap();
+    assert_eq!(copies.len(), 3);
+    assert_eq!(copies[2]["name"], "big.bin.3");
+    for c in copies {
+        assert_ne!(c["id"], original.id.as_str());
+        let id = c["id"].as_str().unwrap();
+        let (_, meta) = env
+            .get_json(
+                &format!("/drive/v3/files/{id}?fields=size,md5Checksum"),
+                &t.access,
+            )
+            .await;
+        assert_eq!(
+            meta,
+            json!({"size": "1048576", "md5Checksum": original.md5_checksum})
+        );
+        let body = env
+            .get(&format!("/drive/v3/files/{id}?alt=media"), &t.access)
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(body, vec![7u8; 1 << 20]);
+    }
+    assert_eq!(env.fg.emulator().list_files("1").unwrap().len(), 4);
+    let missing = env
+        .http
+        .post(env.url("/_emulator/users/1/files/1nope/copies"))
+        .json(&json!({"count": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}

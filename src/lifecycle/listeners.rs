@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 /// Request heads must arrive within this (each request of a keep-alive connection).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminServer;

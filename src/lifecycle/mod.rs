@@ -15,6 +15,9 @@ mod listeners;
 pub mod signals;
 pub mod tasks;
 
+/// How long a public listener waits for a request head (hyper's `header_read_timeout`).
+pub use listeners::HEADER_TIMEOUT;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

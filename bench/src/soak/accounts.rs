@@ -16,6 +16,8 @@ use super::{pause, secs};
 
 /// Sign-ins in flight at once.
 const SIGN_IN_CONCURRENCY: usize = 8;
+/// [`watch_sign_ins`]' window: longer than a fault window, shorter than the run.
+const SIGN_IN_WINDOW: Duration = Duration::from_secs(20);
 
 /// Half the users at once, the rest spread over the first 60% of the run, and re-sign-ins of
 /// existing users (revoked ones first) all along.
@@ -135,6 +137,35 @@ pub(super) async fn revokes(soak: Arc<Soak>, stop: CancellationToken) -> anyhow:
             tokio::time::sleep(secs(0.0, 0.5)).await;
             soak.sign_in(&claimed.sub, true).await?;
         }
+    }
+    Ok(())
+}
+
+/// Sign-ins keep succeeding whatever the attackers do: in every [`SIGN_IN_WINDOW`] that saw
+/// one daemon throughout and at least 5 attempts, at least one was acknowledged.
+pub(super) async fn watch_sign_ins(soak: Arc<Soak>, stop: CancellationToken) -> anyhow::Result<()> {
+    let at = |soak: &Soak| {
+        (
+            soak.epoch(),
+            soak.counts.get("signin.attempted"),
+            soak.counts.get("signin.acknowledged"),
+        )
+    };
+    let mut before = at(&soak);
+    while pause(&stop, SIGN_IN_WINDOW).await {
+        let now = at(&soak);
+        let (attempted, acked) = (now.1 - before.1, now.2 - before.2);
+        if now.0 != before.0 || attempted < 5 {
+            soak.counts.add("signin_watch.windows_skipped");
+        } else if acked == 0 {
+            soak.violation(format!(
+                "no sign-in acknowledged in {} s ({attempted} attempted)",
+                SIGN_IN_WINDOW.as_secs()
+            ));
+        } else {
+            soak.counts.add("signin_watch.windows_ok");
+        }
+        before = now;
     }
     Ok(())
 }

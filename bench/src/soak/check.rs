@@ -8,6 +8,7 @@ use appdata_syncd::store::Store;
 use futures::StreamExt;
 use sqlx::Row;
 
+use super::big_user::{mirrored_bytes, BIG_FILE_BYTES, BIG_USER, MAX_USER_BYTES};
 use super::calls::EmuFile;
 use super::config::sqlite_url;
 use super::secrets::scan_for_secrets;
@@ -24,12 +25,17 @@ pub(super) struct Checked {
     pub(super) bytes_scanned: u64,
     pub(super) cycles: usize,
     pub(super) cycles_skipped: usize,
+    /// Syncs that failed because the disk was under `min_free_disk_bytes`.
+    pub(super) syncs_refused_by_floor: i64,
+    /// The big user's `over_quota` reason at the end.
+    pub(super) big_user_over_quota: Option<String>,
 }
 
 /// A `users` row, with how many credentials the user has.
 struct DbUser {
     state: String,
     last_error: Option<String>,
+    over_quota: Option<String>,
     credentials: i64,
 }
 
@@ -64,6 +70,8 @@ pub(super) async fn check(soak: &Soak) -> anyhow::Result<Checked> {
     sync_figures(&store, &mut out).await?;
     check_model(soak, &db_users);
     out.files_mirrored = check_mirrors(soak, &store, &db_users).await?;
+    out.big_user_over_quota = db_users.get(BIG_USER).and_then(|u| u.over_quota.clone());
+    check_over_quota(soak, &db_users);
     store.close().await;
     check_no_tmp_leftovers(soak);
     Ok(out)
@@ -71,7 +79,7 @@ pub(super) async fn check(soak: &Soak) -> anyhow::Result<Checked> {
 
 async fn db_users(store: &Store) -> anyhow::Result<HashMap<String, DbUser>> {
     let rows = sqlx::query(
-        "SELECT u.sub, u.state, u.last_error, \
+        "SELECT u.sub, u.state, u.last_error, u.over_quota, \
                 (SELECT COUNT(*) FROM credentials c WHERE c.sub = u.sub) AS creds \
          FROM users u",
     )
@@ -84,6 +92,7 @@ async fn db_users(store: &Store) -> anyhow::Result<HashMap<String, DbUser>> {
             DbUser {
                 state: r.try_get("state")?,
                 last_error: r.try_get("last_error")?,
+                over_quota: r.try_get("over_quota")?,
                 credentials: r.try_get("creds")?,
             },
         );
@@ -99,6 +108,10 @@ async fn sync_figures(store: &Store, out: &mut Checked) -> anyhow::Result<()> {
     {
         out.syncs.insert(r.try_get("outcome")?, r.try_get("n")?);
     }
+    out.syncs_refused_by_floor =
+        sqlx::query_scalar("SELECT COUNT(*) FROM syncs WHERE error LIKE '%min_free_disk_bytes%'")
+            .fetch_one(store.pool())
+            .await?;
     out.max_api_calls_per_sync =
         sqlx::query_scalar("SELECT COALESCE(MAX(api_calls), 0) FROM syncs")
             .fetch_one(store.pool())
@@ -177,6 +190,23 @@ async fn check_mirrors(
     Ok(files)
 }
 
+/// The big user is active and over_quota; no other user is (their files are far smaller).
+fn check_over_quota(soak: &Soak, db_users: &HashMap<String, DbUser>) {
+    match db_users.get(BIG_USER) {
+        None => soak.violation(format!("the big user {BIG_USER} has no user row")),
+        Some(u) if u.state != "active" || u.over_quota.is_none() => soak.violation(format!(
+            "the big user {BIG_USER} is {} with over_quota {:?}",
+            u.state, u.over_quota
+        )),
+        Some(_) => {}
+    }
+    for (sub, u) in db_users.iter().filter(|(sub, _)| *sub != BIG_USER) {
+        if let Some(reason) = &u.over_quota {
+            soak.violation(format!("{sub} is over_quota: {reason}"));
+        }
+    }
+}
+
 fn check_no_tmp_leftovers(soak: &Soak) {
     let tmp = soak.paths.mirror.join(".tmp");
     let leftovers = match std::fs::read_dir(&tmp) {
@@ -205,10 +235,24 @@ async fn check_mirror(soak: &Soak, store: &Store, sub: &str) -> anyhow::Result<u
             .collect(),
         Err(_) => HashSet::new(),
     };
+    // The big user's content past max_user_bytes is withheld: absent on disk, by the rules.
+    let withheld_allowed = sub == BIG_USER;
     let mut wrong = Vec::new();
     for f in &emulator {
         row_differences(f, db.get(&f.id), &mut wrong);
+        if withheld_allowed && !on_disk.contains(&f.id) {
+            continue;
+        }
         disk_differences(soak, sub, &dir, f, &mut wrong).await?;
+    }
+    if withheld_allowed {
+        let bytes = mirrored_bytes(&dir);
+        if bytes > MAX_USER_BYTES || bytes + BIG_FILE_BYTES as u64 <= MAX_USER_BYTES {
+            wrong.push(format!(
+                "{bytes} bytes mirrored; with max_user_bytes {MAX_USER_BYTES}, as many \
+                 {BIG_FILE_BYTES}-byte files as fit"
+            ));
+        }
     }
     let ids: HashSet<&str> = emulator.iter().map(|f| f.id.as_str()).collect();
     for id in db.keys().filter(|id| !ids.contains(id.as_str())) {

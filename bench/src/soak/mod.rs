@@ -31,16 +31,20 @@
 
 mod accounts;
 mod admin_commands;
+mod big_user;
 mod calls;
 mod check;
 mod config;
+mod disk_full;
 mod drive_changes;
 mod faults;
 mod finish;
+mod idle_sockets;
 mod process;
 mod restarts;
 mod secrets;
 mod state;
+mod trickle;
 
 pub use process::serve_daemon;
 
@@ -54,16 +58,20 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::accounts::{revokes, sign_ins};
+use self::accounts::{revokes, sign_ins, watch_sign_ins};
 use self::admin_commands::admin;
+use self::big_user::big_user;
 use self::check::{check, Checked};
 use self::config::write_config;
+use self::disk_full::{disk_full, Tmpfs};
 use self::drive_changes::changes;
 use self::faults::faults;
 use self::finish::finish;
+use self::idle_sockets::{idle_sockets, raise_fd_limit};
 use self::process::DaemonProc;
 use self::restarts::restarts;
 use self::state::{lock, Counts, Soak};
+use self::trickle::tricklers;
 use crate::google::FakeGoogle;
 use crate::report::Report;
 use crate::scenarios::Env;
@@ -74,9 +82,11 @@ const SHOWN_VIOLATIONS: usize = 20;
 /// The scenario: emulator and daemon up, every worker for `minutes`, then [`finish`], [`check()`]
 /// and the report, whose `errors` are the invariant violations.
 pub async fn soak(env: &Env, minutes: u64, users: usize) -> anyhow::Result<Report> {
+    raise_fd_limit();
     let dir = env.scratch_dir("appdata-syncd-soak-")?;
     let google = FakeGoogle::spawn(dir.path()).await?;
-    let paths = write_config(dir.path(), &google)?;
+    let disk = Tmpfs::mount(&dir.path().join("disk"));
+    let paths = write_config(dir.path(), disk.as_ref().map(|d| d.path.as_path()), &google)?;
     let daemon = DaemonProc::start(&paths).await?;
     let soak = Arc::new(Soak::new(google, paths, daemon, users)?);
     log(format!(
@@ -84,7 +94,8 @@ pub async fn soak(env: &Env, minutes: u64, users: usize) -> anyhow::Result<Repor
         soak.paths.dir.display()
     ));
     let started = Instant::now();
-    run_workers(&soak, Duration::from_secs(minutes * 60), started).await?;
+    let disk_path = disk.as_ref().map(|d| d.path.clone());
+    run_workers(&soak, Duration::from_secs(minutes * 60), started, disk_path).await?;
     let soak_secs = started.elapsed().as_secs_f64();
     log("time is up: clearing faults, final resyncs, stopping the daemon");
     finish(&soak).await?;
@@ -96,6 +107,10 @@ pub async fn soak(env: &Env, minutes: u64, users: usize) -> anyhow::Result<Repor
         soak.google.stop().await;
     }
     if env.keep || !violations.is_empty() {
+        if let Some(disk) = &disk {
+            // The tmpfs goes with this function: its database and mirror are copied out.
+            disk.copy_to(&dir.path().join("disk-kept"))?;
+        }
         eprintln!("kept {}", dir.keep().display());
     }
     Ok(report)
@@ -103,7 +118,12 @@ pub async fn soak(env: &Env, minutes: u64, users: usize) -> anyhow::Result<Repor
 
 /// Runs every load worker until `duration` has passed since `started`; an error if one of them
 /// ends before that.
-async fn run_workers(soak: &Arc<Soak>, duration: Duration, started: Instant) -> anyhow::Result<()> {
+async fn run_workers(
+    soak: &Arc<Soak>,
+    duration: Duration,
+    started: Instant,
+    disk: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let mut workers = JoinSet::new();
     workers.spawn(sign_ins(soak.clone(), stop.clone(), duration));
@@ -113,6 +133,12 @@ async fn run_workers(soak: &Arc<Soak>, duration: Duration, started: Instant) -> 
     workers.spawn(admin(soak.clone(), stop.clone()));
     workers.spawn(restarts(soak.clone(), stop.clone(), duration));
     workers.spawn(progress(soak.clone(), stop.clone(), started));
+    // The attackers, each with its invariants.
+    workers.spawn(watch_sign_ins(soak.clone(), stop.clone()));
+    workers.spawn(idle_sockets(soak.clone(), stop.clone()));
+    workers.spawn(tricklers(soak.clone(), stop.clone()));
+    workers.spawn(big_user(soak.clone(), stop.clone()));
+    workers.spawn(disk_full(soak.clone(), stop.clone(), duration, disk));
     tokio::select! {
         () = tokio::time::sleep(duration) => {}
         Some(done) = workers.join_next() => {
@@ -198,6 +224,11 @@ async fn report(soak: &Soak, minutes: u64, users: usize, secs: f64, c: Checked) 
         .set("admin_results", n.group("admin_result"))
         .set("restarts", restarts.values().sum::<u64>())
         .set("restarts_by_kind", &restarts)
+        .set("sign_in_watch", n.group("signin_watch"))
+        .set("idle_sockets", n.group("idle"))
+        .set("trickling_clients", n.group("trickle"))
+        .set("disk_full", disk_full_figures(n, &c))
+        .set("big_user", json!({ "mirror_max_bytes": n.get("big_user.mirror_max_bytes"), "over_quota": c.big_user_over_quota }))
         .set("cycles", c.cycles)
         .set("cycle_ticks_skipped", c.cycles_skipped)
         .set("syncs", &c.syncs)
@@ -213,11 +244,22 @@ async fn report(soak: &Soak, minutes: u64, users: usize, secs: f64, c: Checked) 
             "acknowledged sign-ins present with a credential; mirror = Drive (ids, names, md5s, \
              bytes) for every active user; PRAGMA integrity_check ok; no .tmp leftovers; \
              reauth_required = exactly the users we revoked; forgotten users gone; no issued \
-             secret in the db, -wal, -shm, mirror or log; no daemon crash or slow stop",
+             secret in the db, -wal, -shm, mirror or log; no daemon crash or slow stop; \
+             a sign-in acknowledged in every 20 s; silent connections closed within \
+             first_byte_timeout; daemon descriptors under max_connections + 512; trickling \
+             clients cut off within the head/body timeout; the 2 GiB user over_quota, its mirror \
+             under max_user_bytes throughout and filled up to it at the end, no other user \
+             over_quota; with the disk under the floor a sign-in acknowledged",
         )
         .set("invariant_violations", violations)
         .set("errors", violations);
     r
+}
+
+fn disk_full_figures(n: &Counts, c: &Checked) -> Value {
+    let mut figures = json!(n.group("disk_full"));
+    figures["syncs_refused_by_floor"] = json!(c.syncs_refused_by_floor);
+    figures
 }
 
 fn sign_in_counts(n: &Counts) -> Value {

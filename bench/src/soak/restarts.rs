@@ -26,11 +26,13 @@ pub(super) async fn restarts(
             None => None,
         };
         if let Some(status) = exited {
+            soak.next_epoch();
             soak.violation(format!("the daemon exited on its own ({status})"));
             slot.take();
         } else if Instant::now() < next {
             continue;
         } else if let Some(d) = slot.take() {
+            soak.next_epoch();
             next = Instant::now() + every.mul_f64(rand::thread_rng().gen_range(0.5..1.5));
             if rand::thread_rng().gen_bool(0.5) {
                 log("restart: SIGTERM");
@@ -46,6 +48,7 @@ pub(super) async fn restarts(
         }
         tokio::time::sleep(secs(0.0, 2.0)).await;
         *slot = Some(DaemonProc::start(&soak.paths).await?);
+        soak.next_epoch();
     }
     Ok(())
 }

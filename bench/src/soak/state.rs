@@ -2,7 +2,7 @@
 //! and the violations found along the way.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -52,6 +52,13 @@ impl Counts {
             .collect()
     }
 
+    /// Keeps the largest `value` seen under `key`.
+    pub(super) fn max(&self, key: impl Into<String>, value: u64) {
+        let mut counts = lock(&self.0);
+        let kept = counts.entry(key.into()).or_default();
+        *kept = (*kept).max(value);
+    }
+
     pub(super) fn get(&self, key: &str) -> u64 {
         lock(&self.0).get(key).copied().unwrap_or(0)
     }
@@ -75,6 +82,9 @@ pub(super) struct Soak {
     pub(super) violations: Mutex<Vec<String>>,
     /// The running daemon; the restarter and the final phase take turns.
     pub(super) daemon: tokio::sync::Mutex<Option<DaemonProc>>,
+    /// Moves when the daemon goes down and when a new one is up: a span of time in which it
+    /// did not move saw one daemon throughout (the attackers' timing checks need that).
+    pub(super) epoch: AtomicU64,
 }
 
 /// A user taken by one operation; dropping it frees the user.
@@ -109,7 +119,21 @@ impl Soak {
             counts: Counts::default(),
             violations: Mutex::default(),
             daemon: tokio::sync::Mutex::new(Some(daemon)),
+            epoch: AtomicU64::new(0),
         })
+    }
+
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn next_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The running daemon's pid; `None` while it is being restarted.
+    pub(super) fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.try_lock().ok()?.as_ref()?.child.id()
     }
 
     pub(super) fn violation(&self, v: String) {

@@ -25,6 +25,10 @@ pub(crate) fn router() -> Router<Emulator> {
             "/_emulator/users/{sub}/files/{file_id}/move",
             post(move_file),
         )
+        .route(
+            "/_emulator/users/{sub}/files/{file_id}/copies",
+            post(copy_file),
+        )
         .route("/_emulator/clock", post(advance_clock))
         .route("/_emulator/redirect-target", any(redirect_target))
         .route(
@@ -183,6 +187,28 @@ async fn create_file(
     let parent = p.get("parent").map(String::as_str);
     let file = emu.create_file_in(&sub, parent, name, body, mime)?;
     Ok((StatusCode::CREATED, Json(file)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CopiesReq {
+    count: usize,
+}
+
+/// `POST …/files/FILE_ID/copies {"count": N}`: N copies sharing the file's content.
+async fn copy_file(
+    State(emu): State<Emulator>,
+    Path((sub, file_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Ctl {
+    let req: CopiesReq =
+        serde_json::from_slice(&body).map_err(|e| Error::Invalid(e.to_string()))?;
+    let files = emu.copy_file(&sub, &file_id, req.count)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "files": files })),
+    )
+        .into_response())
 }
 
 #[derive(Default, Deserialize)]
