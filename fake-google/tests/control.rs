@@ -6,6 +6,8 @@ use common::{drive_error, Env};
 use fake_google::{Fault, Faults};
 use serde_json::{json, Value};
 
+/// One walk through the control API the way a test harness uses it (user, code, appdata,
+/// exchange, listing), kept whole so each step's input is the previous step's output.
 #[tokio::test]
 async fn users_codes_and_appdata_over_http() {
     let env = Env::start().await;

@@ -377,6 +377,9 @@ struct LastMinute {
     origin: tokio::time::Instant,
     /// (slice since `origin`, calls, refusals), oldest first.
     slices: VecDeque<(u64, u64, u64)>,
+    /// The sum of `calls - refusals` (floored at 0) over `slices`, kept as they change: every
+    /// call to Google reads it, and a minute holds up to 600 slices.
+    accepted: u64,
     /// Calls Google accepts from us in 60 s, and when that was learned (or last grown).
     budget: Option<(u64, tokio::time::Instant)>,
 }
@@ -395,6 +398,7 @@ impl LastMinute {
         Self {
             origin: tokio::time::Instant::now(),
             slices: VecDeque::new(),
+            accepted: 0,
             budget: None,
         }
     }
@@ -405,13 +409,17 @@ impl LastMinute {
 
     fn add(&mut self, calls: u64, refused: u64) {
         let now = self.now();
-        match self.slices.back_mut() {
-            Some((slice, c, r)) if *slice == now => {
-                *c += calls;
-                *r += refused;
+        let slice = match self.slices.back_mut() {
+            Some(slice) if slice.0 == now => slice,
+            _ => {
+                self.slices.push_back((now, 0, 0));
+                self.slices.back_mut().expect("a slice was just pushed")
             }
-            _ => self.slices.push_back((now, calls, refused)),
-        }
+        };
+        let before = slice.1.saturating_sub(slice.2);
+        slice.1 += calls;
+        slice.2 += refused;
+        self.accepted = self.accepted - before + slice.1.saturating_sub(slice.2);
         self.forget_older_than_a_minute(now);
     }
 
@@ -421,16 +429,15 @@ impl LastMinute {
             .front()
             .is_some_and(|(s, _, _)| s + SLICES_KEPT <= now)
         {
-            self.slices.pop_front();
+            if let Some((_, c, r)) = self.slices.pop_front() {
+                self.accepted -= c.saturating_sub(r);
+            }
         }
     }
 
     /// Calls Google did not refuse for quota in the last minute.
     fn accepted(&self) -> u64 {
-        self.slices
-            .iter()
-            .map(|(_, c, r)| c.saturating_sub(*r))
-            .sum()
+        self.accepted
     }
 
     /// Google refused for the project's per-minute quota: what it accepted in the last minute

@@ -33,6 +33,8 @@ async fn daemon_with_users(subs: &[&str]) -> (crate::helpers::TestDir, FakeGoogl
     (dir, google, daemon)
 }
 
+/// Every ctl command against one daemon, in turn: kept whole so that one daemon's state
+/// carries from command to command (and the list reads as the protocol's commands).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ctl_command_works_in_table_and_json_form() {
     let (dir, google, mut daemon) = daemon_with_users(&["111", "222", "333"]).await;

@@ -33,6 +33,8 @@ async fn mirrored(app: &TestApp, sub: &str) -> Vec<(String, appdata_syncd::store
     out
 }
 
+/// One tree (folders, a Google Doc, nested files) through a first sync and then incremental
+/// changes: kept whole because each phase checks the state the previous one left.
 #[tokio::test]
 async fn folders_and_google_native_files_are_mirrored_as_metadata_with_paths() {
     let app = spawn_app().await;
