@@ -234,6 +234,9 @@ pub struct SyncConfig {
     pub schedule: String,
     /// Users synced at once.
     pub concurrency: usize,
+    /// Scheduled cycles spread their users over the interval (each at its stable slot)
+    /// instead of starting them all on the tick.
+    pub spread: bool,
     /// All Google calls together stay under this.
     pub max_requests_per_second: u32,
     /// How long running syncs get to finish on SIGTERM.
@@ -263,6 +266,7 @@ impl Default for SyncConfig {
             mirror_url: None,
             schedule: "0 */15 * * * *".into(),
             concurrency: 32,
+            spread: true,
             max_requests_per_second: 100,
             shutdown_grace: Duration::from_secs(20),
             instance_id: None,

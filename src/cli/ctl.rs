@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::admin::client::{AdminClient, Unreachable};
 use crate::admin::protocol::{Command, Response};
 use crate::scheduler::resync::ResyncReport;
-use crate::scheduler::{SyncEvent, SyncPhase};
+use crate::scheduler::{CycleProgress, SyncEvent, SyncPhase};
 use crate::services::reports::{
     Acknowledged, ApiKeyCreated, ApiKeyList, FileList, Forgotten, LogFilter, ReloadReport,
     ResyncQueued, SecurityView, StateChanged, Status, UserDetail, UserList, WebhookStatus,
@@ -799,6 +799,7 @@ fn render_status(r: &Status, width: usize) -> String {
         ("syncs running", r.syncs_running.to_string()),
         ("syncs queued", r.syncs_queued.to_string()),
         ("last cycle", last),
+        ("this cycle", cycle_progress(r.cycle.as_ref())),
         ("next cycle", time(r.next_cycle_at)),
         (
             "rate limit",
@@ -812,6 +813,24 @@ fn render_status(r: &Status, width: usize) -> String {
         ),
     ],
     )
+}
+
+/// The cycle starting users now: how far through its slots, and until when it spreads.
+fn cycle_progress(c: Option<&CycleProgress>) -> String {
+    let Some(c) = c else {
+        return "none running".into();
+    };
+    let through = format!(
+        "{}: {}% of slots due, {} users claimed here",
+        time(Some(c.tick)),
+        c.slots_due * 100 / c.slots.max(1),
+        c.claimed
+    );
+    if c.spread_until > c.tick {
+        format!("{through}; spread until {}", time(Some(c.spread_until)))
+    } else {
+        format!("{through}; not spread")
+    }
 }
 
 /// A page of users; when more remain, a last line says how to list them.

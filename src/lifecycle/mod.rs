@@ -82,6 +82,10 @@ impl App {
         let store =
             Store::connect(config.store_url.expose(), config.raw.store.max_connections).await?;
         store.migrate().await?;
+        let placed = store.place_unplaced_users().await?;
+        if placed > 0 {
+            tracing::info!(users = placed, "placed users in cycle slots");
+        }
         let shutdown = Shutdown::new();
         let recorder_done = CancellationToken::new();
         let Google {
@@ -125,6 +129,7 @@ impl App {
             store.clone(),
             config.raw.sync.concurrency,
             config.raw.sync.lease,
+            config.raw.sync.spread,
             shutdown.clone(),
         );
         let risc = Risc::new(

@@ -3,7 +3,10 @@
 //!
 //! A cycle streams due users from the database a page at a time (memory does not grow with
 //! the number of users) and hands each to a worker task once a concurrency permit is free.
-//! A user already syncing is skipped. [`schedule`] owns the cron schedule and fires cycles;
+//! A user already syncing is skipped. A cycle fired by the schedule spreads its users over
+//! the interval ([`Pacing`]): each user has a stable slot (`store::schedule::slot_of`) and
+//! starts no earlier than its slot's time, so Google sees a flat rate rather than a burst on
+//! every tick. [`schedule`] owns the cron schedule and fires cycles;
 //! [`resync`] runs admin requests, which live in the database so that any instance can take
 //! them.
 //!
@@ -28,14 +31,89 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::store::schedule::{self as due, Claim, DueUser};
+use crate::store::schedule::{self as due, Claim, Cursor, DueUser, SLOTS};
 use crate::store::syncs::SyncOutcome;
 use crate::store::{self, Store};
 use crate::sync::{SyncEngine, SyncResult};
-use schedule::{Schedule, Timer};
+use schedule::{Schedule, Tick, Timer};
 
 /// Users claimed per query during a cycle is the concurrency, but at least this many.
 const MIN_CLAIM: usize = 16;
+
+/// A spread cycle starts its last slot at this share of the interval: the syncs started last
+/// get the rest to finish before the next tick (which skips its cycle while one runs).
+const SPREAD_SHARE: f64 = 0.9;
+
+/// A cycle spreads over an hour at most: a daily schedule at 03:00 was chosen for its hour,
+/// and a schedule that fires once has no interval worth the name.
+const MAX_SPREAD: Duration = Duration::from_secs(3600);
+
+/// How a cycle starts its users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// Every due user at once (`run_once`, which tests and `dev` step; `[sync] spread = false`).
+    AtOnce,
+    /// Slot `s` no earlier than `s / SLOTS` of `window` after the tick.
+    Spread { window: Duration },
+}
+
+impl Pacing {
+    /// Spread over [`SPREAD_SHARE`] of the interval from `tick` to `next` (unix ms), at most
+    /// [`MAX_SPREAD`].
+    pub fn over_interval(tick: i64, next: i64) -> Pacing {
+        let interval = Duration::from_millis((next - tick).max(0) as u64);
+        Pacing::Spread {
+            window: interval.mul_f64(SPREAD_SHARE).min(MAX_SPREAD),
+        }
+    }
+
+    /// The last slot whose time has come at `now` in the cycle of `tick` (both unix ms).
+    fn last_slot_due(self, tick: i64, now: i64) -> i64 {
+        match self {
+            Pacing::AtOnce => SLOTS - 1,
+            Pacing::Spread { window } => {
+                let elapsed = (now - tick).max(0) as u128;
+                let window = window.as_millis().max(1);
+                (elapsed * SLOTS as u128 / window).min(SLOTS as u128 - 1) as i64
+            }
+        }
+    }
+
+    /// How long a claim loop that caught up with the due slots waits before claiming again:
+    /// a thousandth of the window, so requests stay flat within each second, but at least
+    /// 100 ms (few empty claims with few users) and at most a second.
+    fn step(self) -> Duration {
+        match self {
+            Pacing::AtOnce => Duration::ZERO,
+            Pacing::Spread { window } => {
+                (window / 1000).clamp(Duration::from_millis(100), Duration::from_secs(1))
+            }
+        }
+    }
+
+    /// When the last slot is due (unix ms), in the cycle of `tick`.
+    fn spread_until(self, tick: i64) -> i64 {
+        match self {
+            Pacing::AtOnce => tick,
+            Pacing::Spread { window } => tick + window.as_millis() as i64,
+        }
+    }
+}
+
+/// The cycle this instance is starting users in, for `ctl status`: how far through its
+/// slots it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CycleProgress {
+    /// The cycle's tick (unix ms).
+    pub tick: i64,
+    /// When its last slot is due (unix ms); the tick itself when it starts everyone at once.
+    pub spread_until: i64,
+    /// Slots whose time has come, of `slots`.
+    pub slots_due: i64,
+    pub slots: i64,
+    /// Users this instance claimed in it so far.
+    pub claimed: u64,
+}
 
 /// The two stages of shutdown, as the scheduler sees them. `stop` is a child of `abort`, so
 /// aborting also stops.
@@ -160,7 +238,11 @@ pub struct Scheduler {
     /// Sync start/finish events; receivers that lag just miss events.
     events: broadcast::Sender<SyncEvent>,
     last_cycle: Mutex<Option<CycleOutcome>>,
+    /// The cycle starting users now, if any.
+    progress: Mutex<Option<CycleProgress>>,
     cycle_running: AtomicBool,
+    /// Scheduled cycles spread their users over the interval (`[sync] spread`).
+    spread: AtomicBool,
     queued: AtomicUsize,
     shutdown: Shutdown,
     /// Every running sync, so that shutdown can wait for them.
@@ -175,6 +257,7 @@ impl Scheduler {
         store: Store,
         concurrency: usize,
         lease: Duration,
+        spread: bool,
         shutdown: Shutdown,
     ) -> Arc<Self> {
         let concurrency = concurrency.max(1);
@@ -188,7 +271,9 @@ impl Scheduler {
             resync_wakeup: Notify::new(),
             events: broadcast::channel(1024).0,
             last_cycle: Mutex::new(None),
+            progress: Mutex::new(None),
             cycle_running: false.into(),
+            spread: spread.into(),
             queued: AtomicUsize::new(0),
             shutdown,
             syncs: TaskTracker::new(),
@@ -236,6 +321,26 @@ impl Scheduler {
         self.last_cycle.lock().clone()
     }
 
+    /// The cycle starting users now, if any.
+    pub fn cycle_progress(&self) -> Option<CycleProgress> {
+        self.progress.lock().clone()
+    }
+
+    /// Whether scheduled cycles spread their users over the interval (config reload).
+    pub fn set_spread(&self, spread: bool) {
+        self.spread.store(spread, Ordering::Relaxed);
+    }
+
+    /// How the cycle of `tick` starts its users.
+    fn pacing(&self, tick: Tick) -> Pacing {
+        match tick.next {
+            Some(next) if self.spread.load(Ordering::Relaxed) => {
+                Pacing::over_interval(tick.at, next)
+            }
+            _ => Pacing::AtOnce,
+        }
+    }
+
     /// This instance's id: the owner of the leases it takes.
     pub fn instance(&self) -> &str {
         &self.engine.instance
@@ -270,7 +375,7 @@ impl Scheduler {
             let me = me.clone();
             Box::pin(async move {
                 if let Some(me) = me.upgrade() {
-                    me.run_cycle(tick).await;
+                    me.run_cycle(tick.at, me.pacing(tick)).await;
                 }
             })
         });
@@ -308,15 +413,16 @@ impl Scheduler {
         tokio::time::timeout(limit, self.syncs.wait()).await.is_ok()
     }
 
-    /// One full cycle over every due user, as cycle "now" (tests and `dev` step cycles with
-    /// this). Returns when all of them are done (or on `stop`).
+    /// One full cycle over every due user, as cycle "now", all started at once (tests and
+    /// `dev` step cycles with this). Returns when all of them are done (or on `stop`).
     pub async fn run_once(self: &Arc<Self>) -> CycleOutcome {
-        self.run_cycle(store::now_ms()).await
+        self.run_cycle(store::now_ms(), Pacing::AtOnce).await
     }
 
     /// Claims users due in `cycle` (its tick, unix ms) a batch at a time (other instances claim
-    /// theirs meanwhile) and syncs each, at most `concurrency` at once.
-    pub async fn run_cycle(self: &Arc<Self>, cycle: i64) -> CycleOutcome {
+    /// theirs meanwhile), each once its slot's time has come as `pacing` says, and syncs each,
+    /// at most `concurrency` at once. Returns when all of them are done (or on `stop`).
+    pub async fn run_cycle(self: &Arc<Self>, cycle: i64, pacing: Pacing) -> CycleOutcome {
         if self.shutdown.stop.is_cancelled() {
             return CycleOutcome::default();
         }
@@ -330,33 +436,11 @@ impl Scheduler {
             ..Default::default()
         };
         let mut tasks = JoinSet::new();
-        let batch = self.concurrency.load(Ordering::Relaxed).max(MIN_CLAIM) as i64;
-        // Completed: every due user was claimed and started (no database error, no stop).
-        let mut completed = true;
-        // The cursor: claims walk the users in sub order, each after the last one's end.
-        let mut after = String::new();
-        loop {
-            let what = Claim::Cycle {
-                stamp: cycle,
-                after: &after,
-            };
-            let claimed = match self.claim_batch(what, batch).await {
-                Ok(Some(claimed)) => claimed,
-                Ok(None) => break,
-                Err(()) => {
-                    completed = false;
-                    break;
-                }
-            };
-            if let Some(last) = claimed.back() {
-                after.clone_from(&last.sub);
-            }
-            if !self.start_batch(claimed, &mut tasks, &mut outcome).await {
-                completed = false;
-                break;
-            }
-        }
+        let completed = self
+            .start_all(cycle, pacing, &mut tasks, &mut outcome)
+            .await;
         self.queued.store(0, Ordering::Relaxed);
+        *self.progress.lock() = None;
         while let Some(done) = tasks.join_next().await {
             if let Ok(r) = done {
                 outcome.add(&r);
@@ -370,19 +454,61 @@ impl Scheduler {
         outcome
     }
 
-    /// The next batch of a cycle; `None` when there is none left; `Err` (logged) when the
-    /// claim failed.
-    async fn claim_batch(
-        &self,
-        what: Claim<'_>,
-        limit: i64,
-    ) -> Result<Option<VecDeque<DueUser>>, ()> {
-        match self.claim(what, limit).await {
-            Ok(c) if c.is_empty() => Ok(None),
-            Ok(c) => Ok(Some(c.into())),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot claim due users; cycle cut short");
-                Err(())
+    /// Claims and starts every user due in `cycle`, walking them in slot order, each batch
+    /// once its slots' time has come; between batches that caught up, waits a [`Pacing::step`].
+    /// True when all were started (no database error, no stop).
+    async fn start_all(
+        self: &Arc<Self>,
+        cycle: i64,
+        pacing: Pacing,
+        tasks: &mut JoinSet<SyncResult>,
+        outcome: &mut CycleOutcome,
+    ) -> bool {
+        let batch = self.concurrency.load(Ordering::Relaxed).max(MIN_CLAIM) as i64;
+        let mut progress = CycleProgress {
+            tick: cycle,
+            spread_until: pacing.spread_until(cycle),
+            slots: SLOTS,
+            ..Default::default()
+        };
+        // The cursor: claims walk the users in (slot, sub) order, each after the last one's end.
+        let mut after = Cursor::start();
+        loop {
+            let last_slot = pacing.last_slot_due(cycle, store::now_ms());
+            progress.slots_due = last_slot + 1;
+            *self.progress.lock() = Some(progress.clone());
+            let what = Claim::Cycle {
+                stamp: cycle,
+                after: &after,
+                last_slot,
+            };
+            let claimed = match self.claim(what, batch).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim due users; cycle cut short");
+                    return false;
+                }
+            };
+            // Fewer than asked: no user due so far is left (or another instance holds it).
+            let caught_up = (claimed.len() as i64) < batch;
+            if let Some(last) = claimed.last() {
+                after = Cursor {
+                    slot: last.slot,
+                    sub: last.sub.clone(),
+                };
+            }
+            progress.claimed += claimed.len() as u64;
+            if !self.start_batch(claimed.into(), tasks, outcome).await {
+                return false;
+            }
+            if caught_up {
+                if last_slot >= SLOTS - 1 {
+                    return true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pacing.step()) => {}
+                    _ = self.shutdown.stop.cancelled() => return false,
+                }
             }
         }
     }

@@ -70,8 +70,18 @@ impl Schedule {
     }
 }
 
-/// What the timer does on a tick: run the cycle named by the tick (unix ms).
-pub type OnTick = Arc<dyn Fn(i64) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+/// A tick of the schedule, as the cycle it fires sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    /// The tick (unix ms): it names the cycle every instance shares.
+    pub at: i64,
+    /// The schedule's next tick after it (unix ms), when there is one: the cycle's interval
+    /// ends there.
+    pub next: Option<i64>,
+}
+
+/// What the timer does on a tick: run the cycle named by the tick.
+pub type OnTick = Arc<dyn Fn(Tick) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// Arms one tokio-cron-scheduler one-shot job per tick of the current [`Schedule`].
 pub struct Timer {
@@ -200,7 +210,12 @@ impl Timer {
         if let Err(e) = self.clone().arm(tick).await {
             tracing::error!(error = %format!("{e:#}"), "cannot arm the next sync cycle");
         }
-        (self.on_tick)(tick.timestamp_millis()).await;
+        let next = self.schedule().next_after(tick);
+        (self.on_tick)(Tick {
+            at: tick.timestamp_millis(),
+            next: next.map(|t| t.timestamp_millis()),
+        })
+        .await;
     }
 }
 

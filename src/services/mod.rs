@@ -205,6 +205,7 @@ impl Services {
             syncs_running: self.scheduler.running(),
             syncs_queued: self.scheduler.queued(),
             last_cycle: self.scheduler.last_cycle(),
+            cycle: self.scheduler.cycle_progress(),
             next_cycle_at: self.scheduler.next_cycle(),
             rate_limit: RateLimitStatus {
                 per_second: self.limit.rate(),

@@ -11,6 +11,7 @@ use crate::config::{Config, ResolvedConfig};
 pub const LIVE: &[&str] = &[
     "sync.schedule",
     "sync.concurrency",
+    "sync.spread",
     "sync.max_requests_per_second",
     "sync.shutdown_grace",
     "google.android_client_ids",
@@ -74,6 +75,11 @@ impl Services {
                 self.scheduler.set_concurrency(n.sync.concurrency);
                 k.sync.concurrency = n.sync.concurrency;
                 format!("sync.concurrency = {}", n.sync.concurrency)
+            }
+            "sync.spread" => {
+                self.scheduler.set_spread(n.sync.spread);
+                k.sync.spread = n.sync.spread;
+                format!("sync.spread = {}", n.sync.spread)
             }
             "sync.max_requests_per_second" => {
                 self.limit.set_rate(n.sync.max_requests_per_second);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::scheduler::CycleOutcome;
+use crate::scheduler::{CycleOutcome, CycleProgress};
 use crate::store::api_keys::ApiKey;
 use crate::store::files::FileRow;
 use crate::store::schedule::Instance;
@@ -32,6 +32,9 @@ pub struct Status {
     pub syncs_running: usize,
     pub syncs_queued: usize,
     pub last_cycle: Option<CycleOutcome>,
+    /// The cycle this instance is starting users in: how far through its spread.
+    #[serde(default)]
+    pub cycle: Option<CycleProgress>,
     pub next_cycle_at: Option<i64>,
     pub rate_limit: RateLimitStatus,
     /// Cross-Account Protection.

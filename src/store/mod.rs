@@ -194,6 +194,24 @@ impl Store {
             .context("applying database migrations")
     }
 
+    /// Gives the users from before migration 0012 their slot ([`schedule::slot_of`]), a
+    /// thousand per transaction; at start-up, after [`Store::migrate`]. Returns how many.
+    pub async fn place_unplaced_users(&self) -> anyhow::Result<u64> {
+        const BATCH: i64 = 1000;
+        let mut placed = 0;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let n = schedule::place_unplaced(tx.conn(), BATCH)
+                .await
+                .context("placing users in cycle slots")?;
+            tx.commit().await?;
+            placed += n;
+            if n < BATCH as u64 {
+                return Ok(placed);
+            }
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -32,10 +32,61 @@ impl TryFrom<i64> for Resync {
     }
 }
 
+/// Slots a cycle's window is cut into: users are placed in `[0, SLOTS)` by [`slot_of`].
+pub const SLOTS: i64 = 1 << 16;
+
+/// The user's stable place in every cycle: slot `s` starts at `s / SLOTS` of the cycle's
+/// spread window. The first two bytes of the sub's SHA-256 (stable across processes and
+/// versions, unlike std's seeded hasher, and uniform whatever the subs look like). Computed in
+/// Rust, not SQL (SQLite has no hash function): new users get it at sign-in, rows from
+/// before migration 0012 from [`place_unplaced`] at start-up.
+pub fn slot_of(sub: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(sub.as_bytes());
+    i64::from(u16::from_be_bytes([digest[0], digest[1]]))
+}
+
+/// Gives up to `limit` users that have no slot yet (-1: from before migration 0012) theirs;
+/// returns how many. Idempotent: another instance doing the same writes the same values.
+pub async fn place_unplaced(conn: &mut Conn, limit: i64) -> Result<u64, sqlx::Error> {
+    let subs: Vec<String> =
+        sqlx::query_scalar("SELECT sub FROM users WHERE slot < 0 ORDER BY slot, sub LIMIT $1")
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
+    for sub in &subs {
+        sqlx::query("UPDATE users SET slot = $2 WHERE sub = $1")
+            .bind(sub)
+            .bind(slot_of(sub))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(subs.len() as u64)
+}
+
+/// Where a cycle's claims go on from: after this (slot, sub) in that order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub slot: i64,
+    pub sub: String,
+}
+
+impl Cursor {
+    /// Before every user (unplaced ones, slot -1, included).
+    pub fn start() -> Cursor {
+        Cursor {
+            slot: -1,
+            sub: String::new(),
+        }
+    }
+}
+
 /// A user ready to sync, with everything the sync needs loaded in the same query.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DueUser {
     pub sub: String,
+    /// Its place in a cycle ([`slot_of`]).
+    pub slot: i64,
     pub page_token: Option<String>,
     pub failures: i64,
     #[sqlx(try_from = "i64", rename = "resync_requested")]
@@ -94,11 +145,15 @@ pub async fn sync_state(conn: &mut Conn, sub: &str) -> Result<Option<SyncState>,
 #[derive(Debug, Clone, Copy)]
 pub enum Claim<'a> {
     /// Scheduled work of cycle `stamp` (its tick, unix ms): users due and not yet claimed in
-    /// it, after `after` in sub order (`""`: from the first). A cycle walks the users once with
-    /// this cursor, so each claim reads only the rows it passes: without it every claim would
-    /// re-read the users already claimed in the cycle, O(users) per claim and O(users²) per
-    /// cycle.
-    Cycle { stamp: i64, after: &'a str },
+    /// it, after `after` in (slot, sub) order and in a slot up to `last_slot` (the last one
+    /// whose time has come). A cycle walks the users once with this cursor, so each claim
+    /// reads only the rows it passes: without it every claim would re-read the users already
+    /// claimed in the cycle, O(users) per claim and O(users²) per cycle.
+    Cycle {
+        stamp: i64,
+        after: &'a Cursor,
+        last_slot: i64,
+    },
     /// Admin resync requests.
     Resync,
 }
@@ -120,20 +175,31 @@ pub async fn claim(
     limit: i64,
 ) -> Result<Vec<DueUser>, sqlx::Error> {
     // SQLite has no statistics (no ANALYZE) and would otherwise pick `users_due` (state) and
-    // sort every active user for each claim; INDEXED BY makes it walk the sub order from the
-    // cursor (the primary key's index), or only the users with a request (migration 0011).
-    let (due, index, cycle, after) = match what {
-        Claim::Cycle { stamp, after } => (
-            "u.sub > $6 AND u.last_cycle < $3 AND (u.next_sync_at <= $4 OR u.resync_requested > 0)",
-            "sqlite_autoindex_users_1",
+    // sort every active user for each claim; INDEXED BY makes it walk the (slot, sub) order
+    // from the cursor (migration 0012), or only the users with a request (migration 0011).
+    let start = Cursor::start();
+    let (due, index, order, cycle, after, last_slot) = match what {
+        Claim::Cycle {
             stamp,
             after,
+            last_slot,
+        } => (
+            "(u.slot, u.sub) > ($6, $7) AND u.slot <= $8 AND u.last_cycle < $3 \
+             AND (u.next_sync_at <= $4 OR u.resync_requested > 0)",
+            "users_slot",
+            "u.slot, u.sub",
+            stamp,
+            after,
+            last_slot,
         ),
+        // Any slot, from the start: the same placeholders as a cycle's claim.
         Claim::Resync => (
-            "u.resync_requested > 0 AND u.sub > $6",
+            "u.resync_requested > 0 AND (u.slot, u.sub) > ($6, $7) AND u.slot <= $8",
             "users_resync_requested",
+            "u.sub",
             0,
-            "",
+            &start,
+            SLOTS,
         ),
     };
     let (indexed_by, lock) = match backend {
@@ -149,7 +215,7 @@ pub async fn claim(
                          AND {due} \
                          AND (u.lease_owner IS NULL OR u.lease_owner = $1 \
                               OR u.lease_expires_at < $4) \
-                       ORDER BY u.sub LIMIT $5 {lock}) \
+                       ORDER BY {order} LIMIT $5 {lock}) \
          RETURNING sub"
     ))
     .bind(owner)
@@ -157,7 +223,9 @@ pub async fn claim(
     .bind(cycle)
     .bind(now)
     .bind(limit)
-    .bind(after)
+    .bind(after.slot)
+    .bind(&after.sub)
+    .bind(last_slot)
     .fetch_all(&mut *conn)
     .await?;
     if claimed.is_empty() {
@@ -165,12 +233,13 @@ pub async fn claim(
     }
     let placeholders: Vec<String> = (1..=claimed.len()).map(|i| format!("${i}")).collect();
     let query = format!(
-        "SELECT u.sub, u.page_token, u.failures, u.resync_requested, \
+        "SELECT u.sub, u.slot, u.page_token, u.failures, u.resync_requested, \
                 c.refresh_token, c.key_id, c.access_token, c.access_key_id, c.access_expires_at, \
                 u.listing_start, u.listing_page, u.listing_generation, u.over_quota, \
                 EXISTS (SELECT 1 FROM writes w WHERE w.sub = u.sub AND w.state = 'pending') \
                     AS has_writes \
-         FROM users u JOIN credentials c ON c.sub = u.sub WHERE u.sub IN ({}) ORDER BY u.sub",
+         FROM users u JOIN credentials c ON c.sub = u.sub WHERE u.sub IN ({}) \
+         ORDER BY u.slot, u.sub",
         placeholders.join(", ")
     );
     // Not kept prepared: the text differs with the number claimed.

@@ -54,8 +54,8 @@ pub struct User {
 pub async fn upsert_profile(conn: &mut Conn, p: &Profile, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO users (sub, email, email_verified, name, given_name, family_name, picture, \
-                            locale, state, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $9) \
+                            locale, state, created_at, updated_at, slot) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $9, $10) \
          ON CONFLICT (sub) DO UPDATE SET email = excluded.email, \
              email_verified = excluded.email_verified, name = excluded.name, \
              given_name = excluded.given_name, family_name = excluded.family_name, \
@@ -70,6 +70,7 @@ pub async fn upsert_profile(conn: &mut Conn, p: &Profile, now: i64) -> Result<()
     .bind(&p.picture)
     .bind(&p.locale)
     .bind(now)
+    .bind(super::schedule::slot_of(&p.sub))
     .execute(conn)
     .await?;
     Ok(())

@@ -22,5 +22,6 @@ mod risc;
 mod s3;
 mod scale_out;
 mod secrets;
+mod spread;
 mod sync;
 mod webhooks;

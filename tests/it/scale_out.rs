@@ -40,6 +40,9 @@ fn instance_config(
     c.store.max_connections = 6;
     c.admin.socket = own.join("admin.sock");
     c.sync.schedule = schedule.to_string();
+    // The first schedule fires once (its next tick is a year away): start its users on the
+    // tick. The second turns the spread on with its 30 s interval.
+    c.sync.spread = false;
     c.sync.lease = Duration::from_secs(5);
     c.sync.concurrency = 16;
     c.sync.max_requests_per_second = 100_000;
@@ -222,9 +225,12 @@ async fn three_instances_share_the_users(
             ..Default::default()
         }),
     });
-    // Cycles every 30 s from now on.
+    // Cycles every 30 s from now on, each spread over 27 s: the instances claim in slot order.
     for daemon in &mut daemons {
-        daemon.rewrite_config(|c| c.sync.schedule = "*/30 * * * * *".into());
+        daemon.rewrite_config(|c| {
+            c.sync.schedule = "*/30 * * * * *".into();
+            c.sync.spread = true;
+        });
         daemon.signal(libc::SIGHUP);
     }
     let before = count(&pool, "SELECT COUNT(*) FROM syncs").await;

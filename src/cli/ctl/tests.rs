@@ -60,6 +60,10 @@ fn status() -> Value {
             "failed": 7, "reauth_required": 3, "cancelled": 0, "skipped_running": 0,
             "api_calls": 101_234, "token_refreshes": 99_000, "files_changed": 321, "bytes_down": 9_876_543,
         },
+        "cycle": {
+            "tick": T + 3_600_000 - 900_000, "spread_until": T + 3_600_000 - 90_000,
+            "slots_due": 27_525, "slots": 65_536, "claimed": 41_234,
+        },
         "next_cycle_at": T + 3_600_000,
         "rate_limit": {"per_second": 100, "current_per_second": 50, "waits": 1_234, "waited_ms": 56_789},
         "security": {"suspended_by_google": 1, "credential_change_required": 2, "events_last_day": 5, "pending_events": 0},
