@@ -1,7 +1,8 @@
 //! The daemon under test: configured through [`Config`] the way tests/it/helpers.rs does,
 //! built with [`App::build`] and served with [`App::run_until_stopped`] in this process. Cycles
-//! are stepped with `Scheduler::run_once` or, when several daemons share a PostgreSQL database,
-//! `Scheduler::run_cycle` with one stamp for all; the cron tick is set far in the future.
+//! are stepped with `Scheduler::run_once` or, when several daemons share a PostgreSQL database
+//! (or the cycle is spread over an interval), `Scheduler::run_cycle` with one stamp for all;
+//! the cron tick is set far in the future.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,7 +13,7 @@ use anyhow::Context;
 use appdata_syncd::config::Config;
 use appdata_syncd::google::HttpVersion;
 use appdata_syncd::lifecycle::App;
-use appdata_syncd::scheduler::{CycleOutcome, Scheduler, SyncPhase};
+use appdata_syncd::scheduler::{CycleOutcome, Pacing, Scheduler, SyncPhase};
 use appdata_syncd::services::reports::RateLimitStatus;
 use appdata_syncd::services::Services;
 use appdata_syncd::store::Store;
@@ -213,6 +214,11 @@ impl Daemon {
         self.scheduler.run_once().await
     }
 
+    /// The cycle of a schedule's tick `tick` (unix ms), its users started as `pacing` says.
+    pub async fn cycle_at(&self, tick: i64, pacing: Pacing) -> CycleOutcome {
+        self.scheduler.run_cycle(tick, pacing).await
+    }
+
     /// One full cycle stamped `cycle` (daemons given the same stamp share its users), also
     /// timing each user from the scheduler's "started" event to its "finished" event, which
     /// comes after the sync's bookkeeping commit. Returns the outcome, the durations (ms; a
@@ -254,7 +260,7 @@ impl Daemon {
         };
         // Its own task, so that several daemons' claim loops run on all cores at once.
         let scheduler = self.scheduler.clone();
-        let outcome = tokio::spawn(async move { scheduler.run_cycle(cycle).await })
+        let outcome = tokio::spawn(async move { scheduler.run_cycle(cycle, Pacing::AtOnce).await })
             .await
             .context("the cycle task panicked");
         done.cancel();

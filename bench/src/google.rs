@@ -286,6 +286,16 @@ impl FakeGoogle {
             .await?)
     }
 
+    /// [`FakeGoogle::stats`] without the per-user counts the emulator would otherwise build
+    /// and send (megabytes at 100,000 users): for samplers.
+    pub async fn totals(&self) -> anyhow::Result<Stats> {
+        Ok(self
+            .control(reqwest::Method::GET, "stats?by_user=false", None)
+            .await?
+            .json()
+            .await?)
+    }
+
     pub async fn reset_stats(&self) -> anyhow::Result<()> {
         self.control(reqwest::Method::DELETE, "stats", None).await?;
         Ok(())

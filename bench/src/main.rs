@@ -8,7 +8,7 @@
 //! - [`google`]: the fake-google child process and its `/_emulator/` control API.
 //! - [`database`]: SQLite in the scenario directory, or a scratch PostgreSQL database.
 //! - [`daemon`]: the daemon built from a `Config` exactly as `appdata-syncd` builds it.
-//! - [`scenarios`]: intake, first-sync, idle-cycle, churn, quota, history, data-api, all.
+//! - [`scenarios`]: intake, first-sync, idle-cycle, spread, churn, quota, history, data-api, all.
 //! - [`seed`]: idle-cycle's users above 100,000, written straight into the database and emulator.
 //! - [`statements`]: counts the daemon's SQL statements (sqlx's tracing events).
 //! - [`tenant`]: quota's other client of the same Google project, at a fixed rate.
@@ -110,6 +110,9 @@ enum Scenario {
         #[command(flatten)]
         tuning: TuningArgs,
     },
+    /// One cycle over N idle users spread over an interval, as a schedule's tick fires it: the
+    /// per-second Drive request rate over the whole interval (max/mean).
+    Spread(scenarios::SpreadArgs),
     /// A cycle in which a fraction R of the (already-synced) users changed one file.
     Churn {
         #[arg(long, value_delimiter = ',', default_value = "10000")]
@@ -355,6 +358,7 @@ async fn run(
             }
         }
         Scenario::Quota(args) => emit(s::quota(env, &args).await?),
+        Scenario::Spread(args) => emit(s::spread(env, &args).await?),
         Scenario::DataApi(args) => {
             for r in s::data_api(env, &args).await? {
                 emit(r);

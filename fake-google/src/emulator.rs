@@ -480,6 +480,11 @@ impl Emulator {
             .snapshot(accounts.iter().map(|a| (a.user.sub.as_str(), &a.counters)))
     }
 
+    /// [`Emulator::stats`] with `by_user` left empty: costs the same at any number of users.
+    pub fn totals(&self) -> Stats {
+        self.stats.snapshot(std::iter::empty())
+    }
+
     pub fn reset_stats(&self) {
         self.stats.reset();
         self.accounts.for_each(|_, a| a.counters.reset());

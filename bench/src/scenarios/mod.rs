@@ -25,9 +25,11 @@ use crate::{Profiles, TuningArgs};
 mod data_api;
 mod history;
 mod quota;
+mod spread;
 pub use data_api::data_api;
 pub use history::{history, HistoryArgs};
 pub use quota::quota;
+pub use spread::{spread, SpreadArgs};
 
 /// What p50_ms/p99_ms measure, and how they differ from the `syncs` table's figures.
 const SYNC_TIME: &str = "p50_ms/p99_ms: scheduler 'started' to 'finished' event, which includes \
@@ -514,14 +516,9 @@ pub async fn idle_cycle(
     backend: &Backend,
     instances: usize,
 ) -> anyhow::Result<Vec<Report>> {
-    let direct = match seeding {
-        Seeding::Auto => n > DIRECT_SEED_ABOVE,
-        Seeding::Intake => false,
-        Seeding::Direct => true,
-    };
     let setup = Setup {
         link,
-        direct,
+        direct: seed_directly(seeding, n),
         instances,
     };
     match backend {
@@ -540,6 +537,15 @@ pub async fn idle_cycle(
             dropped?;
             Ok(reports)
         }
+    }
+}
+
+/// Whether `n` users are seeded straight into the database rather than through the intake.
+fn seed_directly(seeding: Seeding, n: usize) -> bool {
+    match seeding {
+        Seeding::Auto => n > DIRECT_SEED_ABOVE,
+        Seeding::Intake => false,
+        Seeding::Direct => true,
     }
 }
 
@@ -769,6 +775,7 @@ pub async fn all(env: &Env, json: bool, quick: bool) -> anyhow::Result<bool> {
             args("idle-cycle --users 500 --settings both"),
             args("idle-cycle --users 500 --latency-ms 50 --settings both"),
             args("churn --users 500 --change-rate 0.1"),
+            args("spread --users 300 --interval-s 4"),
             args("quota --users 1000 --quota-rps 200"),
             // --window minute needs more than a minute to bind: not in --quick.
             args("quota --users 300 --quota-rps 200 --other-tenant 0.3"),
@@ -780,6 +787,7 @@ pub async fn all(env: &Env, json: bool, quick: bool) -> anyhow::Result<bool> {
             args("idle-cycle --users 1000,10000 --settings both"),
             args("idle-cycle --users 10000 --latency-ms 50 --settings both"),
             args("churn --users 10000 --change-rate 0.1"),
+            args("spread --users 10000 --interval-s 60"),
             args("idle-cycle --users 10000 --latency-ms 50 --settings raised --http-version 2"),
             args("quota --users 3000 --quota-rps 200"),
             args("quota --users 6000 --quota-rps 200 --other-tenant 0.3"),

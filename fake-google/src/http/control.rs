@@ -374,8 +374,12 @@ async fn clear_faults(State(emu): State<Emulator>) -> Ctl {
     ok()
 }
 
-async fn stats(State(emu): State<Emulator>) -> Ctl {
-    Ok(Json(emu.stats()).into_response())
+/// `GET /_emulator/stats[?by_user=false]`: without `by_user`, cheap enough to sample every
+/// second at any number of users.
+async fn stats(State(emu): State<Emulator>, RawQuery(q): RawQuery) -> Ctl {
+    let by_user = super::drive::params(q).get("by_user").map(String::as_str) != Some("false");
+    let stats = if by_user { emu.stats() } else { emu.totals() };
+    Ok(Json(stats).into_response())
 }
 
 async fn reset_stats(State(emu): State<Emulator>) -> Ctl {
