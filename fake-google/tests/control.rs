@@ -147,6 +147,21 @@ async fn stats_count_per_endpoint_user_and_status() {
     assert_eq!(s.user_count("1", "files.list"), 0, "bad token is nobody's");
     assert_eq!(s.drive_calls(), 3);
     assert_eq!(s.by_status["401"], 1);
+    // The same totals without the per-user counts (a sampler's cheap read).
+    let totals: fake_google::Stats = env
+        .http
+        .get(env.url("/_emulator/stats?by_user=false"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(totals.by_user.is_empty(), "{totals:?}");
+    assert_eq!(
+        (totals.requests, totals.by_status),
+        (s.requests.clone(), s.by_status.clone())
+    );
     env.http
         .delete(env.url("/_emulator/stats"))
         .send()

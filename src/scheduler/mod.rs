@@ -734,3 +734,28 @@ impl Scheduler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spread_cycle_reaches_its_last_slot_at_nine_tenths_of_the_interval_an_hour_at_most() {
+        let tick = 1_000_000;
+        let every_minute = Pacing::over_interval(tick, tick + 60_000);
+        assert_eq!(
+            every_minute.last_slot_due(tick, tick - 5),
+            0,
+            "a clock behind the tick"
+        );
+        assert_eq!(every_minute.last_slot_due(tick, tick + 27_000), SLOTS / 2);
+        assert_eq!(every_minute.last_slot_due(tick, tick + 54_000), SLOTS - 1);
+        assert_eq!(every_minute.last_slot_due(tick, tick + 59_000), SLOTS - 1);
+        assert_eq!(every_minute.step(), Duration::from_millis(100));
+        let daily = Pacing::over_interval(tick, tick + 86_400_000);
+        assert_eq!(daily.spread_until(tick), tick + 3_600_000);
+        assert_eq!(daily.last_slot_due(tick, tick + 1_800_000), SLOTS / 2);
+        assert_eq!(daily.step(), Duration::from_secs(1));
+        assert_eq!(Pacing::AtOnce.last_slot_due(tick, tick), SLOTS - 1);
+    }
+}

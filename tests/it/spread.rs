@@ -152,3 +152,42 @@ async fn a_resync_runs_at_once_during_a_spread_cycle_and_status_shows_the_spread
         "the late user's slot never came: {outcome:?}"
     );
 }
+
+/// Each of `subs`' slot as the database has it.
+async fn stored_slots(app: &TestApp, subs: &[String]) -> Vec<i64> {
+    let mut slots = Vec::new();
+    for sub in subs {
+        let slot: i64 = sqlx::query_scalar("SELECT slot FROM users WHERE sub = $1")
+            .bind(sub)
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+        slots.push(slot);
+    }
+    slots
+}
+
+#[tokio::test]
+async fn users_from_before_the_slots_get_theirs_at_start_up() {
+    let app = spawn_app().await;
+    let subs = subs_across_the_slots("placed-", 3);
+    idle_users(&app, &subs).await;
+    let expected: Vec<i64> = subs.iter().map(|s| slot_of(s)).collect();
+    assert_eq!(
+        stored_slots(&app, &subs).await,
+        expected,
+        "placed at sign-in"
+    );
+    // As migration 0012 leaves the rows that were there before it.
+    sqlx::query("UPDATE users SET slot = -1")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let app = app.restart_with(|_| {}).await;
+    assert_eq!(
+        stored_slots(&app, &subs).await,
+        expected,
+        "placed at start-up"
+    );
+    app.stop().await;
+}
