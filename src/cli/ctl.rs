@@ -18,8 +18,9 @@ use crate::admin::protocol::{Command, Response};
 use crate::scheduler::resync::ResyncReport;
 use crate::scheduler::{SyncEvent, SyncPhase};
 use crate::services::reports::{
-    Acknowledged, ApiKeyCreated, ApiKeyList, FileList, Forgotten, LogFilter, ReloadReport,
-    ResyncQueued, SecurityView, StateChanged, Status, UserDetail, UserList, WebhookStatus,
+    Acknowledged, ApiKeyCreated, ApiKeyList, FileList, Forgotten, LogFilter, RateLimitStatus,
+    ReloadReport, ResyncQueued, SecurityView, StateChanged, Status, UserDetail, UserList,
+    WebhookStatus,
 };
 use crate::services::writes::WriteView;
 use crate::store::api_keys::ApiKey;
@@ -800,17 +801,24 @@ fn render_status(r: &Status, width: usize) -> String {
         ("syncs queued", r.syncs_queued.to_string()),
         ("last cycle", last),
         ("next cycle", time(r.next_cycle_at)),
-        (
-            "rate limit",
-            format!(
-                "{}/s of {}/s, {} waits ({} ms)",
-                r.rate_limit.current_per_second,
-                r.rate_limit.per_second,
-                r.rate_limit.waits,
-                r.rate_limit.waited_ms
-            ),
-        ),
+        ("rate limit", rate_limit(&r.rate_limit)),
     ],
+    )
+}
+
+/// "80/s of 100/s, …", and when instances share the project's budget, whose share that is.
+fn rate_limit(r: &RateLimitStatus) -> String {
+    let shared = if r.instances > 1 {
+        format!(
+            " (this instance's share of {}/s among {} instances)",
+            r.budget_per_second, r.instances
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{}/s of {}/s{shared}, {} waits ({} ms)",
+        r.current_per_second, r.per_second, r.waits, r.waited_ms
     )
 }
 
