@@ -201,6 +201,14 @@ pub struct QuotaArgs {
     /// [sync] concurrency for the measured cycle (default: the daemon's default).
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Daemons sharing one PostgreSQL database (and so the project's rate, `--max-rps`);
+    /// more than 1 needs --database.
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
+    /// A PostgreSQL server, postgres://USER@HOST:PORT: the run creates a database of its own
+    /// there (default: SQLite).
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
 }
 
 /// The data-api scenario's sizes.

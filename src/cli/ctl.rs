@@ -18,8 +18,9 @@ use crate::admin::protocol::{Command, Response};
 use crate::scheduler::resync::ResyncReport;
 use crate::scheduler::{CycleProgress, SyncEvent, SyncPhase};
 use crate::services::reports::{
-    Acknowledged, ApiKeyCreated, ApiKeyList, FileList, Forgotten, LogFilter, ReloadReport,
-    ResyncQueued, SecurityView, StateChanged, Status, UserDetail, UserList, WebhookStatus,
+    Acknowledged, ApiKeyCreated, ApiKeyList, FileList, Forgotten, LogFilter, RateLimitStatus,
+    ReloadReport, ResyncQueued, SecurityView, StateChanged, Status, UserDetail, UserList,
+    WebhookStatus,
 };
 use crate::services::writes::WriteView;
 use crate::store::api_keys::ApiKey;
@@ -801,16 +802,7 @@ fn render_status(r: &Status, width: usize) -> String {
         ("last cycle", last),
         ("this cycle", cycle_progress(r.cycle.as_ref())),
         ("next cycle", time(r.next_cycle_at)),
-        (
-            "rate limit",
-            format!(
-                "{}/s of {}/s, {} waits ({} ms)",
-                r.rate_limit.current_per_second,
-                r.rate_limit.per_second,
-                r.rate_limit.waits,
-                r.rate_limit.waited_ms
-            ),
-        ),
+        ("rate limit", rate_limit(&r.rate_limit)),
     ],
     )
 }
@@ -831,6 +823,22 @@ fn cycle_progress(c: Option<&CycleProgress>) -> String {
     } else {
         format!("{through}; not spread")
     }
+}
+
+/// "80/s of 100/s, …", and when instances share the project's budget, whose share that is.
+fn rate_limit(r: &RateLimitStatus) -> String {
+    let shared = if r.instances > 1 {
+        format!(
+            " (this instance's share of {}/s among {} instances)",
+            r.budget_per_second, r.instances
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{}/s of {}/s{shared}, {} waits ({} ms)",
+        r.current_per_second, r.per_second, r.waits, r.waited_ms
+    )
 }
 
 /// A page of users; when more remain, a last line says how to list them.

@@ -349,9 +349,17 @@ pub fn oauth_error(
 /// off past the moment it reopens; a refusal never takes the rate below a sixtieth of it
 /// either. The budget grows by a tenth each minute without a 403, so a raised quota or a
 /// quieter neighbour is found again.
+///
+/// `[sync] max_requests_per_second` is the project's budget: the instances on one database
+/// share it ([`RateLimit::share_among`]), so adding instances does not multiply what the
+/// project sends Google.
 pub struct RateLimit {
     limiter: RwLock<Arc<DefaultDirectRateLimiter>>,
-    /// The ceiling: `[sync] max_requests_per_second`.
+    /// `[sync] max_requests_per_second`, for every instance together.
+    budget: AtomicU32,
+    /// The instances sharing the budget, this one included.
+    sharers: AtomicU32,
+    /// The ceiling: this instance's share of the budget.
     ceiling: AtomicU32,
     /// The rate in force (≤ the ceiling).
     current: AtomicU32,
@@ -487,6 +495,8 @@ impl RateLimit {
         let per_second = per_second.max(1);
         Self {
             limiter: RwLock::new(Arc::new(Self::build(per_second))),
+            budget: AtomicU32::new(per_second),
+            sharers: AtomicU32::new(1),
             ceiling: AtomicU32::new(per_second),
             current: AtomicU32::new(per_second),
             pace: parking_lot::Mutex::new(Pace {
@@ -508,17 +518,53 @@ impl RateLimit {
         governor::RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
     }
 
-    /// A new ceiling (reload); the rate in force starts from it.
+    /// A new budget (reload); the rate in force starts from this instance's share of it.
     pub fn set_rate(&self, per_second: u32) {
         let per_second = per_second.max(1);
-        if self.ceiling.swap(per_second, Ordering::Relaxed) != per_second {
-            self.apply(per_second);
+        if self.budget.swap(per_second, Ordering::Relaxed) != per_second {
+            let ceiling = self.share();
+            self.ceiling.store(ceiling, Ordering::Relaxed);
+            self.apply(ceiling);
         }
     }
 
-    /// The ceiling.
+    /// `instances` (at least this one) now share the budget: the ceiling becomes this
+    /// instance's part of it, and the rate in force moves in proportion, so that a rate
+    /// lowered by Google's refusals stays lowered by as much.
+    pub fn share_among(&self, instances: u32) {
+        let instances = instances.max(1);
+        if self.sharers.swap(instances, Ordering::Relaxed) == instances {
+            return;
+        }
+        let ceiling = self.share();
+        let before = self.ceiling.swap(ceiling, Ordering::Relaxed).max(1);
+        let current = u64::from(self.current_rate()) * u64::from(ceiling) / u64::from(before);
+        tracing::info!(
+            instances,
+            rate = ceiling,
+            budget = self.budget(),
+            "the instances sharing the project's rate changed"
+        );
+        self.apply((current as u32).clamp(1, ceiling));
+    }
+
+    fn share(&self) -> u32 {
+        (self.budget() / self.instances()).max(1)
+    }
+
+    /// The ceiling: this instance's share of the budget.
     pub fn rate(&self) -> u32 {
         self.ceiling.load(Ordering::Relaxed)
+    }
+
+    /// `[sync] max_requests_per_second`: the budget of every instance together.
+    pub fn budget(&self) -> u32 {
+        self.budget.load(Ordering::Relaxed)
+    }
+
+    /// The instances sharing the budget, this one included.
+    pub fn instances(&self) -> u32 {
+        self.sharers.load(Ordering::Relaxed).max(1)
     }
 
     /// The rate in force.
@@ -679,6 +725,30 @@ mod tests {
             &read_capped("token", resp, 256 * 1024).await.unwrap()[..],
             b"{}"
         );
+    }
+
+    #[test]
+    fn instances_split_the_budget_and_a_lowered_rate_stays_lowered_in_proportion() {
+        let limit = RateLimit::new(300);
+        limit.share_among(3);
+        assert_eq!((limit.rate(), limit.current_rate()), (100, 100));
+        limit.slow_down(false);
+        assert_eq!(limit.current_rate(), 70);
+        limit.share_among(2);
+        assert_eq!((limit.rate(), limit.current_rate()), (150, 105));
+        limit.share_among(0);
+        assert_eq!(
+            (limit.rate(), limit.instances()),
+            (300, 1),
+            "at least this one"
+        );
+        limit.set_rate(600);
+        assert_eq!(
+            (limit.budget(), limit.rate(), limit.current_rate()),
+            (600, 600, 600)
+        );
+        limit.share_among(1_000);
+        assert_eq!(limit.rate(), 1, "never below one call a second");
     }
 
     #[test]

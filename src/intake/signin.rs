@@ -51,8 +51,19 @@ impl SignIn {
     pub async fn sign_in(&self, code: &SecretString) -> Result<SignedIn, SignInError> {
         let tokens = self.oauth.exchange_code(code).await?;
         let result = self.store_verified(&tokens).await;
-        if let (Err(e), Some(refresh)) = (&result, &tokens.refresh_token) {
-            self.give_back(e, refresh, tokens.id_token.as_deref()).await;
+        if let Err(e) = &result {
+            // Google issued tokens for this user, so say whose sign-in failed (as the ID token
+            // names them, verified or not): an operator can follow that user from here.
+            let named = tokens.id_token.as_deref().and_then(unverified_sub);
+            tracing::info!(
+                user = ?named,
+                new_refresh_token = tokens.refresh_token.is_some(),
+                error = %e,
+                "sign-in failed after the code exchange"
+            );
+            if let Some(refresh) = &tokens.refresh_token {
+                self.give_back(e, refresh, named).await;
+            }
         }
         result
     }
@@ -62,8 +73,8 @@ impl SignIn {
     /// Revoking it makes the retry a first consent again. Not when we hold a credential for
     /// the user (or cannot tell whose it is): the grant is shared, and revoking it would kill
     /// the refresh token we sync with.
-    async fn give_back(&self, why: &SignInError, refresh: &SecretString, id_token: Option<&str>) {
-        let Some(sub) = id_token.and_then(unverified_sub) else {
+    async fn give_back(&self, why: &SignInError, refresh: &SecretString, named: Option<String>) {
+        let Some(sub) = named else {
             return;
         };
         // When the database cannot tell (it is why the sign-in failed, often), revoke anyway: a

@@ -309,6 +309,12 @@ impl App {
         tasks.spawn("resync", scheduler.clone().resync_loop());
         tasks.spawn("heartbeat", scheduler.clone().heartbeat_loop());
         tasks.spawn(
+            "presence",
+            scheduler
+                .clone()
+                .presence_loop(services.rate_limit().clone()),
+        );
+        tasks.spawn(
             "schedule",
             run_schedule(scheduler, config.schedule, shutdown.stop.clone()),
         );

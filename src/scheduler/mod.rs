@@ -31,11 +31,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::google::RateLimit;
 use crate::store::schedule::{self as due, Claim, Cursor, DueUser, SLOTS};
 use crate::store::syncs::SyncOutcome;
 use crate::store::{self, Store};
 use crate::sync::{SyncEngine, SyncResult};
 use schedule::{Schedule, Tick, Timer};
+
+/// How often an instance says it is alive and re-counts the instances sharing the rate limit.
+const PRESENCE_PERIOD: Duration = Duration::from_secs(2);
+/// An instance not seen for this long (three missed beats) no longer has a share.
+const PRESENCE_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Users claimed per query during a cycle is the concurrency, but at least this many.
 const MIN_CLAIM: usize = 16;
@@ -585,13 +591,12 @@ impl Scheduler {
         }
     }
 
-    /// Renews this instance's leases and its `instances` row every third of a lease, until
-    /// `abort` (leases must outlive running syncs, so not until `stop`).
+    /// Renews this instance's leases every third of a lease, until `abort` (leases must
+    /// outlive running syncs, so not until `stop`).
     pub async fn heartbeat_loop(self: Arc<Self>) -> anyhow::Result<()> {
-        let started = store::now_ms();
         let period = (self.lease / 3).max(Duration::from_secs(1));
         loop {
-            if let Err(e) = self.heartbeat(started).await {
+            if let Err(e) = self.heartbeat().await {
                 tracing::warn!(error = %e, "cannot renew leases; other instances may take over our users");
             }
             tokio::select! {
@@ -601,8 +606,47 @@ impl Scheduler {
         }
     }
 
-    /// Extends the leases this instance holds and records it as alive.
-    pub async fn heartbeat(&self, started_at: i64) -> Result<(), sqlx::Error> {
+    /// Says this instance is alive every [`PRESENCE_PERIOD`] and shares the project's rate
+    /// `limit` among the instances alive, so that N instances send Google what one would:
+    /// one that joins or dies is counted within seconds. Until `abort`, as the heartbeat.
+    pub async fn presence_loop(self: Arc<Self>, limit: Arc<RateLimit>) -> anyhow::Result<()> {
+        let started = store::now_ms();
+        loop {
+            match self.presence(started).await {
+                Ok(instances) => limit.share_among(instances),
+                // The share in force stays: a database that cannot be reached stops syncs
+                // anyway.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot count the instances sharing the rate limit")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PRESENCE_PERIOD) => {}
+                _ = self.shutdown.abort.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// Records this instance as alive and returns how many are (itself included).
+    pub async fn presence(&self, started_at: i64) -> Result<u32, sqlx::Error> {
+        let now = store::now_ms();
+        let mut tx = self.store.begin_write().await?;
+        due::heartbeat(
+            tx.conn(),
+            self.instance(),
+            env!("CARGO_PKG_VERSION"),
+            started_at,
+            now,
+        )
+        .await?;
+        let since = now - PRESENCE_TIMEOUT.as_millis() as i64;
+        let alive = due::count_live_instances(tx.conn(), since).await?;
+        tx.commit().await?;
+        Ok(u32::try_from(alive).unwrap_or(u32::MAX).max(1))
+    }
+
+    /// Extends the leases this instance holds.
+    pub async fn heartbeat(&self) -> Result<(), sqlx::Error> {
         let now = store::now_ms();
         let mut tx = self.store.begin_write().await?;
         due::renew_leases(
@@ -611,14 +655,6 @@ impl Scheduler {
             self.instance(),
             now,
             now + self.lease.as_millis() as i64,
-        )
-        .await?;
-        due::heartbeat(
-            tx.conn(),
-            self.instance(),
-            env!("CARGO_PKG_VERSION"),
-            started_at,
-            now,
         )
         .await?;
         tx.commit().await

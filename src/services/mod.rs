@@ -127,6 +127,11 @@ impl Services {
         &self.store
     }
 
+    /// The limiter of calls to Google (the instances share its budget).
+    pub fn rate_limit(&self) -> &Arc<RateLimit> {
+        &self.limit
+    }
+
     pub fn scheduler(&self) -> &Arc<Scheduler> {
         &self.scheduler
     }
@@ -209,6 +214,8 @@ impl Services {
             next_cycle_at: self.scheduler.next_cycle(),
             rate_limit: RateLimitStatus {
                 per_second: self.limit.rate(),
+                budget_per_second: self.limit.budget(),
+                instances: self.limit.instances(),
                 current_per_second: self.limit.current_rate(),
                 waits,
                 waited_ms: waited.as_millis() as u64,

@@ -70,8 +70,15 @@ impl SecurityCounts {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RateLimitStatus {
-    /// The ceiling, `[sync] max_requests_per_second`.
+    /// The ceiling: this instance's share of `[sync] max_requests_per_second`.
     pub per_second: u32,
+    /// `[sync] max_requests_per_second`, shared by the instances on the database (0 from a
+    /// daemon that predates sharing).
+    #[serde(default)]
+    pub budget_per_second: u32,
+    /// The instances sharing it, this one included.
+    #[serde(default)]
+    pub instances: u32,
     /// The rate in force: lower while Google says the project is over quota.
     pub current_per_second: u32,
     pub waits: u64,

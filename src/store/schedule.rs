@@ -348,6 +348,14 @@ pub async fn live_instances(conn: &mut Conn, since: i64) -> Result<Vec<Instance>
     .await
 }
 
+/// How many instances were seen since `since`.
+pub async fn count_live_instances(conn: &mut Conn, since: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE last_seen_at >= $1")
+        .bind(since)
+        .fetch_one(conn)
+        .await
+}
+
 /// Starts listing generation `generation` from `start` (the changes token taken first).
 pub async fn begin_listing(
     conn: &mut Conn,

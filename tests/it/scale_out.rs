@@ -72,6 +72,21 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bo
     }
 }
 
+/// Waits until `daemon`'s `ctl status` counts `instances` sharing the rate and gives it
+/// `per_second` of it.
+async fn wait_for_share(daemon: &Daemon, instances: u32, per_second: u32) {
+    let mut last = serde_json::Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        last = daemon.ctl(&["status", "--json"]).await.json()["rate_limit"].clone();
+        if last["instances"] == instances && last["per_second"] == per_second {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no share of the rate among {instances} instances in 20 s: {last}");
+}
+
 /// Every user's rows match the emulator md5 by md5, and `content` (the mirror's bytes of one
 /// file) does too.
 async fn mirrors_match(
@@ -176,6 +191,10 @@ async fn three_instances_share_the_users(
         chrono::Utc::now() < tick,
         "the daemons took more than 12 s to start; the test needs them up before the tick"
     );
+    // They share the project's rate (100,000/s): each counts the three and takes a third.
+    for d in &daemons {
+        wait_for_share(d, 3, 33_333).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let synced = count(&pool, "SELECT COUNT(DISTINCT sub) FROM syncs").await;
@@ -242,6 +261,10 @@ async fn three_instances_share_the_users(
     .await;
     daemons[1].kill().await;
     google.emulator().clear_faults();
+    // The dead one's share goes to the others once it has missed its beats (6 s).
+    for i in [0, 2] {
+        wait_for_share(&daemons[i], 2, 50_000).await;
+    }
     // Within lease expiry plus one cycle (and its run time), every mirror is current again.
     wait_for(
         "every mirror to converge",

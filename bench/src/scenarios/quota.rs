@@ -6,17 +6,24 @@
 //! another client of the project ([`crate::tenant`]) uses S·Q a second of the same quota, and
 //! the daemon's ceiling stays at Q, as an operator who does not know of it would set it.
 //!
-//! Once a second the emulator's stats, the tenant's counts and the daemon's rate in force
-//! (`status().rate_limit`) are sampled; the report gives totals, fractions of the quota and
-//! series per second (second) or per 10 s (minute).
+//! With `--instances K --database postgres://…` K daemons share one database, and with it the
+//! ceiling (the project's budget, split among the live instances): together they should use
+//! the quota as one daemon does, each about a K-th of it.
+//!
+//! Once a second the emulator's stats, the tenant's counts and the daemons' rates in force
+//! (`status().rate_limit`, summed) are sampled; the report gives totals, fractions of the
+//! quota and series per second (second) or per 10 s (minute).
 
 use std::time::Instant;
 
-use appdata_syncd::scheduler::CycleOutcome;
+use appdata_syncd::scheduler::{CycleOutcome, Pacing};
 use serde_json::{json, Value};
 
-use super::{cycle_errors, finish, first_cycle, log, settings, Env, Measured, Window, World};
+use super::{
+    cycle_errors, finish, first_cycle, log, pooled, settings, Env, Measured, Window, World,
+};
 use crate::daemon::Tuning;
+use crate::database::{Backend, ScratchDatabase};
 use crate::google::Stats;
 use crate::report::Report;
 use crate::tenant::{Running, Tenant, TenantCount};
@@ -31,6 +38,7 @@ struct Plan {
     /// The other tenant's share of Q (0: none).
     share: f64,
     tuning: Tuning,
+    instances: usize,
 }
 
 impl Plan {
@@ -39,6 +47,13 @@ impl Plan {
         anyhow::ensure!(
             (0.0..1.0).contains(&a.other_tenant),
             "--other-tenant is a fraction of the quota: 0 or more, below 1"
+        );
+        anyhow::ensure!(a.instances >= 1, "--instances must be at least 1");
+        anyhow::ensure!(
+            a.instances == 1 || a.database.is_some(),
+            "--instances {} needs --database postgres://USER@HOST:PORT: daemons share a \
+             project's rate only through a shared database",
+            a.instances
         );
         let q = a.quota_rps;
         let (users, ceiling) = match a.window {
@@ -57,6 +72,7 @@ impl Plan {
                 concurrency: a.concurrency.unwrap_or(Tuning::defaults().concurrency),
                 max_requests_per_second: a.max_rps.unwrap_or(ceiling.min(u32::MAX as u64) as u32),
             },
+            instances: a.instances,
         })
     }
 
@@ -99,7 +115,7 @@ struct Sample {
     /// Quota refusals (429 and 403) fake-google sent, to both.
     refused: u64,
     tenant: TenantCount,
-    /// The daemon's rate in force (AIMD).
+    /// The daemons' rates in force (AIMD), summed.
     rate_in_force: u32,
 }
 
@@ -121,8 +137,29 @@ fn refusals(stats: &Stats) -> u64 {
 
 pub async fn quota(env: &Env, args: &QuotaArgs) -> anyhow::Result<Report> {
     let plan = Plan::new(args)?;
+    match Backend::parse(args.database.as_deref())? {
+        Backend::Sqlite => quota_on(env, &plan, None).await,
+        Backend::Postgres(server) => {
+            let db = ScratchDatabase::create(&server).await?;
+            let measured = quota_on(env, &plan, Some(&db.url)).await;
+            let dropped = db.finish(env.keep).await;
+            let report = measured?;
+            dropped?;
+            Ok(report)
+        }
+    }
+}
+
+async fn quota_on(env: &Env, plan: &Plan, database_url: Option<&str>) -> anyhow::Result<Report> {
     let n = plan.users;
-    let w = World::start(env, Tuning::raised()).await?;
+    let w = World::start_shared(
+        env,
+        Tuning::raised(),
+        database_url,
+        plan.instances,
+        Default::default(),
+    )
+    .await?;
     let seeded = w.seed("q", n).await?;
     let (_, first_errors) = first_cycle(&w, n).await?;
     let tenant = if plan.share > 0.0 {
@@ -130,7 +167,10 @@ pub async fn quota(env: &Env, args: &QuotaArgs) -> anyhow::Result<Report> {
     } else {
         None
     };
-    w.daemon.tune(plan.tuning).await;
+    for d in w.instances() {
+        d.tune(plan.tuning).await;
+    }
+    shared_among_all(&w, plan.instances).await?;
     if plan.window == QuotaWindow::Minute {
         // The daemon takes what Google accepted from it in the last minute as its budget
         // when the project's quota refuses; fake-google's window starts empty when the quota
@@ -141,16 +181,19 @@ pub async fn quota(env: &Env, args: &QuotaArgs) -> anyhow::Result<Report> {
     w.google.set_faults(plan.faults()).await?;
     w.google.reset_stats().await?;
     log(format!(
-        "quota: {n} users, Q = {}/s per {}, daemon ceiling {}/s, other tenant {:.0} %",
+        "quota: {n} users, Q = {}/s per {}, ceiling {}/s shared by {} instance(s), other tenant {:.0} %",
         plan.q,
         plan.window_name(),
         plan.tuning.max_requests_per_second,
+        plan.instances,
         plan.share * 100.0
     ));
     let window = Window::open(&w.google);
     let started = Instant::now();
     let running = tenant.map(|t| t.start(plan.share * plan.q as f64));
-    let (o, mut samples) = sampled_cycle(&w, running.as_ref(), started).await;
+    let (runs, mut samples) = sampled_cycle(&w, running.as_ref(), started).await;
+    let shares: Vec<u64> = runs.iter().map(|o| o.users).collect();
+    let (o, _, _) = pooled(runs.into_iter().map(|o| (o, Vec::new(), 0)).collect());
     let tenant_total = match running {
         Some(r) => r.stop().await,
         None => TenantCount::default(),
@@ -162,12 +205,25 @@ pub async fn quota(env: &Env, args: &QuotaArgs) -> anyhow::Result<Report> {
         drive: stats.drive_calls(),
         refused: refusals(&stats),
         tenant: tenant_total,
-        rate_in_force: w.daemon.rate_limit().await?.current_per_second,
+        rate_in_force: rates_in_force(&w).await?,
     });
-    let ceiling = w.daemon.rate_limit().await?.per_second;
+    let ceiling = w.daemon.rate_limit().await?.budget_per_second;
     let mut r = Report::new("quota");
-    totals(&mut r, &plan, &m, &samples, ceiling);
-    series(&mut r, &plan, &samples);
+    totals(&mut r, plan, &m, &samples, ceiling);
+    series(&mut r, plan, &samples);
+    if plan.instances > 1 {
+        // Each idle sync is one Drive call, so users synced are each instance's calls.
+        let mean = shares.iter().sum::<u64>() as f64 / shares.len() as f64;
+        let spread = shares
+            .iter()
+            .map(|&s| (s as f64 - mean).abs() / mean.max(1.0))
+            .fold(0.0, f64::max);
+        log(format!("users synced by each instance: {shares:?}"));
+        r.set("backend", "postgres")
+            .set("instances", plan.instances)
+            .set("users_per_instance", shares)
+            .set("max_share_deviation_from_mean", spread);
+    }
     r.set("failed_syncs", o.failed).set(
         "errors",
         cycle_errors(&o, n) + seeded.errors + first_errors + tenant_total.failed,
@@ -177,12 +233,42 @@ pub async fn quota(env: &Env, args: &QuotaArgs) -> anyhow::Result<Report> {
     Ok(r)
 }
 
-/// One cycle over every user while a sampler records a [`Sample`] once a second.
+/// Waits until every instance counts all `instances` in its share of the rate (each counts
+/// the live instances every 2 s).
+async fn shared_among_all(w: &World, instances: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut counted = Vec::new();
+        for d in w.instances() {
+            counted.push(d.rate_limit().await?.instances as usize);
+        }
+        if counted.iter().all(|&c| c == instances) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the instances count {counted:?} sharers, not {instances} each, after 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// The instances' rates in force, summed.
+async fn rates_in_force(w: &World) -> anyhow::Result<u32> {
+    let mut sum = 0;
+    for d in w.instances() {
+        sum += d.rate_limit().await?.current_per_second;
+    }
+    Ok(sum)
+}
+
+/// One cycle over every user, every instance taking part (one stamp, as a cron tick gives),
+/// while a sampler records a [`Sample`] once a second. Returns each instance's outcome.
 async fn sampled_cycle(
     w: &World,
     tenant: Option<&Running>,
     started: Instant,
-) -> (CycleOutcome, Vec<Sample>) {
+) -> (Vec<CycleOutcome>, Vec<Sample>) {
     let mut samples = vec![Sample::default()];
     let sampler = async {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -190,24 +276,29 @@ async fn sampled_cycle(
         loop {
             tick.tick().await;
             let at_s = started.elapsed().as_secs_f64();
-            let (stats, rate) = tokio::join!(w.google.stats(), w.daemon.rate_limit());
+            let (stats, rate) = tokio::join!(w.google.stats(), rates_in_force(w));
             match (stats, rate) {
                 (Ok(s), Ok(rate)) => samples.push(Sample {
                     at_s,
                     drive: s.drive_calls(),
                     refused: refusals(&s),
                     tenant: tenant.map(Running::count).unwrap_or_default(),
-                    rate_in_force: rate.current_per_second,
+                    rate_in_force: rate,
                 }),
                 (Err(e), _) | (_, Err(e)) => log(format!("sample failed: {e:#}")),
             }
         }
     };
-    let o = tokio::select! {
-        o = w.daemon.cycle() => o,
+    let cycle = appdata_syncd::store::now_ms();
+    let cycles = futures::future::join_all(
+        w.instances()
+            .map(|d| d.scheduler.run_cycle(cycle, Pacing::AtOnce)),
+    );
+    let outcomes = tokio::select! {
+        o = cycles => o,
         () = sampler => unreachable!("the sampler never ends"),
     };
-    (o, samples)
+    (outcomes, samples)
 }
 
 /// Totals and fractions of the quota over the whole phase (`samples` ends with the totals).

@@ -132,6 +132,7 @@ pub(super) async fn revokes(soak: Arc<Soak>, stop: CancellationToken) -> anyhow:
         )
         .await?;
         soak.counts.add("revoke");
+        soak.trail(&claimed.sub, "grant revoked on the emulator");
         lock(&soak.model).revoked.insert(claimed.sub.clone());
         if rand::thread_rng().gen_bool(0.33) {
             tokio::time::sleep(secs(0.0, 0.5)).await;

@@ -107,7 +107,12 @@ async fn resync_all(soak: &Soak) {
 /// `pause SUB`; when it succeeds the model keeps the user for a later resume.
 async fn pause_user(soak: &Soak, sub: String) {
     let cmd = Command::Pause { sub: sub.clone() };
-    if soak.admin_counted("pause", &cmd).await.is_some() {
+    let paused = soak.admin_counted("pause", &cmd).await.is_some();
+    soak.trail(
+        &sub,
+        format!("pause: {}", if paused { "ok" } else { "refused" }),
+    );
+    if paused {
         lock(&soak.model).paused.push(sub);
     }
 }
@@ -120,7 +125,12 @@ async fn resume_one(soak: &Soak) {
         (n > 0).then(|| m.paused.swap_remove(rand::thread_rng().gen_range(0..n)))
     };
     if let Some(sub) = paused {
-        soak.admin_counted("resume", &Command::Resume { sub }).await;
+        let cmd = Command::Resume { sub: sub.clone() };
+        let resumed = soak.admin_counted("resume", &cmd).await.is_some();
+        soak.trail(
+            &sub,
+            format!("resume: {}", if resumed { "ok" } else { "refused" }),
+        );
     }
 }
 
@@ -166,5 +176,6 @@ async fn forget(soak: &Soak) {
             "unreachable".into()
         }
     };
+    soak.trail(&sub, format!("forget: {outcome}"));
     soak.counts.add(format!("admin_result.forget.{outcome}"));
 }

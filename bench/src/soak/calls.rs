@@ -63,6 +63,11 @@ impl Soak {
             .json()
             .await?;
         self.counts.add("signin.attempted");
+        let what = if consent {
+            "sign-in with consent"
+        } else {
+            "sign-in"
+        };
         let sent = self
             .http
             .post(&self.authcode_url)
@@ -72,6 +77,7 @@ impl Soak {
         match sent {
             Ok(resp) if resp.status() == reqwest::StatusCode::OK => {
                 self.counts.add("signin.acknowledged");
+                self.trail(sub, format!("{what}: acknowledged"));
                 let mut m = lock(&self.model);
                 m.acked.insert(sub.to_string());
                 m.revoked.remove(sub);
@@ -84,11 +90,16 @@ impl Soak {
                 let body: Value = resp.json().await.unwrap_or_default();
                 let code = body["error"].as_str().unwrap_or("unknown").to_string();
                 self.counts.add(format!("signin.refused_{status}_{code}"));
+                self.trail(sub, format!("{what}: refused {status} {code}"));
             }
-            Err(e) if e.is_connect() => self.counts.add("signin.daemon_down"),
+            Err(e) if e.is_connect() => {
+                self.counts.add("signin.daemon_down");
+                self.trail(sub, format!("{what}: daemon down"));
+            }
             Err(_) => {
                 // Sent, but the answer never came: it may or may not have been stored.
                 self.counts.add("signin.no_answer");
+                self.trail(sub, format!("{what}: no answer"));
                 lock(&self.model).uncertain.insert(sub.to_string());
             }
         }

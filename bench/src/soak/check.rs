@@ -132,27 +132,31 @@ fn check_model(soak: &Soak, db_users: &HashMap<String, DbUser>) {
         )
     };
     for sub in acked.difference(&uncertain) {
-        match db_users.get(sub) {
-            None => soak.violation(format!("acknowledged sign-in of {sub}: no user row")),
-            Some(u) if u.credentials == 0 => {
-                soak.violation(format!("acknowledged sign-in of {sub}: no credential"))
-            }
-            Some(u) if u.state == "forgotten" => {
-                soak.violation(format!("acknowledged sign-in of {sub}: user is forgotten"))
-            }
-            Some(_) => {}
-        }
+        let wrong = match db_users.get(sub) {
+            None => "no user row",
+            Some(u) if u.credentials == 0 => "no credential",
+            Some(u) if u.state == "forgotten" => "user is forgotten",
+            Some(_) => continue,
+        };
+        soak.violation(format!(
+            "acknowledged sign-in of {sub}: {wrong} (trail: {})",
+            soak.trail_of(sub)
+        ));
     }
     for (sub, u) in db_users {
         let state = &u.state;
         if state == "reauth_required" && !revoked.contains(sub) && !uncertain.contains(sub) {
             soak.violation(format!(
-                "{sub} is reauth_required but its grant was not revoked (last_error: {})",
-                u.last_error.as_deref().unwrap_or("none")
+                "{sub} is reauth_required but its grant was not revoked (last_error: {}; trail: {})",
+                u.last_error.as_deref().unwrap_or("none"),
+                soak.trail_of(sub)
             ));
         }
         if revoked.contains(sub) && !uncertain.contains(sub) && state != "reauth_required" {
-            soak.violation(format!("{sub}'s grant was revoked but it is {state}"));
+            soak.violation(format!(
+                "{sub}'s grant was revoked but it is {state} (trail: {})",
+                soak.trail_of(sub)
+            ));
         }
     }
     for sub in forgotten.difference(&uncertain) {

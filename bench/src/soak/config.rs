@@ -14,9 +14,10 @@ use crate::google::FakeGoogle;
 
 /// The daemon's cron schedule: cycles come on their own, as in production.
 const SCHEDULE: &str = "*/5 * * * * *";
-/// What the daemon logs: warnings (scanned for secrets) and one line per cycle (counted).
+/// What the daemon logs: warnings (scanned for secrets), one line per cycle (counted) and one
+/// per sign-in (naming the user, so a violation's trail can be followed there).
 pub(super) const LOG_FILTER: &str =
-    "warn,appdata_syncd::scheduler=info,appdata_syncd::lifecycle=info";
+    "warn,appdata_syncd::scheduler=info,appdata_syncd::lifecycle=info,appdata_syncd::intake=info";
 /// `[intake] max_connections` and `first_byte_timeout` (the defaults, set here because the
 /// attackers hold the daemon to them).
 pub(super) const MAX_CONNECTIONS: usize = 1024;

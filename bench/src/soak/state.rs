@@ -1,10 +1,10 @@
 //! What the workers share: [`Soak`], the model of what must be true ([`Model`]), the counters
 //! and the violations found along the way.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 
@@ -32,6 +32,9 @@ pub(super) struct Model {
     pub(super) uncertain: HashSet<String>,
     /// Paused through the admin socket, waiting for a resume.
     pub(super) paused: Vec<String>,
+    /// What the workers did to each user and what came of it, by second of the run: printed
+    /// with a violation about the user, so it can be followed in the daemon's log.
+    pub(super) trail: HashMap<String, Vec<String>>,
 }
 
 /// Counters by name ("signin.ok", "fault.drive_503", "admin.status.ok", ...).
@@ -85,6 +88,7 @@ pub(super) struct Soak {
     /// Moves when the daemon goes down and when a new one is up: a span of time in which it
     /// did not move saw one daemon throughout (the attackers' timing checks need that).
     pub(super) epoch: AtomicU64,
+    pub(super) started: Instant,
 }
 
 /// A user taken by one operation; dropping it frees the user.
@@ -120,6 +124,7 @@ impl Soak {
             violations: Mutex::default(),
             daemon: tokio::sync::Mutex::new(Some(daemon)),
             epoch: AtomicU64::new(0),
+            started: Instant::now(),
         })
     }
 
@@ -134,6 +139,24 @@ impl Soak {
     /// The running daemon's pid; `None` while it is being restarted.
     pub(super) fn daemon_pid(&self) -> Option<u32> {
         self.daemon.try_lock().ok()?.as_ref()?.child.id()
+    }
+
+    /// Adds to `sub`'s [`Model::trail`].
+    pub(super) fn trail(&self, sub: &str, what: impl std::fmt::Display) {
+        let at = self.started.elapsed().as_secs_f64();
+        lock(&self.model)
+            .trail
+            .entry(sub.to_string())
+            .or_default()
+            .push(format!("{at:.1}s {what}"));
+    }
+
+    /// `sub`'s trail, for a violation's message.
+    pub(super) fn trail_of(&self, sub: &str) -> String {
+        lock(&self.model)
+            .trail
+            .get(sub)
+            .map_or_else(|| "nothing".into(), |t| t.join("; "))
     }
 
     pub(super) fn violation(&self, v: String) {
