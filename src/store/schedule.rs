@@ -164,6 +164,8 @@ pub enum Claim<'a> {
 /// skip each other's locked rows (`FOR UPDATE SKIP LOCKED`), so every user goes to exactly one
 /// of them; on SQLite the write lock does the same.
 /// An expired lease (its owner died) is fair game.
+/// Long because it is one statement (claim and load) assembled per backend and claim kind;
+/// split, the parts would only make sense read together.
 #[allow(clippy::too_many_arguments)]
 pub async fn claim(
     conn: &mut Conn,

@@ -212,17 +212,7 @@ async fn quota_on(env: &Env, plan: &Plan, database_url: Option<&str>) -> anyhow:
     totals(&mut r, plan, &m, &samples, ceiling);
     series(&mut r, plan, &samples);
     if plan.instances > 1 {
-        // Each idle sync is one Drive call, so users synced are each instance's calls.
-        let mean = shares.iter().sum::<u64>() as f64 / shares.len() as f64;
-        let spread = shares
-            .iter()
-            .map(|&s| (s as f64 - mean).abs() / mean.max(1.0))
-            .fold(0.0, f64::max);
-        log(format!("users synced by each instance: {shares:?}"));
-        r.set("backend", "postgres")
-            .set("instances", plan.instances)
-            .set("users_per_instance", shares)
-            .set("max_share_deviation_from_mean", spread);
+        instance_shares(&mut r, shares);
     }
     r.set("failed_syncs", o.failed).set(
         "errors",
@@ -231,6 +221,21 @@ async fn quota_on(env: &Env, plan: &Plan, database_url: Option<&str>) -> anyhow:
     finish(&mut r, &m, &w.google, &stats, n as f64);
     w.stop(env).await?;
     Ok(r)
+}
+
+/// Each instance's part of the cycle: users synced (an idle sync is one Drive call, so these
+/// are its calls) and the largest distance of one from the mean, as a fraction of it.
+fn instance_shares(r: &mut Report, shares: Vec<u64>) {
+    let mean = shares.iter().sum::<u64>() as f64 / shares.len() as f64;
+    let spread = shares
+        .iter()
+        .map(|&s| (s as f64 - mean).abs() / mean.max(1.0))
+        .fold(0.0, f64::max);
+    log(format!("users synced by each instance: {shares:?}"));
+    r.set("backend", "postgres")
+        .set("instances", shares.len())
+        .set("users_per_instance", shares)
+        .set("max_share_deviation_from_mean", spread);
 }
 
 /// Waits until every instance counts all `instances` in its share of the rate (each counts
